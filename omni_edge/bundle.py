@@ -1,0 +1,158 @@
+"""The bundle on disk: manifest.json schema, atomic writing, and validation on load.
+
+A bundle is a directory of graph/engine files plus manifest.json. The manifest is written last, so a
+directory without one is never a complete bundle; every file it lists carries a sha256 that is checked
+when the bundle is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omni_edge.errors import BundleError
+from omni_edge.naming import MANIFEST_FILE
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: list  # ints and axis names
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ComponentRecord:
+    name: str
+    file: str
+    sha256: str
+    precision: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    atol: float
+    rtol: float
+    measured_max_abs_error: float  # worst output difference vs PyTorch seen at export-time verification
+
+
+@dataclass(frozen=True)
+class KVCacheGeometry:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_seq_len: int
+    dtype: str = "float32"
+
+    def bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * _itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class ThinkerInfo:
+    hidden_size: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    embedding_file: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    omni_edge_version: str
+    source_model: str
+    source_sha256: str
+    target: str
+    backend: str  # "onnxruntime" or "tensorrt"
+    tools: dict[str, str | None]
+    kv_cache: KVCacheGeometry
+    thinker: ThinkerInfo
+    tokenizer_file: str
+    components: dict[str, ComponentRecord]
+    files: dict[str, str] = field(default_factory=dict)  # every payload file -> sha256
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False)
+
+    @staticmethod
+    def from_dict(data: dict) -> "Manifest":
+        comps = {
+            name: ComponentRecord(
+                **{
+                    **rec,
+                    "inputs": [TensorSpec(**t) for t in rec["inputs"]],
+                    "outputs": [TensorSpec(**t) for t in rec["outputs"]],
+                }
+            )
+            for name, rec in data["components"].items()
+        }
+        return Manifest(
+            **{
+                **data,
+                "kv_cache": KVCacheGeometry(**data["kv_cache"]),
+                "thinker": ThinkerInfo(**data["thinker"]),
+                "components": comps,
+            }
+        )
+
+
+def _itemsize(dtype: str) -> int:
+    return {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "int8": 1}[dtype]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
+    """Write manifest.json through a temp file and a rename, so readers see all of it or none."""
+    tmp = bundle_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.to_json())
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, bundle_dir / MANIFEST_FILE)
+
+
+def load_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise BundleError(f"bundle directory {bundle_dir} does not exist; create one with `omni-export`")
+    manifest_path = bundle_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"{bundle_dir} has no {MANIFEST_FILE}: it is not a bundle or its export did not finish; "
+            "run `omni-export` again"
+        )
+    try:
+        data = json.loads(manifest_path.read_text())
+        manifest = Manifest.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path} is not a valid omni-edge manifest ({exc}); re-export the bundle") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle format {manifest.format_version} is not supported by this omni-edge "
+            f"(expects {FORMAT_VERSION}); re-export it with this version"
+        )
+    if verify_files:
+        verify_bundle_files(bundle_dir, manifest)
+    return manifest
+
+
+def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
+    for rel, expected in manifest.files.items():
+        path = bundle_dir / rel
+        if not path.is_file():
+            raise BundleError(f"bundle file {rel} is missing from {bundle_dir}; re-export the bundle")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(
+                f"bundle file {rel} does not match its sha256 in the manifest (modified or corrupted); "
+                "re-export the bundle"
+            )

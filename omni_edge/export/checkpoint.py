@@ -1,0 +1,107 @@
+"""Find and load a Qwen2.5-Omni checkpoint: `tiny`, a local Hugging Face directory, or a hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omni_edge.errors import ModelSourceError
+
+REQUIRED_FILES = ("config.json", "spk_dict.pt", "tokenizer.json")
+# Only what the exporter reads: weights as safetensors (never pickles), configs, tokenizer, speakers.
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "spk_dict.pt", "merges.txt", "vocab.json"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # what the user passed
+    path: Path  # local directory holding the checkpoint
+
+
+def resolve_model_source(source: str, cache_dir: Path | None = None) -> ModelSource:
+    if source == "tiny":
+        from omni_edge.export.tiny import ensure_tiny_checkpoint
+
+        return ModelSource("tiny", ensure_tiny_checkpoint(cache_dir=cache_dir))
+    local = Path(source).expanduser()
+    if local.exists():
+        check_checkpoint_dir(local)
+        return ModelSource(source, local)
+    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        return ModelSource(source, download_from_hub(source))
+    raise ModelSourceError(
+        f"model {source!r} is neither a local directory nor a Hugging Face hub id (org/name); "
+        "pass a checkpoint directory, a hub id such as Qwen/Qwen2.5-Omni-3B, or `tiny`"
+    )
+
+
+def download_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub is a core dependency
+        raise ModelSourceError("huggingface_hub is not installed; pip install huggingface_hub") from None
+    try:
+        path = Path(snapshot_download(repo_id=repo_id, allow_patterns=HUB_ALLOW_PATTERNS))
+    except Exception as exc:  # the hub client raises many types: offline, 404, auth, disk
+        raise ModelSourceError(
+            f"could not download {repo_id} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+            "If this machine is offline, download the checkpoint elsewhere and pass its local directory"
+        ) from None
+    check_checkpoint_dir(path)
+    return path
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelSourceError(f"{path} is a file; pass the checkpoint directory that holds config.json")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if not list(path.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise ModelSourceError(
+            f"{path} is not a Qwen2.5-Omni checkpoint: missing {', '.join(missing)}; "
+            "pass a directory downloaded from the hub (safetensors weights, config.json, spk_dict.pt, tokenizer)"
+        )
+    config = json.loads((path / "config.json").read_text())
+    if "thinker_config" not in config:
+        raise ModelSourceError(
+            f"{path}/config.json has no thinker_config: this is not a Qwen2.5-Omni checkpoint"
+        )
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """Hash of config and weights, so a bundle records exactly which checkpoint it came from."""
+    digest = hashlib.sha256()
+    for file in sorted([path / "config.json", *path.glob("*.safetensors")]):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_omni_model(path: Path):
+    """Load the full model in fp32 on CPU: export traces in fp32 and quantizes afterwards."""
+    import torch
+    from transformers import Qwen2_5OmniForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # config warnings about talker-side ids are expected and harmless
+    try:
+        model = Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.eval()
+
+
+def read_eos_token_ids(path: Path) -> list[int]:
+    gen = path / "generation_config.json"
+    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+    if eos is None:
+        eos = json.loads((path / "config.json").read_text())["thinker_config"].get("eos_token_id", 151645)
+    return [eos] if isinstance(eos, int) else list(eos)

@@ -1,0 +1,19 @@
+"""ComponentSpec: everything the generic export-and-verify loop needs to know about one graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # graph file stem and manifest key, e.g. "thinker_decode"
+    build_module: Callable[[Any], Any]  # HF model -> export-friendly torch module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    example_inputs: Callable[[Any], tuple]  # inputs traced at export
+    dynamic_shapes: Callable[[], tuple]  # torch.export dynamic shapes, same structure as the inputs
+    check_inputs: Callable[[Any], list[tuple]]  # other shapes run at verification, to catch baked shapes
+    atol: float  # max |onnx - torch| allowed per output at export-time verification
+    rtol: float = 0.0

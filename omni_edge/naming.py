@@ -1,0 +1,32 @@
+"""Names shared by the exporter, the manifest and the runtime, defined once."""
+
+
+def past_key(layer: int) -> str:
+    return f"past.{layer}.key"
+
+
+def past_value(layer: int) -> str:
+    return f"past.{layer}.value"
+
+
+def present_key(layer: int) -> str:
+    return f"present.{layer}.key"
+
+
+def present_value(layer: int) -> str:
+    return f"present.{layer}.value"
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [name for i in range(num_layers) for name in (past_key(i), past_value(i))]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [name for i in range(num_layers) for name in (present_key(i), present_value(i))]
+
+
+THINKER_PREFILL = "thinker_prefill"
+THINKER_DECODE = "thinker_decode"
+THINKER_EMBEDDING_FILE = "thinker_embed_tokens.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"

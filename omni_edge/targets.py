@@ -1,0 +1,86 @@
+"""Deployment target presets: what hardware a bundle is for and what it may run there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omni_edge.errors import TargetError
+
+PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int4-awq")
+COMPONENTS = (
+    "audio_encoder",
+    "vision_encoder",
+    "thinker",
+    "talker",
+    "dit",
+    "bigvgan",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    compute_capability: str | None  # "8.7" for Orin; None for CPU
+    memory_gib: float  # what the bundle may use: unified memory on Jetson, VRAM on dGPU
+    precisions: tuple[str, ...]
+    tensorrt: str | None  # None (ONNX Runtime), "tensorrt" (JetPack / full TRT), "tensorrt-rtx"
+    default_precision: dict[str, str]
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.tensorrt is None else "tensorrt"
+
+
+def _defaults(thinker: str, talker: str, encoders: str, token2wav: str) -> dict[str, str]:
+    return {
+        "audio_encoder": encoders,
+        "vision_encoder": encoders,
+        "thinker": thinker,
+        "talker": talker,
+        "dit": token2wav,
+        "bigvgan": token2wav,
+    }
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("cpu", "any machine, ONNX Runtime CPU", None, 16.0, ("fp32", "int8"), None,
+               _defaults("fp32", "fp32", "fp32", "fp32")),
+        # Orin (sm_87) has no FP8 tensor cores; JetPack 6 ships TensorRT 10.3.
+        Target("jetson-orin", "Jetson AGX Orin 64GB / 32GB, JetPack 6", "8.7", 28.0,
+               ("fp32", "fp16", "int8", "int4-awq"), "tensorrt",
+               _defaults("int4-awq", "int8", "int8", "fp16")),
+        Target("jetson-orin-nano", "Jetson Orin Nano 8GB, JetPack 6", "8.7", 6.0,
+               ("fp32", "fp16", "int8", "int4-awq"), "tensorrt",
+               _defaults("int4-awq", "int4-awq", "int8", "fp16")),
+        Target("jetson-thor", "Jetson AGX Thor, JetPack 7", "11.0", 100.0, PRECISIONS, "tensorrt",
+               _defaults("fp8", "fp8", "fp8", "fp16")),
+        Target("rtx-ada", "GeForce / RTX 40xx (Ada)", "8.9", 12.0, PRECISIONS, "tensorrt-rtx",
+               _defaults("int4-awq", "fp8", "fp8", "fp16")),
+        Target("rtx-blackwell", "GeForce / RTX 50xx (Blackwell)", "12.0", 12.0, PRECISIONS, "tensorrt-rtx",
+               _defaults("int4-awq", "fp8", "fp8", "fp16")),
+        Target("hopper", "H100 / H200", "9.0", 70.0, PRECISIONS, "tensorrt",
+               _defaults("fp8", "fp8", "fp8", "fp16")),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}") from None
+
+
+def check_precision(target: Target, precision: str) -> None:
+    if precision == "auto":
+        return
+    if precision not in PRECISIONS:
+        raise TargetError(f"unknown precision {precision!r}; choose auto or one of: {', '.join(PRECISIONS)}")
+    if precision not in target.precisions:
+        raise TargetError(
+            f"target {target.name} cannot run {precision} (it supports {', '.join(target.precisions)}); "
+            "pick one of those or --precision auto"
+        )
