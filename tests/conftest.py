@@ -1,0 +1,45 @@
+"""Session-wide fixtures: the tiny checkpoint, one exported cpu bundle, and the transformers reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    # OMNI_EDGE_CACHE lets a developer reuse the generated checkpoint across runs; CI starts empty.
+    env = os.environ.get("OMNI_EDGE_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("omni-edge-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(cache_dir) -> Path:
+    from omni_edge.export.tiny import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint(cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def cpu_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    from omni_edge.export.pipeline import ExportRequest, _no_progress, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-cpu"
+    request = ExportRequest(model=str(tiny_checkpoint), target="cpu", out=out, max_seq_len=512)
+    return export_bundle(request, _no_progress)
+
+
+@pytest.fixture(scope="session")
+def hf_model(tiny_checkpoint):
+    from omni_edge.export.checkpoint import load_omni_model
+
+    return load_omni_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def session(cpu_bundle):
+    from omni_edge.runtime.session import Session
+
+    return Session(cpu_bundle, threads=1)

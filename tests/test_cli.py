@@ -1,0 +1,183 @@
+"""End-to-end CLI runs and the bad-input contract: one clear line, non-zero exit, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def cli(name: str, *args: str, cache_dir: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["OMNI_EDGE_CACHE"] = str(cache_dir)
+    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
+    out = tmp_path / "bundle"
+    proc = cli("omni-export", "--model", "tiny", "--target", "cpu", "--out", str(out), "--max-seq-len", "256",
+               cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert f"omni-run {out}" in proc.stderr  # the next command is printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kv_cache"]["max_seq_len"] == 256
+    assert set(manifest["components"]) == {"thinker_prefill", "thinker_decode"}
+    assert all(c["measured_max_abs_error"] <= c["atol"] for c in manifest["components"].values())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+    run = cli("omni-run", str(out), "--prompt", "Hello", "--greedy", "--max-new-tokens", "12", "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    for key in ("text", "prompt_token_ids", "text_token_ids", "codec_token_ids", "audio_seconds", "ttft_ms",
+                "first_audio_ms", "rtf"):
+        assert key in report
+    assert len(report["text_token_ids"]) == 12 and report["text"]
+    assert report["prompt_token_ids"][0] == 151644  # <|im_start|>
+
+    streamed = cli("omni-run", str(out), "--prompt", "Hello", "--greedy", "--max-new-tokens", "12")
+    assert streamed.returncode == 0 and streamed.stdout.strip() == report["text"].strip()
+
+
+def test_help_teaches():
+    for name in ("omni-export", "omni-run", "omni-bench"):
+        proc = cli(name, "--help")
+        assert proc.returncode == 0 and "Example" in proc.stdout
+
+
+def test_unknown_model_path(tmp_path):
+    proc = cli("omni-export", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "b"))
+    assert_one_line_error(proc, "nope")
+    assert not (tmp_path / "b").exists()
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    proc = cli("omni-export", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "b"))
+    assert_one_line_error(proc, "missing", "spk_dict.pt")
+
+
+def test_offline_hub_id_fails_clearly(tmp_path):
+    env_proc = subprocess.run(
+        [str(BIN / "omni-export"), "--model", "Qwen/Qwen2.5-Omni-3B", "--out", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert_one_line_error(env_proc, "Qwen/Qwen2.5-Omni-3B", "offline")
+
+
+def test_unknown_target_and_bad_precision(tmp_path):
+    proc = cli("omni-export", "--model", "tiny", "--target", "toaster", "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "toaster" in proc.stderr and "jetson-orin" in proc.stderr
+    proc = cli("omni-export", "--model", "tiny", "--target", "jetson-orin", "--precision", "fp8",
+               "--out", str(tmp_path / "b"))
+    assert_one_line_error(proc, "jetson-orin cannot run fp8")
+
+
+def test_existing_output_is_not_clobbered(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = cli("omni-export", "--model", "tiny", "--out", str(out))
+    assert_one_line_error(proc, "--overwrite")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_interrupted_export_leaves_nothing(tiny_checkpoint, tmp_path):
+    from contextlib import contextmanager
+
+    from omni_edge.export.pipeline import ExportRequest, export_bundle
+
+    class Interrupt(Exception):
+        pass
+
+    @contextmanager
+    def progress_that_dies(total, description):
+        class Bar:
+            steps = 0
+
+            def update(self, n=1):
+                Bar.steps += n
+                if Bar.steps == 2:  # after the first graph was written to staging
+                    raise Interrupt
+
+            def set_description(self, text):
+                pass
+
+        yield Bar()
+
+    out = tmp_path / "b"
+    with pytest.raises(Interrupt):
+        export_bundle(ExportRequest(str(tiny_checkpoint), "cpu", out), progress_that_dies)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture()
+def bundle_copy(cpu_bundle, tmp_path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(cpu_bundle, copy)
+    return copy
+
+
+def test_bundle_missing_a_file(bundle_copy):
+    (bundle_copy / "thinker_decode.onnx.data").unlink()
+    assert_one_line_error(cli("omni-run", str(bundle_copy), "--prompt", "hi"), "thinker_decode.onnx.data", "missing")
+
+
+def test_bundle_with_a_tampered_file(bundle_copy):
+    path = bundle_copy / "thinker_prefill.onnx.data"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert_one_line_error(cli("omni-run", str(bundle_copy), "--prompt", "hi"), "sha256")
+
+
+def test_directory_without_manifest(tmp_path):
+    (tmp_path / "half").mkdir()
+    assert_one_line_error(cli("omni-run", str(tmp_path / "half"), "--prompt", "hi"), "manifest.json")
+
+
+def test_prompt_longer_than_kv_cache(cpu_bundle):
+    proc = cli("omni-run", str(cpu_bundle), "--prompt", "word " * 600, "--max-new-tokens", "4")
+    assert_one_line_error(proc, "KV cache holds 512", "--max-seq-len")
+
+
+def test_bench_reports_every_thinker_engine(cpu_bundle):
+    proc = cli("omni-bench", str(cpu_bundle), "--iterations", "2", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    shapes = {row["shape"] for row in report["engines"]}
+    assert "prefill 128 tokens" in shapes and "decode 1 token at context 128" in shapes
+    assert all(row["p50_ms"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in report["engines"])
+    assert len(report["end_to_end"]) == 3 and all(r["ttft_ms_p50"] > 0 for r in report["end_to_end"])
+
+
+def test_runtime_runs_without_torch(cpu_bundle):
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from omni_edge.runtime.session import Session, Done\n"
+        "from omni_edge.runtime.sampling import SamplingConfig\n"
+        f"s = Session({str(cpu_bundle)!r})\n"
+        "r = [e for e in s.generate('hi', 4, SamplingConfig(greedy=True)) if isinstance(e, Done)][0].result\n"
+        "assert len(r.text_token_ids) == 4 and 'torch' not in [m for m in sys.modules if sys.modules[m]]\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
