@@ -60,6 +60,25 @@ class ThinkerInfo:
 
 
 @dataclass(frozen=True)
+class MediaInfo:
+    """What the runtime needs to turn audio, images and video into Thinker tokens and TMRoPE ids."""
+
+    audio_token_id: int
+    image_token_id: int
+    video_token_id: int
+    audio_start_token_id: int
+    audio_end_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+    position_id_per_seconds: int
+    seconds_per_chunk: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    window_size: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     omni_edge_version: str
@@ -70,6 +89,7 @@ class Manifest:
     tools: dict[str, str | None]
     kv_cache: KVCacheGeometry
     thinker: ThinkerInfo
+    media: MediaInfo
     tokenizer_file: str
     components: dict[str, ComponentRecord]
     files: dict[str, str] = field(default_factory=dict)  # every payload file -> sha256
@@ -94,6 +114,7 @@ class Manifest:
                 **data,
                 "kv_cache": KVCacheGeometry(**data["kv_cache"]),
                 "thinker": ThinkerInfo(**data["thinker"]),
+                "media": MediaInfo(**data["media"]),
                 "components": comps,
             }
         )

@@ -51,9 +51,11 @@ def _tqdm_progress(total: int, description: str):
               help="Precision for every component; auto picks the target's default per component.")
 @click.option("--max-seq-len", default=4096, show_default=True, type=int,
               help="KV-cache length the runtime preallocates (prompt + reply + earlier turns).")
+@click.option("--components", default="", help="Comma-separated subset of: thinker, audio_encoder, "
+              "vision_encoder (default: all; the Thinker is always included).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (kept until the new one is complete).")
 @_one_line_errors
-def export_main(model, target, out, precision, max_seq_len, overwrite):
+def export_main(model, target, out, precision, max_seq_len, components, overwrite):
     """Export a Qwen2.5-Omni checkpoint into a deployable bundle.
 
     Each graph is verified against transformers before the bundle is written; the manifest is written
@@ -66,7 +68,8 @@ def export_main(model, target, out, precision, max_seq_len, overwrite):
     """
     from omni_edge.export.pipeline import ExportRequest, export_bundle
 
-    request = ExportRequest(model, target, out, precision, max_seq_len, overwrite)
+    wanted = tuple(c.strip() for c in components.split(",") if c.strip())
+    request = ExportRequest(model, target, out, precision, max_seq_len, overwrite, wanted)
     bundle = export_bundle(request, _tqdm_progress)
     click.echo(f"bundle written to {bundle}", err=True)
     click.echo("next:", err=True)

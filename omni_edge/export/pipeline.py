@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Callable
 
 from omni_edge import __version__, naming
-from omni_edge.bundle import FORMAT_VERSION, KVCacheGeometry, Manifest, ThinkerInfo, sha256_file, write_manifest
+from omni_edge.bundle import (
+    FORMAT_VERSION,
+    KVCacheGeometry,
+    Manifest,
+    MediaInfo,
+    ThinkerInfo,
+    sha256_file,
+    write_manifest,
+)
 from omni_edge.errors import BundleError, TargetError
 from omni_edge.targets import Target, check_precision, get_target
 
@@ -29,6 +37,7 @@ class ExportRequest:
     precision: str = "auto"
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     overwrite: bool = False
+    components: tuple[str, ...] = ()  # empty: every component this version exports
 
 
 def export(
@@ -38,10 +47,11 @@ def export(
     precision: str = "auto",
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     overwrite: bool = False,
+    components: tuple[str, ...] = (),
     progress: Callable | None = None,
 ) -> Path:
     """Python API of `omni-export`; returns the bundle directory."""
-    request = ExportRequest(model, target, Path(out), precision, max_seq_len, overwrite)
+    request = ExportRequest(model, target, Path(out), precision, max_seq_len, overwrite, tuple(components))
     return export_bundle(request, progress or _no_progress)
 
 
@@ -72,6 +82,9 @@ def check_request(request: ExportRequest) -> Target:
             f"precision {request.precision} needs quantization, which this version of omni-export does "
             "not do yet; use --precision fp32 or auto"
         )
+    from omni_edge.export.components import check_components
+
+    check_components(request.components)
     if request.max_seq_len < 16:
         raise BundleError(f"--max-seq-len {request.max_seq_len} is too small; use at least 16")
     out = request.out
@@ -89,16 +102,16 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        from omni_edge.export.components import component_specs, graph_count
         from omni_edge.export.thinker import kv_geometry
-        from omni_edge.export.thinker_specs import THINKER_GRAPHS, thinker_specs
         from omni_edge.export.verify_loop import export_and_verify
 
         # steps: load, one per graph, embeddings+tokenizer, manifest
-        with progress(len(THINKER_GRAPHS) + 3, "loading checkpoint") as bar:
+        with progress(graph_count(request.components) + 3, "loading checkpoint") as bar:
             model = load_omni_model(source.path)
             bar.update()
             records = {}
-            for spec in thinker_specs(model):
+            for spec in component_specs(model, request.components):
                 bar.set_description(f"exporting {spec.name}")
                 records[spec.name] = export_and_verify(spec, model, staging)
                 bar.update()
@@ -128,6 +141,7 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
                     eos_token_ids=read_eos_token_ids(source.path),
                     embedding_file=naming.THINKER_EMBEDDING_FILE,
                 ),
+                media=media_info(model),
                 tokenizer_file=naming.TOKENIZER_FILE,
                 components=records,
                 files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()},
@@ -154,6 +168,25 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         staging.rename(out)
+
+
+def media_info(model) -> MediaInfo:
+    thinker, vision = model.thinker.config, model.thinker.config.vision_config
+    return MediaInfo(
+        audio_token_id=thinker.audio_token_index,
+        image_token_id=thinker.image_token_index,
+        video_token_id=thinker.video_token_index,
+        audio_start_token_id=thinker.audio_start_token_id,
+        audio_end_token_id=thinker.audio_end_token_id,
+        vision_start_token_id=thinker.vision_start_token_id,
+        vision_end_token_id=thinker.vision_end_token_id,
+        position_id_per_seconds=thinker.position_id_per_seconds,
+        seconds_per_chunk=thinker.seconds_per_chunk,
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        spatial_merge_size=vision.spatial_merge_size,
+        window_size=vision.window_size,
+    )
 
 
 def _write_embedding_table(model, path: Path) -> None:

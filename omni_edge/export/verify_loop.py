@@ -60,7 +60,8 @@ def verify_graph(spec: ComponentSpec, module, model, path: Path) -> float:
         feeds = {name: tensor.numpy() for name, tensor in zip(spec.input_names, inputs)}
         got = session.run(list(spec.output_names), feeds)
         with torch.no_grad():
-            expected = [t.numpy() for t in module(*inputs)]
+            result = module(*inputs)
+        expected = [t.numpy() for t in ((result,) if isinstance(result, torch.Tensor) else result)]
         for name, actual, ref in zip(spec.output_names, got, expected):
             if actual.shape != ref.shape:
                 raise ExportVerificationError(
