@@ -78,7 +78,15 @@ def export_main(model, target, out, precision, max_seq_len, components, overwrit
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--prompt", required=True, help="User message.")
+@click.option("--prompt", default="", help="User message (text after any media).")
+@click.option("--audio", "audio", multiple=True, type=click.Path(path_type=Path),
+              help="wav/flac/ogg file (any rate, resampled to 16 kHz mono; up to 300 s). Repeatable.")
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
+              help="Image file (png/jpg/...; larger than 12.8 MP is downscaled). Repeatable.")
+@click.option("--video", "videos", multiple=True, type=click.Path(path_type=Path),
+              help="Video file, sampled at 2 fps. Repeatable.")
+@click.option("--audio-in-video/--no-audio-in-video", "use_audio_in_video", default=False,
+              help="Also hear each --video's sound track, interleaved with its frames every 2 s.")
 @click.option("--system", default=None, help="System prompt (default: the model's standard one).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
 @click.option("--greedy", is_flag=True, help="Deterministic argmax decoding (ignores temperature/top-k/top-p).")
@@ -90,14 +98,16 @@ def export_main(model, target, out, precision, max_seq_len, components, overwrit
 @click.option("--threads", default=0, type=int, help="CPU threads for ONNX Runtime (0: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, token ids and timings.")
 @_one_line_errors
-def run_main(bundle, prompt, system, max_new_tokens, greedy, temperature, top_k, top_p,
-             repetition_penalty, seed, threads, as_json):
+def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, system, max_new_tokens, greedy,
+             temperature, top_k, top_p, repetition_penalty, seed, threads, as_json):
     """Run a bundle: stream the reply to PROMPT as it is generated.
 
     \b
     Example:
       omni-run build/tiny --prompt "Describe a sunny day" --greedy --max-new-tokens 32
       omni-run build/tiny --prompt "Hi" --json
+      omni-run build/tiny --audio question.wav --image kitchen.jpg --prompt "Answer briefly"
+      omni-run build/tiny --video clip.mp4 --audio-in-video --prompt "What happens?"
     """
     from omni_edge.runtime.sampling import SamplingConfig
     from omni_edge.runtime.session import Done, Session, TextDelta
@@ -106,7 +116,9 @@ def run_main(bundle, prompt, system, max_new_tokens, greedy, temperature, top_k,
     sampling.validate()
     session = Session(bundle, threads=threads)
     result = None
-    for event in session.generate(prompt, max_new_tokens, sampling, seed, system):
+    turn = session.generate(prompt, max_new_tokens, sampling, seed, system, audio=audio, images=images,
+                            videos=videos, use_audio_in_video=use_audio_in_video)
+    for event in turn:
         if isinstance(event, TextDelta) and not as_json:
             click.echo(event.text, nl=False)
             sys.stdout.flush()

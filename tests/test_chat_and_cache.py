@@ -70,6 +70,6 @@ def test_session_refuses_a_prompt_longer_than_the_cache(session):
     from omni_edge.runtime.sampling import SamplingConfig
 
     session.reset()
-    with pytest.raises(KVCacheOverflowError, match="KV cache holds 512"):
-        session.generate("word " * 600, 8, SamplingConfig(greedy=True))
+    with pytest.raises(KVCacheOverflowError, match="KV cache holds 2048"):
+        session.generate("word " * 2500, 8, SamplingConfig(greedy=True))
     assert session.cache.length == 0

@@ -155,8 +155,8 @@ def test_directory_without_manifest(tmp_path):
 
 
 def test_prompt_longer_than_kv_cache(cpu_bundle):
-    proc = cli("omni-run", str(cpu_bundle), "--prompt", "word " * 600, "--max-new-tokens", "4")
-    assert_one_line_error(proc, "KV cache holds 512", "--max-seq-len")
+    proc = cli("omni-run", str(cpu_bundle), "--prompt", "word " * 2500, "--max-new-tokens", "4")
+    assert_one_line_error(proc, "KV cache holds 2048", "--max-seq-len")
 
 
 def test_bench_reports_every_thinker_engine(cpu_bundle):
@@ -181,3 +181,36 @@ def test_runtime_runs_without_torch(cpu_bundle):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_run_with_audio_image_and_video_files(cpu_bundle, tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from media_files import write_video
+    from PIL import Image
+
+    t = np.arange(int(44_100 * 1.5)) / 44_100
+    sf.write(tmp_path / "q.wav", np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1) * 0.3, 44_100)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    write_video(tmp_path / "v.mp4", seconds=3, rate=10, audio=True, size=(56, 84))
+    proc = cli("omni-run", str(cpu_bundle), "--audio", str(tmp_path / "q.wav"), "--image", str(tmp_path / "x.png"),
+               "--video", str(tmp_path / "v.mp4"), "--audio-in-video", "--prompt", "What is this?",
+               "--greedy", "--max-new-tokens", "6", "--json")
+    assert proc.returncode == 0, proc.stderr
+    ids = json.loads(proc.stdout)["prompt_token_ids"]
+    for placeholder in (151646, 151655, 151656):  # <|AUDIO|>, <|IMAGE|>, <|VIDEO|>
+        assert placeholder in ids
+    assert len(json.loads(proc.stdout)["text_token_ids"]) == 6
+
+
+def test_bad_media_gives_one_line(cpu_bundle, tmp_path):
+    from media_files import write_video
+
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    assert_one_line_error(cli("omni-run", str(cpu_bundle), "--audio", str(tmp_path / "broken.wav")), "broken.wav")
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert_one_line_error(cli("omni-run", str(cpu_bundle), "--image", str(tmp_path / "empty.png")), "empty.png")
+    write_video(tmp_path / "silent.mp4", seconds=2, rate=10, audio=False, size=(56, 84))
+    proc = cli("omni-run", str(cpu_bundle), "--video", str(tmp_path / "silent.mp4"), "--audio-in-video")
+    assert_one_line_error(proc, "silent.mp4", "audio")
+    assert_one_line_error(cli("omni-run", str(cpu_bundle), "--audio", str(tmp_path / "nope.wav")), "nope.wav")

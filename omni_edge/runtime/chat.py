@@ -56,6 +56,9 @@ class TextTokenizer:
             raise BundleError(f"the tokenizer has no {token} token; this is not a Qwen2.5-Omni tokenizer")
         return token_id
 
+    def token_text(self, token_id: int) -> str:
+        return self._tokenizer.id_to_token(token_id)
+
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 

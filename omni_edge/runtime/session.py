@@ -22,8 +22,11 @@ from omni_edge.errors import BundleError, InputError
 from omni_edge.runtime.chat import Message, TextStreamer, TextTokenizer, render_chat, render_user_turn
 from omni_edge.runtime.engine import Engine, OrtEngine
 from omni_edge.runtime.kv_cache import KVCache
+from omni_edge.runtime.media import MediaEncoders
 from omni_edge.runtime.positions import text_positions
+from omni_edge.runtime.prompt import ImagePart, Part, VideoPart, audio_sequence, splice_features, user_content
 from omni_edge.runtime.sampling import SamplingConfig, sample_token
+from omni_edge.runtime.tmrope import SpecialTokens, rope_index
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,13 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
     )
 
 
+def _waveform(audio) -> np.ndarray:
+    """A path is read and resampled to 16 kHz mono; an array is taken as 16 kHz mono already."""
+    from omni_edge.runtime.audio_frontend import load_audio
+
+    return load_audio(audio) if isinstance(audio, (str, Path)) else np.asarray(audio, dtype=np.float32)
+
+
 class Session:
     def __init__(self, bundle_dir: str | Path, threads: int = 0, verify: bool = True):
         from safetensors.numpy import load_file
@@ -76,6 +86,7 @@ class Session:
         self.tokenizer = TextTokenizer(self.bundle_dir / self.manifest.tokenizer_file)
         self.eos_ids = frozenset(self.manifest.thinker.eos_token_ids)
         self.cache = KVCache(self.manifest.kv_cache)
+        self.media = MediaEncoders(self.manifest, lambda name: open_engine(self.bundle_dir, self.manifest, name, threads))
         self._cancel = threading.Event()
         self.reset()
 
@@ -91,15 +102,53 @@ class Session:
         """Stop the running turn after the current step (barge-in). Safe to call from another thread."""
         self._cancel.set()
 
-    def next_turn_ids(self, prompt: str, system: str | None = None) -> list[int]:
-        """Token ids to feed for a new user turn, continuing the conversation held in the cache."""
+    def next_turn(self, parts: list[Part], system: str | None = None) -> tuple[list[int], np.ndarray]:
+        """Token ids and position ids [3,1,n] to feed for a new user turn, after what the cache holds."""
+        content = user_content(parts, self.manifest.media, self.tokenizer.token_text)
         if self.cache.length == 0 and not self._unfed:
-            messages = ([Message("system", system)] if system else []) + [Message("user", prompt)]
-            return self.tokenizer.encode(render_chat(messages))
-        if system:
-            raise InputError("a system prompt can only start a conversation; call reset() first")
-        closing = [] if self._turn_closed else [self.tokenizer.im_end_id]
-        return self._unfed + closing + self.tokenizer.encode("\n" + render_user_turn(prompt))
+            messages = ([Message("system", system)] if system else []) + [Message("user", content)]
+            ids = self.tokenizer.encode(render_chat(messages))
+        else:
+            if system:
+                raise InputError("a system prompt can only start a conversation; call reset() first")
+            closing = [] if self._turn_closed else [self.tokenizer.im_end_id]
+            ids = self._unfed + closing + self.tokenizer.encode("\n" + render_user_turn(content))
+        return ids, self._prompt_positions(ids, parts)
+
+    def next_turn_ids(self, prompt: str, system: str | None = None) -> list[int]:
+        return self.next_turn([prompt], system)[0]
+
+    def _prompt_positions(self, ids: list[int], parts: list[Part]) -> np.ndarray:
+        info = self.manifest.media
+        videos = [p for p in parts if isinstance(p, VideoPart)]
+        with_audio = [v.audio is not None for v in videos]
+        if any(with_audio) and not all(with_audio):
+            raise InputError("use_audio_in_video applies to every video of a turn; give all or none an audio track")
+        positions, _ = rope_index(
+            np.asarray(ids),
+            image_grid_thw=[p.grid_thw for p in parts if isinstance(p, ImagePart)],
+            video_grid_thw=[v.grid_thw for v in videos],
+            audio_mel_lengths=[a.mel_frames for a in audio_sequence(parts)],
+            second_per_grid=[v.second_per_grid for v in videos],
+            use_audio_in_video=any(with_audio),
+            spatial_merge_size=info.spatial_merge_size,
+            position_id_per_seconds=info.position_id_per_seconds,
+            seconds_per_chunk=info.seconds_per_chunk,
+            tokens=SpecialTokens(
+                image=info.image_token_id, video=info.video_token_id, audio=info.audio_token_id,
+                vision_start=info.vision_start_token_id, vision_end=info.vision_end_token_id,
+                audio_start=info.audio_start_token_id, audio_end=info.audio_end_token_id,
+            ),
+        )
+        # Ids continue from the conversation so far (max id + 1), as get_rope_index does over the whole text.
+        return (positions + self._next_position)[:, None, :]
+
+    def media_parts(self, audio=(), images=(), videos=(), use_audio_in_video: bool = False) -> list[Part]:
+        """Encode media (paths or decoded arrays) into parts: audio clips, then images, then videos."""
+        parts: list[Part] = [self.media.encode_audio(_waveform(a)) for a in audio]
+        parts += [self.media.encode_image(i) for i in images]
+        parts += [self.media.encode_video(v, use_audio_in_video) for v in videos]
+        return parts
 
     # -- generation ---------------------------------------------------------------------------
     def generate(
@@ -109,10 +158,21 @@ class Session:
         sampling: SamplingConfig = SamplingConfig(),
         seed: int | None = None,
         system: str | None = None,
+        *,
+        audio=(),
+        images=(),
+        videos=(),
+        use_audio_in_video: bool = False,
     ) -> Iterator[TextDelta | Done]:
-        if not prompt.strip():
-            raise InputError("the prompt is empty; pass some text with --prompt")
-        return self.generate_from_ids(self.next_turn_ids(prompt, system), max_new_tokens, sampling, seed)
+        """Stream the reply to one user turn: media first (audio, images, videos), then the prompt text."""
+        if not prompt.strip() and not (audio or images or videos):
+            raise InputError("the prompt is empty; pass some text with --prompt or media with --audio/--image/--video")
+        if use_audio_in_video and not videos:
+            raise InputError("--audio-in-video needs at least one --video")
+        parts = self.media_parts(audio, images, videos, use_audio_in_video) + ([prompt] if prompt else [])
+        ids, positions = self.next_turn(parts, system)
+        embeds = splice_features(self.embeddings[np.asarray(ids)], np.asarray(ids), parts, self.manifest.media)
+        return self.generate_from_ids(ids, max_new_tokens, sampling, seed, embeds=embeds, positions=positions)
 
     def generate_from_ids(
         self,
@@ -120,16 +180,24 @@ class Session:
         max_new_tokens: int = 128,
         sampling: SamplingConfig = SamplingConfig(),
         seed: int | None = None,
+        embeds: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
     ) -> Iterator[TextDelta | Done]:
-        """Feed `prompt_ids` after what the cache holds and stream the reply."""
+        """Feed `prompt_ids` after what the cache holds and stream the reply.
+
+        `embeds` [n, hidden] replaces the token embeddings (media spliced in); `positions` [3, 1, n]
+        the text positions (TMRoPE for media).
+        """
         sampling.validate()
         if max_new_tokens < 1:
             raise InputError("--max-new-tokens must be at least 1")
         # The last sampled token is never fed, so a turn needs prompt + max_new_tokens - 1 cache slots.
         self.cache.check_room(len(prompt_ids) + max_new_tokens - 1, "this prompt plus --max-new-tokens")
-        return self._stream(list(prompt_ids), max_new_tokens, sampling, np.random.default_rng(seed))
+        first = (list(prompt_ids), embeds, positions)
+        return self._stream(first, max_new_tokens, sampling, np.random.default_rng(seed))
 
-    def _stream(self, prompt_ids, max_new_tokens, sampling, rng) -> Iterator[TextDelta | Done]:
+    def _stream(self, first, max_new_tokens, sampling, rng) -> Iterator[TextDelta | Done]:
+        prompt_ids, embeds, positions = first
         self._cancel.clear()
         start = time.perf_counter()
         self._unfed = []
@@ -137,14 +205,14 @@ class Session:
         history = list(prompt_ids)
         generated: list[int] = []
         streamer = TextStreamer(self.tokenizer)
-        feed = prompt_ids
+        feed = (prompt_ids, embeds, positions)
         ttft = None
         finish = "length"
         while len(generated) < max_new_tokens:
             if self._cancel.is_set():
                 finish = "cancelled"
                 break
-            logits = self._forward(feed)
+            logits = self._forward(*feed)
             token = sample_token(logits, np.asarray(history, dtype=np.int64), sampling, rng)
             if ttft is None:
                 ttft = time.perf_counter() - start
@@ -159,7 +227,7 @@ class Session:
                 finish = "eos"
                 self._turn_closed = True
                 break
-            feed = [token]
+            feed = ([token], None, None)
         tail = streamer.flush()
         if tail:
             yield TextDelta(tail, generated[-1])
@@ -178,13 +246,15 @@ class Session:
             )
         )
 
-    def _forward(self, ids: list[int]) -> np.ndarray:
-        """Run the new ids through prefill (empty cache) or decode, append their KV, return last logits."""
+    def _forward(self, ids: list[int], embeds: np.ndarray | None = None, positions: np.ndarray | None = None):
+        """Run new tokens through prefill (empty cache) or decode, append their KV, return last logits."""
         count = len(ids)
         self.cache.check_room(count)
+        if positions is None:
+            positions = text_positions(self._next_position, count)
         feeds = {
-            "inputs_embeds": self.embeddings[np.asarray(ids)][None],
-            "position_ids": text_positions(self._next_position, count),
+            "inputs_embeds": (self.embeddings[np.asarray(ids)] if embeds is None else embeds)[None],
+            "position_ids": positions,
             "attention_mask": np.ones((1, self.cache.length + count), dtype=np.int64),
         }
         if self.cache.length == 0:
@@ -192,5 +262,5 @@ class Session:
         else:
             outputs = self.decode.run({**feeds, **self.cache.past_feeds()})
         self.cache.append(outputs)
-        self._next_position += count
+        self._next_position = int(positions.max()) + 1
         return outputs["logits"][0, -1]

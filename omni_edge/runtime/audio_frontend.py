@@ -1,0 +1,179 @@
+"""Audio front end in numpy: file -> 16 kHz mono float32 -> Whisper log-mel [128, frames].
+
+Reading: `soundfile` (libsndfile; WAV, FLAC, OGG, MP3 and friends, already a project dependency).
+Resampling: `soxr` at quality "HQ". The reference pipeline (qwen-omni-utils) loads audio with
+`librosa.load(path, sr=16000)`, whose default resampler is soxr_hq followed by `fix_length` to
+ceil(n * 16000 / sr) samples; calling soxr the same way gives the same samples without pulling in
+librosa (and its numba/scipy stack). soxr ships manylinux/macOS/Windows wheels that need only numpy.
+
+Limits: at most 300 s of audio (`MAX_AUDIO_SECONDS`). WhisperFeatureExtractor pads or *silently truncates*
+every clip to chunk_length=300 s, so anything longer would lose its tail without a word; we refuse it
+instead and tell the user to split the file.
+
+log_mel mirrors WhisperFeatureExtractor(feature_size=128, hop_length=160, n_fft=400, chunk_length=300)
+as Qwen2.5-Omni's processor calls it (padding="max_length", return_attention_mask=True), then keeps only
+the frames whose mask is 1, which is what the model does with `feature_attention_mask`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from omni_edge.errors import InputError
+
+SAMPLE_RATE = 16_000
+N_FFT = 400  # 25 ms Hann window
+HOP = 160  # 10 ms -> 100 frames/s
+N_MELS = 128
+MAX_AUDIO_SECONDS = 300  # WhisperFeatureExtractor chunk_length for Qwen2.5-Omni
+MAX_SAMPLES = MAX_AUDIO_SECONDS * SAMPLE_RATE  # 4_800_000 = the reference's n_samples
+LOG_FLOOR = -10.0  # log10 of the 1e-10 clamp: what a frame of pure padding comes out as
+
+_VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"}
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """Read an audio file (anything libsndfile decodes: WAV, FLAC, OGG, ...) as 16 kHz mono float32."""
+    import soundfile as sf
+
+    path = Path(path)
+    check_media_file(path, "audio")
+    if path.suffix.lower() in _VIDEO_SUFFIXES:
+        raise InputError(
+            f"{path} looks like a video file; load its sound track with "
+            "omni_edge.runtime.vision_frontend.load_video_audio instead of load_audio."
+        )
+    try:
+        info = sf.info(str(path))
+        if info.frames > 0 and info.frames / info.samplerate > MAX_AUDIO_SECONDS:
+            raise too_long_error(path, info.frames / info.samplerate)
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except RuntimeError as exc:  # soundfile.LibsndfileError
+        # libsndfile says "Format not recognised" for both garbage and codecs it lacks; pass its reason on.
+        reason = str(exc).rstrip(".")
+        raise InputError(
+            f"cannot decode audio file {path}: {reason}. The file is corrupt or uses an encoding libsndfile "
+            f"cannot read; convert it with: ffmpeg -i '{path}' -ac 1 -ar 16000 -c:a pcm_s16le out.wav"
+        ) from exc
+    return to_mono_16k(data.T, rate, source=str(path))
+
+
+def to_mono_16k(channels: np.ndarray, rate: int, source: str = "audio") -> np.ndarray:
+    """[channels, samples] float at `rate` Hz -> [samples] float32 at 16 kHz (librosa.load's recipe)."""
+    if channels.shape[-1] == 0:
+        raise InputError(f"{source} contains no audio samples (0 frames); record or export it again.")
+    if channels.shape[-1] / rate > MAX_AUDIO_SECONDS:
+        raise too_long_error(source, channels.shape[-1] / rate)
+    # librosa.to_mono: plain mean of the channels, in float32.
+    mono = np.ascontiguousarray(np.mean(channels.astype(np.float32, copy=False), axis=0))
+    if rate == SAMPLE_RATE:
+        out = mono
+    else:
+        import soxr
+
+        out = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        # librosa's fix_length: exactly ceil(n * ratio) samples, zero-padded or trimmed.
+        want = int(math.ceil(mono.shape[0] * SAMPLE_RATE / rate))
+        out = out[:want] if out.shape[0] >= want else np.pad(out, (0, want - out.shape[0]))
+    if not np.all(np.isfinite(out)):
+        raise InputError(f"{source} contains NaN or infinite samples; re-export it as PCM wav.")
+    return out
+
+
+def log_mel(waveform_16k: np.ndarray) -> np.ndarray:
+    """16 kHz mono waveform -> [128, ceil(samples / 160)] float32 log-mel, as the model receives it."""
+    wave = np.asarray(waveform_16k)
+    if wave.ndim != 1:
+        raise InputError(f"log_mel needs a 1-D mono waveform, got shape {wave.shape}; downmix it first.")
+    if wave.shape[0] == 0:
+        raise InputError("log_mel got an empty waveform (0 samples); pass at least one sample of audio.")
+    if wave.shape[0] > MAX_SAMPLES:
+        raise too_long_error("waveform", wave.shape[0] / SAMPLE_RATE)
+    # The reference casts to float32 before the STFT; do the same so both see identical samples.
+    wave = wave.astype(np.float32).astype(np.float64)
+    if not np.all(np.isfinite(wave)):
+        raise InputError("log_mel got NaN or infinite samples; check the audio source.")
+
+    # The reference pads to 300 s of zeros. Frames lying wholly in that padding are log10(1e-10) = -10,
+    # so we only need the signal plus enough zeros that the reflect pad at our end reflects zeros too.
+    padded_len = min(MAX_SAMPLES, wave.shape[0] + N_FFT + HOP)
+    padded = np.zeros(padded_len, dtype=np.float64)
+    padded[: wave.shape[0]] = wave
+    log_spec = _log_mel_frames(padded)
+    if padded_len == MAX_SAMPLES:
+        log_spec = log_spec[:, :-1]  # Whisper drops the STFT's last frame
+    # max over the whole padded clip (including -10 padding frames), exactly as the reference does.
+    floor = max(log_spec.max(), LOG_FLOOR) - 8.0
+    valid = -(-wave.shape[0] // HOP)  # feature_attention_mask.sum() = ceil(samples / hop)
+    out = (np.maximum(log_spec[:, :valid], floor) + 4.0) / 4.0
+    return out.astype(np.float32)
+
+
+def _log_mel_frames(padded: np.ndarray, block: int = 4096) -> np.ndarray:
+    """torch.stft(center=True, reflect) power spectrum -> Slaney mel -> log10, [128, len // HOP + 1]."""
+    signal = np.pad(padded, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(signal, N_FFT)[::HOP]
+    window, filters = _hann_window(), mel_filters()
+    out = np.empty((N_MELS, frames.shape[0]), dtype=np.float64)
+    for start in range(0, frames.shape[0], block):  # blocks keep a 300 s clip under ~20 MB of temporaries
+        spec = np.fft.rfft(frames[start : start + block] * window, axis=-1)
+        power = spec.real**2 + spec.imag**2
+        out[:, start : start + block] = np.log10(np.maximum(power @ filters, 1e-10)).T
+    return out
+
+
+def _hann_window() -> np.ndarray:
+    # Periodic Hann (torch.hann_window default / transformers window_function(periodic=True)).
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)
+
+
+_MEL_FILTERS: np.ndarray | None = None
+
+
+def mel_filters() -> np.ndarray:
+    """[201, 128] Slaney-scale, Slaney-normalised triangular filters over 0..8 kHz (librosa/Whisper)."""
+    global _MEL_FILTERS
+    if _MEL_FILTERS is None:
+        fft_freqs = np.linspace(0, SAMPLE_RATE // 2, 1 + N_FFT // 2)
+        mels = np.linspace(_hz_to_mel(0.0), _hz_to_mel(8000.0), N_MELS + 2)
+        edges = _mel_to_hz(mels)
+        rise = (fft_freqs[:, None] - edges[None, :-2]) / np.diff(edges)[None, :-1]
+        fall = (edges[None, 2:] - fft_freqs[:, None]) / np.diff(edges)[None, 1:]
+        tri = np.maximum(0.0, np.minimum(rise, fall))
+        # Slaney norm: each filter has unit area so bands carry roughly constant energy.
+        _MEL_FILTERS = tri * (2.0 / (edges[2:] - edges[:-2]))[None, :]
+    return _MEL_FILTERS
+
+
+def _hz_to_mel(hz):
+    # Slaney: linear below 1 kHz (3 mels per 200 Hz), logarithmic above.
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = 3.0 * hz / 200.0
+    log = 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) * (27.0 / np.log(6.4))
+    return np.where(hz >= 1000.0, log, linear)
+
+
+def _mel_to_hz(mel):
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = 200.0 * mel / 3.0
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
+    return np.where(mel >= 15.0, log, linear)
+
+
+def check_media_file(path: Path, kind: str) -> None:
+    if not path.exists():
+        raise InputError(f"{kind} file not found: {path}; check the path.")
+    if not path.is_file():
+        raise InputError(f"{kind} path is not a regular file: {path}; pass a file, not a directory.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{kind} file is empty (0 bytes): {path}; record or export it again.")
+
+
+def too_long_error(source, seconds: float) -> InputError:
+    return InputError(
+        f"{source} is {seconds:.1f} s long; the audio limit is {MAX_AUDIO_SECONDS} s (the model's feature "
+        f"extractor would silently cut the rest). Split it into pieces of at most {MAX_AUDIO_SECONDS} s."
+    )

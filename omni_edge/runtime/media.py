@@ -1,0 +1,88 @@
+"""Media in, Thinker-ready parts out: front ends (numpy) then the encoder graphs of the bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from omni_edge import naming
+from omni_edge.bundle import Manifest
+from omni_edge.errors import BundleError, InputError
+from omni_edge.runtime.audio_blocks import gather_tokens, split_blocks
+from omni_edge.runtime.engine import Engine
+from omni_edge.runtime.prompt import AudioPart, ImagePart, VideoPart
+from omni_edge.runtime.vision_index import vision_indices
+
+
+class MediaEncoders:
+    """The bundle's audio and vision encoders, opened lazily so text-only sessions never load them."""
+
+    def __init__(self, manifest: Manifest, open_engine):
+        self._manifest = manifest
+        self._open_engine = open_engine  # name -> Engine
+        self._engines: dict[str, Engine] = {}
+
+    def _engine(self, name: str, flag: str) -> Engine:
+        if name not in self._manifest.components:
+            raise BundleError(
+                f"this bundle has no {name}, so it cannot take {flag}; re-export it without --components "
+                f"or with --components {name}"
+            )
+        if name not in self._engines:
+            self._engines[name] = self._open_engine(name)
+        return self._engines[name]
+
+    def encode_audio(self, waveform_16k: np.ndarray) -> AudioPart:
+        from omni_edge.runtime.audio_frontend import log_mel
+
+        mel = log_mel(waveform_16k)
+        blocks, lengths = split_blocks(mel)
+        encoded = self._engine(naming.AUDIO_ENCODER, "--audio").run(
+            {"input_features": blocks, "block_lengths": lengths}
+        )["audio_embeds"]
+        tokens = gather_tokens(encoded, lengths)
+        if len(tokens) == 0:
+            raise InputError("the audio is too short to give a single token (under 30 ms); pass a longer clip")
+        return AudioPart(tokens, int(mel.shape[1]))
+
+    def _encode_patches(self, patches: np.ndarray, grid_thw: tuple[int, int, int], flag: str) -> np.ndarray:
+        info = self._manifest.media
+        idx = vision_indices([grid_thw], info.spatial_merge_size, info.window_size, info.patch_size)
+        feeds = {
+            "pixel_patches": patches.astype(np.float32),
+            "patch_positions": idx.patch_positions,
+            "window_index": idx.window_index,
+            "reverse_index": idx.reverse_index,
+            "window_segments": idx.window_segments,
+            "frame_segments": idx.frame_segments,
+        }
+        return self._engine(naming.VISION_ENCODER, flag).run(feeds)["image_embeds"]
+
+    def encode_image(self, image) -> ImagePart:
+        from omni_edge.runtime.vision_frontend import load_image, preprocess_image
+
+        pixels = load_image(image) if isinstance(image, (str, Path)) else image
+        patches, grid = preprocess_image(pixels)
+        grid_thw = tuple(int(v) for v in grid[0])
+        return ImagePart(self._encode_patches(patches, grid_thw, "--image"), grid_thw)
+
+    def encode_video(self, video, use_audio_in_video: bool, fps: float = 2.0) -> VideoPart:
+        """`video`: a path, or (frames uint8 [T,H,W,3], fps[, waveform_16k]) already decoded."""
+        from omni_edge.runtime.vision_frontend import load_video_audio, preprocess_video, sample_video_frames
+
+        waveform = None
+        if isinstance(video, (str, Path)):
+            frames, fps = sample_video_frames(video, fps)
+            if use_audio_in_video:
+                waveform = load_video_audio(video)
+        else:
+            frames, fps, *rest = video
+            waveform = rest[0] if rest else None
+            if use_audio_in_video and waveform is None:
+                raise InputError("use_audio_in_video needs the video's audio track; pass (frames, fps, waveform)")
+        patches, grid, second_per_grid = preprocess_video(frames, fps)
+        grid_thw = tuple(int(v) for v in grid[0])
+        embeds = self._encode_patches(patches, grid_thw, "--video")
+        audio = self.encode_audio(waveform) if use_audio_in_video else None
+        return VideoPart(embeds, grid_thw, float(second_per_grid), audio)
