@@ -79,6 +79,35 @@ class MediaInfo:
 
 
 @dataclass(frozen=True)
+class TalkerInfo:
+    """Codec-LM facts the runtime needs to build the dual-track input and stop generation."""
+
+    kv_cache: KVCacheGeometry
+    codec_embedding_file: str  # [vocab, thinker_hidden]: the Talker's embed_tokens, summed before the projection
+    vocab_size: int
+    codec_bos_token_id: int
+    codec_eos_token_id: int
+    codec_pad_token_id: int
+    codec_mask_token_id: int
+    text_bos_token_id: int
+    text_eos_token_id: int
+    text_pad_token_id: int
+    stop_token_ids: list[int]  # pad or eos ends the utterance, as in the reference generate
+    speakers: dict[str, int]  # speaker -> its text-bos token id
+    speakers_file: str  # safetensors: "<name>.cond" x-vector, "<name>.ref_mel" reference mel
+
+
+@dataclass(frozen=True)
+class Token2WavInfo:
+    mel_dim: int
+    repeats: int  # mel frames per codec token
+    block_size: int  # DiT attention block, in mel frames
+    num_code_embeddings: int  # codes >= this are mapped to 0 before the DiT
+    samples_per_frame: int  # BigVGAN upsampling
+    sample_rate: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     format_version: int
     omni_edge_version: str
@@ -93,6 +122,8 @@ class Manifest:
     tokenizer_file: str
     components: dict[str, ComponentRecord]
     files: dict[str, str] = field(default_factory=dict)  # every payload file -> sha256
+    talker: TalkerInfo | None = None  # None: a text-only bundle
+    token2wav: Token2WavInfo | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -115,9 +146,17 @@ class Manifest:
                 "kv_cache": KVCacheGeometry(**data["kv_cache"]),
                 "thinker": ThinkerInfo(**data["thinker"]),
                 "media": MediaInfo(**data["media"]),
+                "talker": _talker_info(data.get("talker")),
+                "token2wav": Token2WavInfo(**data["token2wav"]) if data.get("token2wav") else None,
                 "components": comps,
             }
         )
+
+
+def _talker_info(data: dict | None) -> TalkerInfo | None:
+    if not data:
+        return None
+    return TalkerInfo(**{**data, "kv_cache": KVCacheGeometry(**data["kv_cache"])})
 
 
 def _itemsize(dtype: str) -> int:

@@ -87,7 +87,15 @@ def export_main(model, target, out, precision, max_seq_len, components, overwrit
               help="Video file, sampled at 2 fps. Repeatable.")
 @click.option("--audio-in-video/--no-audio-in-video", "use_audio_in_video", default=False,
               help="Also hear each --video's sound track, interleaved with its frames every 2 s.")
-@click.option("--system", default=None, help="System prompt (default: the model's standard one).")
+@click.option("--out-wav", type=click.Path(path_type=Path), default=None,
+              help="Also speak the reply: write 24 kHz audio here (streamed to disk chunk by chunk).")
+@click.option("--speaker", default="Chelsie", show_default=True, help="Voice for --out-wav (from the bundle's spk_dict).")
+@click.option("--max-codec-tokens", default=2048, show_default=True, type=int,
+              help="Upper bound on speech length (50 codec tokens per second).")
+@click.option("--ode-solver", default="rk4", show_default=True, type=click.Choice(["rk4", "euler"]),
+              help="Flow-matching solver for speech: rk4 (reference, 36 DiT calls per window) or euler (9).")
+@click.option("--system", default=None, help="System prompt (default: the model's standard one; with "
+              "--out-wav, the speech prompt the model was trained with).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
 @click.option("--greedy", is_flag=True, help="Deterministic argmax decoding (ignores temperature/top-k/top-p).")
 @click.option("--temperature", default=1.0, show_default=True, type=float)
@@ -98,8 +106,9 @@ def export_main(model, target, out, precision, max_seq_len, components, overwrit
 @click.option("--threads", default=0, type=int, help="CPU threads for ONNX Runtime (0: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, token ids and timings.")
 @_one_line_errors
-def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, system, max_new_tokens, greedy,
-             temperature, top_k, top_p, repetition_penalty, seed, threads, as_json):
+def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, out_wav, speaker, max_codec_tokens,
+             ode_solver, system, max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed,
+             threads, as_json):
     """Run a bundle: stream the reply to PROMPT as it is generated.
 
     \b
@@ -108,28 +117,48 @@ def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, system, 
       omni-run build/tiny --prompt "Hi" --json
       omni-run build/tiny --audio question.wav --image kitchen.jpg --prompt "Answer briefly"
       omni-run build/tiny --video clip.mp4 --audio-in-video --prompt "What happens?"
+      omni-run build/tiny --prompt "Say hello" --out-wav reply.wav --speaker Ethan
     """
     from omni_edge.runtime.sampling import SamplingConfig
     from omni_edge.runtime.session import Done, Session, TextDelta
 
+    from omni_edge.runtime.chat import SPEECH_SYSTEM_PROMPT
+    from omni_edge.runtime.speech import AudioChunk, SpeechOptions
+    from omni_edge.runtime.talker import DEFAULT_TALKER_SAMPLING, GREEDY_TALKER_SAMPLING
+    from omni_edge.runtime.wav_writer import WavWriter
+
     sampling = SamplingConfig(greedy, temperature, top_k, top_p, repetition_penalty)
     sampling.validate()
     session = Session(bundle, threads=threads)
+    speech = None
+    if out_wav is not None:
+        speech = SpeechOptions(speaker, GREEDY_TALKER_SAMPLING if greedy else DEFAULT_TALKER_SAMPLING,
+                               max_codec_tokens, ode_solver, seed or 0)
+        session.speech().check(speech)
+        system = system or SPEECH_SYSTEM_PROMPT
     result = None
-    turn = session.generate(prompt, max_new_tokens, sampling, seed, system, audio=audio, images=images,
-                            videos=videos, use_audio_in_video=use_audio_in_video)
-    for event in turn:
-        if isinstance(event, TextDelta) and not as_json:
-            click.echo(event.text, nl=False)
-            sys.stdout.flush()
-        elif isinstance(event, Done):
-            result = event.result
+    # Opened before generation: an unwritable path fails now, not after a minute of work.
+    with WavWriter(out_wav, session.manifest.token2wav.sample_rate if speech else 24000) as wav:
+        turn = session.generate(prompt, max_new_tokens, sampling, seed, system, audio=audio, images=images,
+                                videos=videos, use_audio_in_video=use_audio_in_video, speech=speech)
+        for event in turn:
+            if isinstance(event, TextDelta) and not as_json:
+                click.echo(event.text, nl=False)
+                sys.stdout.flush()
+            elif isinstance(event, AudioChunk):
+                wav.write(event.samples)
+            elif isinstance(event, Done):
+                result = event.result
     if as_json:
         click.echo(json.dumps(run_report(result)))
     else:
         click.echo()
         click.echo(f"[{len(result.text_token_ids)} tokens, ttft {result.ttft_ms:.1f} ms, "
                    f"{result.decode_tokens_per_s:.1f} tok/s, {result.finish_reason}]", err=True)
+        if speech:
+            click.echo(f"[{result.audio_seconds:.2f} s of speech in {out_wav}, first audio "
+                       f"{result.first_audio_ms or 0:.0f} ms, rtf {result.rtf or 0:.2f}, talker stop: "
+                       f"{result.talker_stop_reason}]", err=True)
 
 
 def run_report(result) -> dict:
@@ -143,6 +172,7 @@ def run_report(result) -> dict:
         "ttft_ms": round(result.ttft_ms, 3),
         "first_audio_ms": result.first_audio_ms,
         "rtf": result.rtf,
+        "talker_stop_reason": result.talker_stop_reason,
         "total_ms": round(result.total_ms, 3),
         "decode_tokens_per_s": round(result.decode_tokens_per_s, 3),
     }
@@ -150,21 +180,40 @@ def run_report(result) -> dict:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--engine", "engines", multiple=True, help="Only these engines (repeatable).")
-@click.option("--iterations", default=20, show_default=True, type=int)
+@click.option("--engine", "engines", multiple=True, help="Only these engines (repeatable); end to end always runs.")
+@click.option("--iterations", default=20, show_default=True, type=int, help="Timed runs per row, after warm-up.")
 @click.option("--warmup", default=3, show_default=True, type=int)
-@click.option("--threads", default=0, type=int, help="CPU threads for ONNX Runtime (0: all cores).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--max-seconds", default=0.0, type=float,
+              help="Per row, stop timing after this many seconds (never below 3 runs); 0: no limit.")
+@click.option("--threads", default=0, type=int,
+              help="CPU threads for ONNX Runtime and for the PyTorch reference (0: every usable core).")
+@click.option("--new-tokens", default=32, show_default=True, type=int, help="Tokens per end-to-end reply.")
+@click.option("--e2e-iterations", default=0, type=int, help="Timed replies per prompt (0: max(3, iterations/4)).")
+@click.option("--no-reference", is_flag=True, help="Skip the PyTorch (transformers) reference.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG: latency per engine, ratio vs reference.")
 @_one_line_errors
-def bench_main(bundle, engines, iterations, warmup, threads, as_json):
-    """Measure per-engine latency (p50/p90/p99) and end-to-end text latency of a bundle.
+def bench_main(bundle, engines, iterations, warmup, max_seconds, threads, new_tokens, e2e_iterations, no_reference,
+               as_json, plot):
+    """Measure every engine of a bundle (p50/p90/p99, throughput, peak RSS), end-to-end latency on fixed
+    text/audio/image prompts, the same for the PyTorch reference, and decode against the bandwidth roofline.
 
     \b
     Example:
       omni-bench build/tiny --iterations 50 --json > bench.json
+      omni-bench build/medium --threads 2 --max-seconds 60 --json --plot bench.png > bench.json
     """
-    from omni_edge.runtime.bench import BenchConfig, format_report, run_bench
+    import shlex
 
-    report = run_bench(bundle, BenchConfig(engines=tuple(engines), iterations=iterations, warmup=warmup,
-                                           threads=threads))
+    from omni_edge.bench import BenchConfig, format_report, run_bench, write_plot
+
+    if iterations < 1 or warmup < 0 or new_tokens < 1:
+        raise click.BadParameter("--iterations and --new-tokens must be at least 1, --warmup at least 0")
+    config = BenchConfig(engines=tuple(engines), iterations=iterations, warmup=warmup, threads=threads,
+                         max_seconds=max_seconds, e2e_new_tokens=new_tokens, e2e_iterations=e2e_iterations,
+                         reference=not no_reference)
+    report = run_bench(bundle, config, progress=lambda line: click.echo(line, err=True))
+    report["command"] = shlex.join(["omni-bench", *sys.argv[1:]])
+    if plot:
+        report["plot"] = str(write_plot(report, plot))
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

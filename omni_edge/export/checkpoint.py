@@ -1,4 +1,4 @@
-"""Find and load a Qwen2.5-Omni checkpoint: `tiny`, a local Hugging Face directory, or a hub id."""
+"""Find and load a Qwen2.5-Omni checkpoint: a preset (`tiny`, `medium`), a local directory, or a hub id."""
 
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ class ModelSource:
 
 
 def resolve_model_source(source: str, cache_dir: Path | None = None) -> ModelSource:
-    if source == "tiny":
-        from omni_edge.export.tiny import ensure_tiny_checkpoint
+    from omni_edge.export.tiny import PRESETS
 
-        return ModelSource("tiny", ensure_tiny_checkpoint(cache_dir=cache_dir))
+    if source in PRESETS:  # generated random-weight checkpoints, cached; see omni_edge/export/tiny.py
+        from omni_edge.export.tiny import ensure_preset_checkpoint
+
+        return ModelSource(source, ensure_preset_checkpoint(source, cache_dir=cache_dir))
     local = Path(source).expanduser()
     if local.exists():
         check_checkpoint_dir(local)
@@ -35,7 +37,7 @@ def resolve_model_source(source: str, cache_dir: Path | None = None) -> ModelSou
         return ModelSource(source, download_from_hub(source))
     raise ModelSourceError(
         f"model {source!r} is neither a local directory nor a Hugging Face hub id (org/name); "
-        "pass a checkpoint directory, a hub id such as Qwen/Qwen2.5-Omni-3B, or `tiny`"
+        "pass a checkpoint directory, a hub id such as Qwen/Qwen2.5-Omni-3B, `tiny` or `medium`"
     )
 
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from omni_edge.errors import OmniEdgeError
 from omni_edge.export.encoder_specs import audio_encoder_spec, vision_encoder_spec
-from omni_edge.export.thinker_specs import THINKER_GRAPHS, thinker_specs
+from omni_edge.export.decoder_specs import TALKER_GRAPHS, THINKER_GRAPHS, talker_specs, thinker_specs
+from omni_edge.export.token2wav_specs import bigvgan_spec, dit_spec
 
 # component -> number of graphs it adds; the Thinker is always exported (every prompt needs it)
-EXPORTABLE = {"thinker": len(THINKER_GRAPHS), "audio_encoder": 1, "vision_encoder": 1}
+EXPORTABLE = {
+    "thinker": len(THINKER_GRAPHS),
+    "audio_encoder": 1,
+    "vision_encoder": 1,
+    "talker": len(TALKER_GRAPHS),
+    "dit": 1,
+    "bigvgan": 1,
+}
+SPEECH = ("talker", "dit", "bigvgan")  # speech output needs all three
 
 
 def check_components(components: tuple[str, ...]) -> None:
@@ -16,6 +25,9 @@ def check_components(components: tuple[str, ...]) -> None:
         raise OmniEdgeError(
             f"unknown component(s) {', '.join(unknown)}; this version exports: {', '.join(EXPORTABLE)}"
         )
+    speech = [c for c in SPEECH if c in components]
+    if speech and len(speech) != len(SPEECH):
+        raise OmniEdgeError(f"speech output needs all of {', '.join(SPEECH)} together; add the missing ones")
 
 
 def selected(components: tuple[str, ...]) -> list[str]:
@@ -30,6 +42,9 @@ _SPECS = {
     "thinker": thinker_specs,
     "audio_encoder": lambda model: [audio_encoder_spec()],
     "vision_encoder": lambda model: [vision_encoder_spec()],
+    "talker": talker_specs,
+    "dit": lambda model: [dit_spec()],
+    "bigvgan": lambda model: [bigvgan_spec()],
 }
 
 

@@ -103,7 +103,8 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         from omni_edge.export.components import component_specs, graph_count
-        from omni_edge.export.thinker import kv_geometry
+        from omni_edge.export.decoder import kv_geometry, thinker_parts
+        from omni_edge.export.speech_info import talker_info, token2wav_info, write_speech_tables
         from omni_edge.export.verify_loop import export_and_verify
 
         # steps: load, one per graph, embeddings+tokenizer, manifest
@@ -118,9 +119,13 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
             bar.set_description("writing embeddings and tokenizer")
             _write_embedding_table(model, staging / naming.THINKER_EMBEDDING_FILE)
             shutil.copyfile(source.path / naming.TOKENIZER_FILE, staging / naming.TOKENIZER_FILE)
+            speech = naming.TALKER_PREFILL in records
+            if speech:
+                write_speech_tables(model, staging)
             bar.update()
             bar.set_description("hashing and writing manifest")
-            geo = kv_geometry(model.thinker)
+            geo = kv_geometry(thinker_parts(model))
+            text_config = model.thinker.config.text_config
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 omni_edge_version=__version__,
@@ -136,12 +141,14 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
                     max_seq_len=request.max_seq_len,
                 ),
                 thinker=ThinkerInfo(
-                    hidden_size=geo["hidden_size"],
-                    vocab_size=geo["vocab_size"],
+                    hidden_size=text_config.hidden_size,
+                    vocab_size=text_config.vocab_size,
                     eos_token_ids=read_eos_token_ids(source.path),
                     embedding_file=naming.THINKER_EMBEDDING_FILE,
                 ),
                 media=media_info(model),
+                talker=talker_info(model, request.max_seq_len) if speech else None,
+                token2wav=token2wav_info(model) if speech else None,
                 tokenizer_file=naming.TOKENIZER_FILE,
                 components=records,
                 files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()},

@@ -1,8 +1,12 @@
-"""Generate a tiny random-weight Qwen2.5-Omni checkpoint in the Hugging Face on-disk format.
+"""Generate random-weight Qwen2.5-Omni checkpoints in the Hugging Face on-disk format, from presets.
+
+`tiny`: every width 32, for tests and demos. `medium`: the real Qwen2.5-Omni-3B widths with two layers per
+stack, so CPU benchmarks of it say something about the real model's per-layer cost (sizes of matmuls, KV
+rows, the 151936-row lm_head) at a size that exports on a laptop.
 
 Every component exists (audio and vision encoders, Thinker, Talker, DiT, BigVGAN, spk_dict.pt, tokenizer),
 built with transformers' own classes, so tests and demos exercise the same loading and export code as a
-real checkpoint. Seeded and cached: the same seed gives the same weights and the same directory.
+real checkpoint. Seeded and cached: the same preset and seed give the same weights and the same directory.
 """
 
 from __future__ import annotations
@@ -122,27 +126,111 @@ def tiny_config_dict() -> dict:
     }
 
 
+def medium_config_dict() -> dict:
+    """Qwen2.5-Omni-3B widths, two layers per stack (four for the DiT, whose long-range layers need indexes).
+
+    Thinker, audio and vision widths are the released 3B values; the Talker is a 3B-like small decoder
+    (its widths are not pinned by anything yet); DiT and BigVGAN use the released token2wav widths.
+    """
+    thinker_hidden = 2048
+    config = tiny_config_dict()
+    config["thinker_config"]["text_config"] = {
+        "vocab_size": THINKER_VOCAB,
+        "hidden_size": thinker_hidden,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,  # head_dim 128
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        "tie_word_embeddings": False,
+    }
+    config["thinker_config"]["audio_config"] = {
+        "num_mel_bins": 128,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 20,
+        "encoder_ffn_dim": 5120,
+        "d_model": 1280,
+        "max_source_positions": 1500,
+        "n_window": 100,
+        "output_dim": thinker_hidden,
+    }
+    config["thinker_config"]["vision_config"] = {
+        "depth": 2,
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,  # head_dim 80
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "out_hidden_size": thinker_hidden,
+        "fullatt_block_indexes": [1],
+    }
+    config["talker_config"] = {
+        **config["talker_config"],
+        "embedding_size": thinker_hidden,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    }
+    config["token2wav_config"] = {
+        "dit_config": {
+            **config["token2wav_config"]["dit_config"],
+            "hidden_size": 1024,
+            "num_attention_heads": 16,
+            "head_dim": 64,
+            "emb_dim": 512,
+            "enc_emb_dim": 192,
+            "enc_dim": 128,
+            "enc_channels": [256, 256, 256, 256, 768],
+            "enc_attention_channels": 64,
+            "enc_se_channels": 64,
+        },
+        "bigvgan_config": {**config["token2wav_config"]["bigvgan_config"], "upsample_initial_channel": 1536},
+    }
+    return config
+
+
+PRESETS = {"tiny": tiny_config_dict, "medium": medium_config_dict}
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("OMNI_EDGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "omni-edge")
     return Path(root)
 
 
-def tiny_checkpoint_key(seed: int) -> str:
+def checkpoint_key(preset: str, seed: int) -> str:
     # The key changes when the config or the generator's seed changes, so a stale cache is never reused.
-    blob = json.dumps({"config": tiny_config_dict(), "seed": seed, "format": 1}, sort_keys=True)
+    blob = json.dumps({"config": PRESETS[preset](), "seed": seed, "format": 1}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def tiny_checkpoint_key(seed: int) -> str:
+    return checkpoint_key("tiny", seed)
 
 
 def ensure_tiny_checkpoint(seed: int = TINY_SEED, cache_dir: Path | None = None) -> Path:
     """Return the directory of the tiny checkpoint for `seed`, generating it on first use."""
+    return ensure_preset_checkpoint("tiny", seed, cache_dir)
+
+
+def ensure_preset_checkpoint(preset: str, seed: int = TINY_SEED, cache_dir: Path | None = None) -> Path:
+    """Return the directory of the `preset` checkpoint for `seed`, generating it on first use."""
     cache_dir = cache_dir or default_cache_dir()
-    target = cache_dir / f"tiny-qwen2.5-omni-{tiny_checkpoint_key(seed)}"
+    target = cache_dir / f"{preset}-qwen2.5-omni-{checkpoint_key(preset, seed)}"
     if (target / "config.json").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=cache_dir))
     try:
-        write_tiny_checkpoint(staging, seed)
+        write_preset_checkpoint(staging, preset, seed)
         try:
             staging.rename(target)
         except OSError:
@@ -154,11 +242,15 @@ def ensure_tiny_checkpoint(seed: int = TINY_SEED, cache_dir: Path | None = None)
 
 
 def write_tiny_checkpoint(out_dir: Path, seed: int = TINY_SEED) -> None:
+    write_preset_checkpoint(out_dir, "tiny", seed)
+
+
+def write_preset_checkpoint(out_dir: Path, preset: str, seed: int = TINY_SEED) -> None:
     import torch
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = Qwen2_5OmniConfig(**tiny_config_dict())
+    config = Qwen2_5OmniConfig(**PRESETS[preset]())
     model = Qwen2_5OmniForConditionalGeneration(config).eval()
     _widen_random_init(model, seed)
     model.save_pretrained(out_dir, safe_serialization=True)

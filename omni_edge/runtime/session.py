@@ -26,6 +26,7 @@ from omni_edge.runtime.media import MediaEncoders
 from omni_edge.runtime.positions import text_positions
 from omni_edge.runtime.prompt import ImagePart, Part, VideoPart, audio_sequence, splice_features, user_content
 from omni_edge.runtime.sampling import SamplingConfig, sample_token
+from omni_edge.runtime.speech import AudioChunk, SpeechOptions, SpeechPipeline
 from omni_edge.runtime.tmrope import SpecialTokens, rope_index
 
 
@@ -47,7 +48,8 @@ class TurnResult:
     codec_token_ids: list[int] = field(default_factory=list)
     audio_seconds: float = 0.0
     first_audio_ms: float | None = None
-    rtf: float | None = None
+    rtf: float | None = None  # wall time of the turn / seconds of audio produced
+    talker_stop_reason: str | None = None  # "eos" or "max_codec_tokens" when speech was produced
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,11 @@ class Session:
         self.tokenizer = TextTokenizer(self.bundle_dir / self.manifest.tokenizer_file)
         self.eos_ids = frozenset(self.manifest.thinker.eos_token_ids)
         self.cache = KVCache(self.manifest.kv_cache)
-        self.media = MediaEncoders(self.manifest, lambda name: open_engine(self.bundle_dir, self.manifest, name, threads))
+        self._open = lambda name: open_engine(self.bundle_dir, self.manifest, name, threads)
+        self.media = MediaEncoders(self.manifest, self._open)
+        self._speech: SpeechPipeline | None = None
+        info = self.manifest.media
+        self._placeholders = np.asarray([info.audio_token_id, info.image_token_id, info.video_token_id])
         self._cancel = threading.Event()
         self.reset()
 
@@ -97,6 +103,15 @@ class Session:
         self._unfed: list[int] = []  # generated ids whose KV is not in the cache yet (the last one)
         self._turn_closed = True
         self._next_position = 0
+        # Per cached token: H_last + E (E zeroed at media placeholders) and its TMRoPE ids: the Talker's prompt.
+        self._talker_rows: list[np.ndarray] = []
+        self._row_positions: list[np.ndarray] = []
+
+    def speech(self) -> SpeechPipeline:
+        """The Talker, DiT and BigVGAN of the bundle, opened on first use."""
+        if self._speech is None:
+            self._speech = SpeechPipeline(self.bundle_dir, self.manifest, self._open, self.embeddings)
+        return self._speech
 
     def cancel(self) -> None:
         """Stop the running turn after the current step (barge-in). Safe to call from another thread."""
@@ -163,8 +178,14 @@ class Session:
         images=(),
         videos=(),
         use_audio_in_video: bool = False,
-    ) -> Iterator[TextDelta | Done]:
-        """Stream the reply to one user turn: media first (audio, images, videos), then the prompt text."""
+        speech: SpeechOptions | None = None,
+    ) -> Iterator[TextDelta | AudioChunk | Done]:
+        """Stream the reply to one user turn: media first (audio, images, videos), then the prompt text.
+
+        With `speech`, the reply is also spoken: AudioChunk events arrive while text is still streaming.
+        """
+        if speech is not None:
+            self.speech().check(speech)
         if not prompt.strip() and not (audio or images or videos):
             raise InputError("the prompt is empty; pass some text with --prompt or media with --audio/--image/--video")
         if use_audio_in_video and not videos:
@@ -172,7 +193,8 @@ class Session:
         parts = self.media_parts(audio, images, videos, use_audio_in_video) + ([prompt] if prompt else [])
         ids, positions = self.next_turn(parts, system)
         embeds = splice_features(self.embeddings[np.asarray(ids)], np.asarray(ids), parts, self.manifest.media)
-        return self.generate_from_ids(ids, max_new_tokens, sampling, seed, embeds=embeds, positions=positions)
+        return self.generate_from_ids(ids, max_new_tokens, sampling, seed, embeds=embeds, positions=positions,
+                                      speech=speech)
 
     def generate_from_ids(
         self,
@@ -182,7 +204,8 @@ class Session:
         seed: int | None = None,
         embeds: np.ndarray | None = None,
         positions: np.ndarray | None = None,
-    ) -> Iterator[TextDelta | Done]:
+        speech: SpeechOptions | None = None,
+    ) -> Iterator[TextDelta | AudioChunk | Done]:
         """Feed `prompt_ids` after what the cache holds and stream the reply.
 
         `embeds` [n, hidden] replaces the token embeddings (media spliced in); `positions` [3, 1, n]
@@ -194,9 +217,9 @@ class Session:
         # The last sampled token is never fed, so a turn needs prompt + max_new_tokens - 1 cache slots.
         self.cache.check_room(len(prompt_ids) + max_new_tokens - 1, "this prompt plus --max-new-tokens")
         first = (list(prompt_ids), embeds, positions)
-        return self._stream(first, max_new_tokens, sampling, np.random.default_rng(seed))
+        return self._stream(first, max_new_tokens, sampling, np.random.default_rng(seed), speech)
 
-    def _stream(self, first, max_new_tokens, sampling, rng) -> Iterator[TextDelta | Done]:
+    def _stream(self, first, max_new_tokens, sampling, rng, speech=None) -> Iterator[TextDelta | AudioChunk | Done]:
         prompt_ids, embeds, positions = first
         self._cancel.clear()
         start = time.perf_counter()
@@ -206,17 +229,25 @@ class Session:
         generated: list[int] = []
         streamer = TextStreamer(self.tokenizer)
         feed = (prompt_ids, embeds, positions)
-        ttft = None
+        ttft = first_audio = None
         finish = "length"
+        reply = None
         while len(generated) < max_new_tokens:
             if self._cancel.is_set():
                 finish = "cancelled"
                 break
             logits = self._forward(*feed)
+            if speech is not None and generated:
+                # The row just computed is Y_j of generated[-1]: the Talker's next input exists now.
+                if reply is None:
+                    track = self._track()  # every cached token; the last row is Y_0
+                    reply = self.speech().begin(speech, track[:-1], self._track_positions(len(track) - 1))
+                for chunk in reply.on_text_row(self._talker_rows[-1][-1]):
+                    first_audio = first_audio or time.perf_counter() - start
+                    yield chunk
             token = sample_token(logits, np.asarray(history, dtype=np.int64), sampling, rng)
             if ttft is None:
                 ttft = time.perf_counter() - start
-                first_token_at = time.perf_counter()
             generated.append(token)
             history.append(token)
             self._unfed = [token]
@@ -231,9 +262,17 @@ class Session:
         tail = streamer.flush()
         if tail:
             yield TextDelta(tail, generated[-1])
+        text_done = time.perf_counter() - start
+        if reply is not None and finish != "cancelled":
+            for chunk in reply.finish():
+                if self._cancel.is_set():
+                    break
+                first_audio = first_audio or time.perf_counter() - start
+                yield chunk
         total = time.perf_counter() - start
-        decode_time = total - (ttft or total)
+        decode_time = text_done - (ttft or text_done)
         decode_tps = (len(generated) - 1) / decode_time if len(generated) > 1 and decode_time > 0 else 0.0
+        audio_seconds = reply.samples_emitted / reply.sample_rate if reply else 0.0
         yield Done(
             TurnResult(
                 text=self.tokenizer.decode(generated),
@@ -243,8 +282,19 @@ class Session:
                 ttft_ms=1000 * (ttft or total),
                 total_ms=1000 * total,
                 decode_tokens_per_s=decode_tps,
+                codec_token_ids=list(reply.codes) if reply else [],
+                audio_seconds=audio_seconds,
+                first_audio_ms=1000 * first_audio if first_audio else None,
+                rtf=total / audio_seconds if audio_seconds else None,
+                talker_stop_reason=reply.turn.stop_reason if reply and reply.turn else None,
             )
         )
+
+    def _track(self) -> np.ndarray:
+        return np.concatenate(self._talker_rows)
+
+    def _track_positions(self, count: int) -> np.ndarray:
+        return np.concatenate(self._row_positions, axis=2)[:, :, :count]
 
     def _forward(self, ids: list[int], embeds: np.ndarray | None = None, positions: np.ndarray | None = None):
         """Run new tokens through prefill (empty cache) or decode, append their KV, return last logits."""
@@ -252,8 +302,10 @@ class Session:
         self.cache.check_room(count)
         if positions is None:
             positions = text_positions(self._next_position, count)
+        if embeds is None:
+            embeds = self.embeddings[np.asarray(ids)]
         feeds = {
-            "inputs_embeds": (self.embeddings[np.asarray(ids)] if embeds is None else embeds)[None],
+            "inputs_embeds": embeds[None],
             "position_ids": positions,
             "attention_mask": np.ones((1, self.cache.length + count), dtype=np.int64),
         }
@@ -263,4 +315,8 @@ class Session:
             outputs = self.decode.run({**feeds, **self.cache.past_feeds()})
         self.cache.append(outputs)
         self._next_position = int(positions.max()) + 1
+        # The reference feeds the Talker H_last + E with media features zeroed out of E.
+        text_embeds = np.where(np.isin(np.asarray(ids), self._placeholders)[:, None], 0, embeds)
+        self._talker_rows.append(outputs["last_hidden_state"][0] + text_embeds)
+        self._row_positions.append(positions)
         return outputs["logits"][0, -1]

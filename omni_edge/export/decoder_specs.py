@@ -1,15 +1,18 @@
-"""ComponentSpecs for the Thinker graphs (tolerances live here, next to the component)."""
+"""ComponentSpecs for the decoder graphs: thinker_prefill/decode and talker_prefill/decode."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from omni_edge import naming
-from omni_edge.export import thinker
+from omni_edge.export import decoder
 from omni_edge.export.spec import ComponentSpec
 
 MAX_SEQ_DIM = 32768
 THINKER_GRAPHS = (naming.THINKER_PREFILL, naming.THINKER_DECODE)
+TALKER_GRAPHS = (naming.TALKER_PREFILL, naming.TALKER_DECODE)
 
 
 def _dims(with_past: bool, num_layers: int) -> tuple:
@@ -22,19 +25,19 @@ def _dims(with_past: bool, num_layers: int) -> tuple:
     return ({1: seq}, {2: seq}, {1: total}, tuple({2: past} for _ in range(2 * num_layers)))
 
 
-def _spec(name: str, with_past: bool, num_layers: int) -> ComponentSpec:
-    inputs, outputs = thinker.io_names(num_layers, with_past)
+def _spec(name: str, get_parts: Callable, with_past: bool, num_layers: int) -> ComponentSpec:
+    inputs, outputs = decoder.io_names(num_layers, with_past)
     example = (5, 7) if with_past else (5, 0)
     checks = [(1, 9), (3, 20)] if with_past else [(1, 0), (17, 0)]
     return ComponentSpec(
         name=name,
-        build_module=lambda model: thinker.ThinkerStep(model.thinker, with_past).eval(),
+        build_module=lambda model: decoder.DecoderStep(get_parts(model), with_past).eval(),
         input_names=tuple(inputs),
         output_names=tuple(outputs),
-        example_inputs=lambda model: thinker.dummy_inputs(model.thinker, with_past, *example),
+        example_inputs=lambda model: decoder.dummy_inputs(get_parts(model), with_past, *example),
         dynamic_shapes=lambda: _dims(with_past, num_layers),
         check_inputs=lambda model: [
-            thinker.dummy_inputs(model.thinker, with_past, new, past, seed=i + 1)
+            decoder.dummy_inputs(get_parts(model), with_past, new, past, seed=i + 1)
             for i, (new, past) in enumerate(checks)
         ],
         # fp32 graph vs fp32 eager: only reduction-order noise is expected (measured ~2e-6 on logits).
@@ -43,7 +46,15 @@ def _spec(name: str, with_past: bool, num_layers: int) -> ComponentSpec:
     )
 
 
+def _pair(names: tuple[str, str], get_parts: Callable, model) -> list[ComponentSpec]:
+    layers = get_parts(model).text_model.config.num_hidden_layers
+    prefill, decode = names
+    return [_spec(prefill, get_parts, False, layers), _spec(decode, get_parts, True, layers)]
+
+
 def thinker_specs(model) -> list[ComponentSpec]:
-    layers = model.thinker.config.text_config.num_hidden_layers
-    prefill, decode = THINKER_GRAPHS
-    return [_spec(prefill, with_past=False, num_layers=layers), _spec(decode, with_past=True, num_layers=layers)]
+    return _pair(THINKER_GRAPHS, decoder.thinker_parts, model)
+
+
+def talker_specs(model) -> list[ComponentSpec]:
+    return _pair(TALKER_GRAPHS, decoder.talker_parts, model)

@@ -1,0 +1,104 @@
+"""Decoder-LLM graphs (Thinker and Talker): prefill (no past) and decode (past KV in, new KV out).
+
+Both take embeddings, not ids: the runtime looks up token embeddings and splices encoder outputs in (Thinker)
+or sums the dual-track input (Talker), so one graph serves every prompt. Positions come in as TMRoPE
+triples [3, B, S] computed by the runtime. The KV outputs hold only the new tokens' keys and values; the
+runtime owns the preallocated cache and writes them into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache
+
+from omni_edge import naming
+
+
+@dataclass(frozen=True)
+class DecoderParts:
+    """Where the pieces of one decoder live in the HF model."""
+
+    text_model: nn.Module  # takes inputs_embeds, position_ids, attention_mask, cache
+    head: nn.Module  # hidden -> logits
+    input_proj: nn.Module | None  # applied to inputs_embeds first (Talker: thinker width -> talker width)
+    input_width: int  # width of the inputs_embeds the graph takes
+
+
+def thinker_parts(model) -> DecoderParts:
+    thinker = model.thinker
+    return DecoderParts(thinker.model.language_model, thinker.lm_head, None, thinker.config.text_config.hidden_size)
+
+
+def talker_parts(model) -> DecoderParts:
+    talker = model.talker
+    return DecoderParts(talker.model, talker.codec_head, talker.thinker_to_talker_proj, talker.config.embedding_size)
+
+
+class DecoderStep(nn.Module):
+    """One forward over `S` new tokens, with an optional explicit past."""
+
+    def __init__(self, parts: DecoderParts, with_past: bool):
+        super().__init__()
+        self.text_model = parts.text_model
+        self.head = parts.head
+        self.input_proj = parts.input_proj
+        self.config = parts.text_model.config
+        self.num_layers = self.config.num_hidden_layers
+        self.with_past = with_past
+
+    def forward(self, inputs_embeds, position_ids, attention_mask, *past):
+        cache = DynamicCache(config=self.config)
+        if self.with_past:
+            for layer in range(self.num_layers):
+                cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        new_tokens = inputs_embeds.shape[1]
+        if self.input_proj is not None:
+            inputs_embeds = self.input_proj(inputs_embeds)
+        out = self.text_model(
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state
+        presents = []
+        for layer in range(self.num_layers):
+            presents.append(cache.layers[layer].keys[:, :, -new_tokens:, :])
+            presents.append(cache.layers[layer].values[:, :, -new_tokens:, :])
+        return (self.head(hidden), hidden, *presents)
+
+
+def kv_geometry(parts: DecoderParts) -> dict:
+    config = parts.text_model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return {
+        "num_layers": config.num_hidden_layers,
+        "num_kv_heads": config.num_key_value_heads,
+        "head_dim": head_dim,
+    }
+
+
+def io_names(num_layers: int, with_past: bool) -> tuple[list[str], list[str]]:
+    inputs = ["inputs_embeds", "position_ids", "attention_mask"]
+    if with_past:
+        inputs += naming.past_names(num_layers)
+    outputs = ["logits", "last_hidden_state"] + naming.present_names(num_layers)
+    return inputs, outputs
+
+
+def dummy_inputs(parts: DecoderParts, with_past: bool, new_tokens: int, past_tokens: int, seed: int = 0):
+    geo = kv_geometry(parts)
+    gen = torch.Generator().manual_seed(seed)
+    embeds = torch.randn(1, new_tokens, parts.input_width, generator=gen)
+    total = past_tokens + new_tokens
+    positions = torch.arange(past_tokens, total).view(1, 1, -1).expand(3, 1, -1).contiguous()
+    mask = torch.ones(1, total if with_past else new_tokens, dtype=torch.int64)
+    past = []
+    if with_past:
+        for _ in range(2 * geo["num_layers"]):
+            past.append(torch.randn(1, geo["num_kv_heads"], past_tokens, geo["head_dim"], generator=gen))
+    return (embeds, positions, mask, *past)

@@ -1,0 +1,134 @@
+"""Speech for one reply: Talker steps driven by the Thinker's text rows, token2wav streamed behind them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from omni_edge import naming
+from omni_edge.errors import BundleError, InputError
+from omni_edge.runtime.sampling import SamplingConfig
+from omni_edge.runtime.talker import GREEDY_TALKER_SAMPLING, Talker, TalkerTurn, open_talker
+from omni_edge.runtime.token2wav import Speaker, Token2WavStream
+
+DEFAULT_MAX_CODEC_TOKENS = 2048  # ~41 s of speech at 50 codes/s
+
+
+@dataclass(frozen=True)
+class SpeechOptions:
+    speaker: str = "Chelsie"
+    sampling: SamplingConfig = GREEDY_TALKER_SAMPLING
+    max_codec_tokens: int = DEFAULT_MAX_CODEC_TOKENS
+    solver: str = "rk4"  # or "euler": 9 DiT evaluations per window instead of 36
+    noise_seed: int = 0
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    samples: np.ndarray  # float32 mono
+    sample_rate: int
+    index: int
+
+
+def load_speakers(bundle_dir, manifest) -> dict[str, Speaker]:
+    from safetensors.numpy import load_file
+
+    tables = load_file(str(bundle_dir / manifest.talker.speakers_file))
+    return {
+        name: Speaker(name, bos, tables[f"{name}.cond"], tables[f"{name}.ref_mel"])
+        for name, bos in manifest.talker.speakers.items()
+    }
+
+
+class SpeechPipeline:
+    """Opened once per session; `begin` starts one spoken reply."""
+
+    def __init__(self, bundle_dir, manifest, open_engine, thinker_embeddings):
+        if manifest.talker is None or manifest.token2wav is None:
+            raise BundleError(
+                f"bundle {bundle_dir} has no speech components (talker, dit, bigvgan); re-export it without "
+                "--components, or with --components talker,dit,bigvgan"
+            )
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.info = manifest.token2wav
+        self.speakers = load_speakers(bundle_dir, manifest)
+        self._open_engine = open_engine
+        self._embeddings = thinker_embeddings
+        self.dit = open_engine(naming.DIT_WINDOW)
+        self.bigvgan = open_engine(naming.BIGVGAN_WINDOW)
+        self._talkers: dict[int, Talker] = {}
+
+    def check(self, options: SpeechOptions) -> None:
+        """Everything about the options that can be wrong, before any generation starts."""
+        if options.speaker not in self.speakers:
+            raise InputError(f"unknown speaker {options.speaker!r}; available: {', '.join(sorted(self.speakers))}")
+        if options.max_codec_tokens < 1:
+            raise InputError("--max-codec-tokens must be at least 1")
+        if options.solver not in ("rk4", "euler"):
+            raise InputError(f"unknown ODE solver {options.solver!r}; use rk4 or euler")
+        options.sampling.validate()
+
+    def talker(self, max_codec_tokens: int) -> Talker:
+        if max_codec_tokens not in self._talkers:
+            self._talkers[max_codec_tokens] = open_talker(
+                self.bundle_dir, self.manifest, self._open_engine, self._embeddings, max_codec_tokens)
+        return self._talkers[max_codec_tokens]
+
+    def begin(self, options: SpeechOptions, prompt_track: np.ndarray, prompt_positions: np.ndarray) -> "SpokenReply":
+        self.check(options)
+        frames = options.max_codec_tokens * self.info.repeats
+        # One noise draw for the whole utterance, sliced per window, as the reference does.
+        noise = np.random.default_rng(options.noise_seed).standard_normal((frames, self.info.mel_dim))
+        speaker = self.speakers[options.speaker]
+        stream = Token2WavStream(self.dit, self.bigvgan, speaker, noise.astype(np.float32),
+                                 self.info.num_code_embeddings, self.info.repeats, self.info.samples_per_frame,
+                                 options.solver)
+        return SpokenReply(self.talker(options.max_codec_tokens), stream, speaker, options, prompt_track,
+                           prompt_positions, self.info.sample_rate)
+
+
+class SpokenReply:
+    def __init__(self, talker: Talker, stream: Token2WavStream, speaker: Speaker, options: SpeechOptions,
+                 prompt_track, prompt_positions, sample_rate: int):
+        self.talker, self.stream, self.speaker, self.options = talker, stream, speaker, options
+        self.prompt_track, self.prompt_positions = prompt_track, prompt_positions
+        self.sample_rate = sample_rate
+        self.turn: TalkerTurn | None = None
+        self.chunks_emitted = 0
+        self.samples_emitted = 0
+        self._rng = np.random.default_rng(options.noise_seed + 1)
+
+    @property
+    def codes(self) -> list[int]:
+        return self.turn.codes if self.turn else []
+
+    def on_text_row(self, row: np.ndarray) -> list[AudioChunk]:
+        """Y_j of the reply's j-th text token (j = 0, 1, ...): one Talker step."""
+        before = len(self.codes)
+        if self.turn is None:
+            self.turn = self.talker.start(self.prompt_track, self.prompt_positions, self.speaker.bos_token_id, row,
+                                          self.options.sampling, self._rng)
+        else:
+            self.talker.step(self.turn, row, self.options.sampling, self._rng)
+        return self._audio(self.stream.push(self.codes[before:]))
+
+    def finish(self) -> Iterator[AudioChunk]:
+        """The Thinker is done: the Talker reads text eos, then pads, until it stops; flush the stream."""
+        if self.turn is None:
+            return  # the reply had a single token: the reference has no Talker input either
+        while not self.turn.finished:
+            before = len(self.codes)
+            self.talker.step(self.turn, None, self.options.sampling, self._rng)
+            yield from self._audio(self.stream.push(self.codes[before:]))
+        yield from self._audio(self.stream.finish())
+
+    def _audio(self, pieces: list[np.ndarray]) -> list[AudioChunk]:
+        out = []
+        for samples in pieces:
+            out.append(AudioChunk(samples, self.sample_rate, self.chunks_emitted))
+            self.chunks_emitted += 1
+            self.samples_emitted += len(samples)
+        return out
