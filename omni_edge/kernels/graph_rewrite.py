@@ -18,10 +18,11 @@ formed when neither input depends on the other's output, so no cycle can appear.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from omni_edge.kernels.build import ARCHITECTURES
 from omni_edge.kernels.errors import KernelError
 from omni_edge.kernels.plugins import PLUGIN_VERSION, TMROPE_PLUGIN
 from omni_edge.kernels.reference import inv_freq
@@ -63,8 +64,6 @@ class RewriteReport:
 
 def supports_plugins(target) -> tuple[bool, str]:
     """Whether a target can run the plugin path, and why not when it cannot."""
-    from omni_edge.kernels.build import ARCHITECTURES
-
     if target.tensorrt not in PLUGIN_TENSORRT:
         return False, f"target {target.name} runs {target.tensorrt or 'onnxruntime'}, which cannot load our plugins"
     arch = (target.compute_capability or "").replace(".", "")
@@ -102,7 +101,7 @@ def _const(gs, tensor):
     return None
 
 
-def _trace_to(gs, tensor, op: str, seen_splits: list):
+def _trace_to(gs, tensor, op: str):
     """Walk up through shape-only ops to the first `op` node (Cos/Sin); None if the path leaves them."""
     frontier, visited = [tensor], set()
     while frontier:
@@ -114,8 +113,6 @@ def _trace_to(gs, tensor, op: str, seen_splits: list):
             return node
         if node.op not in _PASS_THROUGH:
             return None
-        if node.op == "Split":
-            seen_splits.append(node)
         frontier.extend(t for t in node.inputs if not isinstance(t, gs.Constant))
     return None
 
@@ -156,9 +153,8 @@ def _match(gs, add, half: int) -> _Rotation | None:
                 continue
             cos_tensor = plain.inputs[1] if plain.inputs[0] is x else plain.inputs[0]
             sin_tensor = rotated.inputs[1 - cat_index]
-            splits: list = []
-            cos_node = _trace_to(gs, cos_tensor, "Cos", splits)
-            sin_node = _trace_to(gs, sin_tensor, "Sin", splits)
+            cos_node = _trace_to(gs, cos_tensor, "Cos")
+            sin_node = _trace_to(gs, sin_tensor, "Sin")
             if cos_node is not None and sin_node is not None:
                 return _Rotation(add, x, cos_node, sin_node)
     return None
@@ -175,7 +171,8 @@ def _positions(gs, cos_node, attrs: TmropeAttrs):
     if table is None or table.size != expected.size or not np.allclose(table.reshape(-1), expected, rtol=1e-6):
         raise KernelError(f"the graph's inv_freq does not match head_dim={attrs.head_dim}, theta={attrs.theta}; "
                           "pass the attributes of the model that was exported")
-    cast = next((_producer(t) for t in mul.inputs if _producer(t) is not None and _producer(t).op == "Cast"), None)
+    producers = [_producer(t) for t in mul.inputs]
+    cast = next((p for p in producers if p is not None and p.op == "Cast"), None)
     if cast is None:
         raise KernelError("rotary positions are not Cast to float before the inv_freq Mul")
     tensor = cast.inputs[0]
@@ -261,15 +258,11 @@ def rewrite_tmrope(model, attrs: TmropeAttrs):
 
 
 def rewrite_tmrope_file(src: str, dst: str, attrs: TmropeAttrs) -> RewriteReport:
-    """File-to-file rewrite; weights stay where onnx.load found them (external data is re-saved beside dst)."""
+    """File-to-file rewrite. Weights past protobuf's 2 GB limit go to `dst`.data beside the graph."""
     import onnx
 
     model, report = rewrite_tmrope(onnx.load(src), attrs)
-    large = model.ByteSize() > 1_500_000_000 if hasattr(model, "ByteSize") else False
-    onnx.save(model, dst, save_as_external_data=large)
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    onnx.save(model, dst, save_as_external_data=weight_bytes > 1_800_000_000,
+              location=f"{Path(dst).name}.data")
     return report
-
-
-def positions_input_names(model) -> Sequence[str]:
-    """Names of plugin nodes' position inputs (for diagnostics and tests)."""
-    return [n.input[2] for n in model.graph.node if n.op_type == TMROPE_PLUGIN]

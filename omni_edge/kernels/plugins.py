@@ -56,6 +56,18 @@ def _field(fc, name: str, dtype, default=None) -> np.ndarray:
     return np.asarray(default, dtype).reshape(-1)
 
 
+def _collection(trt, owner, *fields):
+    """A PluginFieldCollection whose numpy buffers live as long as `owner`.
+
+    PluginField only points at the array's memory, and the collection copies the fields, so a
+    temporary array would be freed while TensorRT still reads it (seen as garbage field values).
+    """
+    arrays = [np.ascontiguousarray(value) for _, value, _ in fields]
+    plugin_fields = [trt.PluginField(name, array, kind) for (name, _, kind), array in zip(fields, arrays)]
+    owner._field_buffers = (arrays, plugin_fields)
+    return trt.PluginFieldCollection(plugin_fields)
+
+
 def _volume(dims) -> int:
     return int(np.prod([int(d) for d in dims], dtype=np.int64)) if len(dims) else 1
 
@@ -123,11 +135,10 @@ def plugin_classes(trt) -> dict:
             return TMRoPEPlugin(self.head_dim, self.mrope_section, self.theta)
 
         def get_fields_to_serialize(self):
-            return trt.PluginFieldCollection([
-                trt.PluginField("head_dim", np.array([self.head_dim], np.int32), trt.PluginFieldType.INT32),
-                trt.PluginField("mrope_section", np.array(self.mrope_section, np.int32),
-                                trt.PluginFieldType.INT32),
-                trt.PluginField("theta", np.array([self.theta], np.float32), trt.PluginFieldType.FLOAT32)])
+            return _collection(trt, self,
+                               ("head_dim", np.array([self.head_dim], np.int32), trt.PluginFieldType.INT32),
+                               ("mrope_section", np.array(self.mrope_section, np.int32), trt.PluginFieldType.INT32),
+                               ("theta", np.array([self.theta], np.float32), trt.PluginFieldType.FLOAT32))
 
         def get_output_data_types(self, input_types):
             return [input_types[0], input_types[1]]
@@ -166,9 +177,8 @@ def plugin_classes(trt) -> dict:
             return AudioDecodeStepPlugin(self.guidance_scale)
 
         def get_fields_to_serialize(self):
-            return trt.PluginFieldCollection([
-                trt.PluginField("guidance_scale", np.array([self.guidance_scale], np.float32),
-                                trt.PluginFieldType.FLOAT32)])
+            return _collection(trt, self, ("guidance_scale", np.array([self.guidance_scale], np.float32),
+                                           trt.PluginFieldType.FLOAT32))
 
         def get_output_data_types(self, input_types):
             return [input_types[0], input_types[2]]
@@ -193,10 +203,9 @@ def plugin_classes(trt) -> dict:
             self.name = TMROPE_PLUGIN
             self.plugin_version = PLUGIN_VERSION
             self.plugin_namespace = PLUGIN_NAMESPACE
-            self.field_names = trt.PluginFieldCollection([
-                trt.PluginField("head_dim", np.array([], np.int32), trt.PluginFieldType.INT32),
-                trt.PluginField("mrope_section", np.array([], np.int32), trt.PluginFieldType.INT32),
-                trt.PluginField("theta", np.array([], np.float32), trt.PluginFieldType.FLOAT32)])
+            self.field_names = _collection(trt, self, ("head_dim", np.array([], np.int32), trt.PluginFieldType.INT32),
+                                           ("mrope_section", np.array([], np.int32), trt.PluginFieldType.INT32),
+                                           ("theta", np.array([], np.float32), trt.PluginFieldType.FLOAT32))
 
         def create_plugin(self, name, fc, phase):
             return TMRoPEPlugin(int(_field(fc, "head_dim", np.int64)[0]), _field(fc, "mrope_section", np.int64),
@@ -208,8 +217,8 @@ def plugin_classes(trt) -> dict:
             self.name = AUDIO_DECODE_PLUGIN
             self.plugin_version = PLUGIN_VERSION
             self.plugin_namespace = PLUGIN_NAMESPACE
-            self.field_names = trt.PluginFieldCollection([
-                trt.PluginField("guidance_scale", np.array([], np.float32), trt.PluginFieldType.FLOAT32)])
+            self.field_names = _collection(trt, self, ("guidance_scale", np.array([], np.float32),
+                                                       trt.PluginFieldType.FLOAT32))
 
         def create_plugin(self, name, fc, phase):
             return AudioDecodeStepPlugin(float(_field(fc, "guidance_scale", np.float64, 0.5)[0]))
@@ -234,3 +243,19 @@ def register_plugins(trt=None) -> list[str]:
             registry.register_creator(creator, PLUGIN_NAMESPACE)
         _registered[trt.__name__] = creators
     return [TMROPE_PLUGIN, AUDIO_DECODE_PLUGIN]
+
+
+def deserialize_engine(data: bytes, logger=None):
+    """Register the plugins, then deserialize a TensorRT engine that may contain them.
+
+    Python plugins are not embedded in the engine, so this order is required in every process that
+    loads a plugin engine; the runtime's TensorRT backend should load engines through here.
+    """
+    trt = tensorrt()
+    register_plugins(trt)
+    runtime = trt.Runtime(logger or trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise KernelError("TensorRT could not deserialize the engine: it was built by another TensorRT "
+                          "version or for another GPU; rebuild it on this device")
+    return engine
