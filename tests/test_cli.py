@@ -32,8 +32,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 
 def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
     out = tmp_path / "bundle"
+    # Thinker only: the full export is covered by the session bundle; this checks the command itself.
     proc = cli("omni-export", "--model", "tiny", "--target", "cpu", "--out", str(out), "--max-seq-len", "256",
-               cache_dir=cache_dir)
+               "--components", "thinker", cache_dir=cache_dir)
     assert proc.returncode == 0, proc.stderr
     assert f"omni-run {out}" in proc.stderr  # the next command is printed
     manifest = json.loads((out / "manifest.json").read_text())
@@ -53,6 +54,14 @@ def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
 
     streamed = cli("omni-run", str(out), "--prompt", "Hello", "--greedy", "--max-new-tokens", "12")
     assert streamed.returncode == 0 and streamed.stdout.strip() == report["text"].strip()
+
+    no_speech = cli("omni-run", str(out), "--prompt", "Hello", "--out-wav", str(tmp_path / "r.wav"))
+    assert_one_line_error(no_speech, "no speech components", "--components")
+
+
+def test_partial_speech_components_are_refused(tmp_path):
+    proc = cli("omni-export", "--model", "tiny", "--components", "thinker,talker", "--out", str(tmp_path / "b"))
+    assert_one_line_error(proc, "talker, dit, bigvgan")
 
 
 def test_help_teaches():
@@ -214,3 +223,27 @@ def test_bad_media_gives_one_line(cpu_bundle, tmp_path):
     proc = cli("omni-run", str(cpu_bundle), "--video", str(tmp_path / "silent.mp4"), "--audio-in-video")
     assert_one_line_error(proc, "silent.mp4", "audio")
     assert_one_line_error(cli("omni-run", str(cpu_bundle), "--audio", str(tmp_path / "nope.wav")), "nope.wav")
+
+
+def test_run_speaks_into_a_wav_file(cpu_bundle, tmp_path):
+    import soundfile as sf
+
+    wav = tmp_path / "reply.wav"
+    proc = cli("omni-run", str(cpu_bundle), "--prompt", "Say hi", "--greedy", "--max-new-tokens", "8",
+               "--out-wav", str(wav), "--speaker", "Ethan", "--max-codec-tokens", "100", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    audio, rate = sf.read(wav)
+    assert rate == 24000 and len(audio) == round(report["audio_seconds"] * 24000)
+    assert 0 < len(report["codec_token_ids"]) <= 100 and len(audio) == len(report["codec_token_ids"]) * 480
+    # A random Talker rarely says eos: the bound stops it and the report says so.
+    assert report["talker_stop_reason"] in ("eos", "max_codec_tokens")
+    assert report["first_audio_ms"] > 0 and report["rtf"] > 0
+
+
+def test_speech_input_errors_come_before_generation(cpu_bundle, tmp_path):
+    proc = cli("omni-run", str(cpu_bundle), "--prompt", "hi", "--out-wav", str(tmp_path / "r.wav"), "--speaker", "Bob")
+    assert_one_line_error(proc, "unknown speaker 'Bob'", "Chelsie", "Ethan")
+    proc = cli("omni-run", str(cpu_bundle), "--prompt", "hi", "--out-wav", str(tmp_path / "missing" / "r.wav"))
+    assert_one_line_error(proc, "cannot write --out-wav")
+    assert not list(tmp_path.iterdir())
