@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omni_edge.errors import BundleError
+from omni_edge.memory_plan import MemoryPlan
 from omni_edge.naming import MANIFEST_FILE
 
 FORMAT_VERSION = 1
@@ -37,6 +38,21 @@ class ComponentRecord:
     atol: float
     rtol: float
     measured_max_abs_error: float  # worst output difference vs PyTorch seen at export-time verification
+    # axis name -> [min, opt, max] the runtime may feed: the TensorRT optimization profile, from the spec
+    profile: dict[str, list[int]] | None = None
+    engine_file: str | None = None  # "<name>.engine" in TensorRT bundles
+    engine_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class TensorRTInfo:
+    """What built a bundle's engines; an engine only loads in the same TensorRT on the same kind of GPU."""
+
+    flavour: str  # "tensorrt" (full, JetPack) or "tensorrt-rtx"
+    version: str
+    compute_capability: str  # of the GPU the engines are for, e.g. "8.9"
+    built_on: str  # the GPU that built them, or "cpu" for a TensorRT-RTX ahead-of-time build
+    timing_cache: str | None = None  # full TensorRT: file in the bundle, reused to rebuild faster
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # every payload file -> sha256
     talker: TalkerInfo | None = None  # None: a text-only bundle
     token2wav: Token2WavInfo | None = None
+    tensorrt: TensorRTInfo | None = None  # None: ONNX Runtime bundle
+    memory_plan: MemoryPlan | None = None  # None: bundles written before plans were recorded
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -148,6 +166,8 @@ class Manifest:
                 "media": MediaInfo(**data["media"]),
                 "talker": _talker_info(data.get("talker")),
                 "token2wav": Token2WavInfo(**data["token2wav"]) if data.get("token2wav") else None,
+                "tensorrt": TensorRTInfo(**data["tensorrt"]) if data.get("tensorrt") else None,
+                "memory_plan": MemoryPlan.from_dict(data["memory_plan"]) if data.get("memory_plan") else None,
                 "components": comps,
             }
         )

@@ -54,8 +54,10 @@ def _tqdm_progress(total: int, description: str):
 @click.option("--components", default="", help="Comma-separated subset of: thinker, audio_encoder, "
               "vision_encoder (default: all; the Thinker is always included).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (kept until the new one is complete).")
+@click.option("--memory-gib", type=float, default=None, help="Memory the bundle may use (default: the target's; "
+              "16 GiB for cpu). The export refuses, with numbers, a bundle whose memory plan exceeds it.")
 @_one_line_errors
-def export_main(model, target, out, precision, max_seq_len, components, overwrite):
+def export_main(model, target, out, precision, max_seq_len, components, overwrite, memory_gib):
     """Export a Qwen2.5-Omni checkpoint into a deployable bundle.
 
     Each graph is verified against transformers before the bundle is written; the manifest is written
@@ -69,9 +71,14 @@ def export_main(model, target, out, precision, max_seq_len, components, overwrit
     from omni_edge.export.pipeline import ExportRequest, export_bundle
 
     wanted = tuple(c.strip() for c in components.split(",") if c.strip())
-    request = ExportRequest(model, target, out, precision, max_seq_len, overwrite, wanted)
+    request = ExportRequest(model, target, out, precision, max_seq_len, overwrite, wanted, memory_gib)
     bundle = export_bundle(request, _tqdm_progress)
+    from omni_edge.bundle import load_manifest
+
+    plan = load_manifest(bundle, verify_files=False).memory_plan
     click.echo(f"bundle written to {bundle}", err=True)
+    if plan is not None:
+        click.echo(f"memory plan: {plan.summary()}", err=True)
     click.echo("next:", err=True)
     click.echo(f'  omni-run {bundle} --prompt "Hello, who are you?"', err=True)
 
@@ -189,12 +196,14 @@ def run_report(result) -> dict:
               help="CPU threads for ONNX Runtime and for the PyTorch reference (0: every usable core).")
 @click.option("--new-tokens", default=32, show_default=True, type=int, help="Tokens per end-to-end reply.")
 @click.option("--e2e-iterations", default=0, type=int, help="Timed replies per prompt (0: max(3, iterations/4)).")
+@click.option("--speech-codec-tokens", default=100, show_default=True, type=int,
+              help="Cap of the spoken reply in codec tokens (50 per second of audio).")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch (transformers) reference.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG: latency per engine, ratio vs reference.")
 @_one_line_errors
-def bench_main(bundle, engines, iterations, warmup, max_seconds, threads, new_tokens, e2e_iterations, no_reference,
-               as_json, plot):
+def bench_main(bundle, engines, iterations, warmup, max_seconds, threads, new_tokens, e2e_iterations,
+               speech_codec_tokens, no_reference, as_json, plot):
     """Measure every engine of a bundle (p50/p90/p99, throughput, peak RSS), end-to-end latency on fixed
     text/audio/image prompts, the same for the PyTorch reference, and decode against the bandwidth roofline.
 
@@ -207,11 +216,12 @@ def bench_main(bundle, engines, iterations, warmup, max_seconds, threads, new_to
 
     from omni_edge.bench import BenchConfig, format_report, run_bench, write_plot
 
-    if iterations < 1 or warmup < 0 or new_tokens < 1:
-        raise click.BadParameter("--iterations and --new-tokens must be at least 1, --warmup at least 0")
+    if min(iterations, new_tokens, speech_codec_tokens) < 1 or warmup < 0:
+        raise click.BadParameter("--iterations, --new-tokens and --speech-codec-tokens must be at least 1, "
+                                 "--warmup at least 0")
     config = BenchConfig(engines=tuple(engines), iterations=iterations, warmup=warmup, threads=threads,
                          max_seconds=max_seconds, e2e_new_tokens=new_tokens, e2e_iterations=e2e_iterations,
-                         reference=not no_reference)
+                         speech_codec_tokens=speech_codec_tokens, reference=not no_reference)
     report = run_bench(bundle, config, progress=lambda line: click.echo(line, err=True))
     report["command"] = shlex.join(["omni-bench", *sys.argv[1:]])
     if plot:

@@ -38,3 +38,4 @@ DIT_WINDOW = "dit_window"
 BIGVGAN_WINDOW = "bigvgan_window"
 TALKER_CODEC_EMBEDDING_FILE = "talker_codec_embed.safetensors"
 SPEAKERS_FILE = "speakers.safetensors"
+TIMING_CACHE_FILE = "timing.cache"  # full-TensorRT bundles: the builders' shared timing cache

@@ -1,8 +1,9 @@
 """End-to-end latency of our runtime on the fixed prompts: what a user waits for.
 
-TTFT is measured from the call to `Session.generate` (media front ends and encoders included) to the first
-sampled token. Speech figures (first audio chunk, Talker tokens/s, real-time factor) are reported when the
-session produces audio; until the bundle holds the speech engines they are null, never estimated.
+Every figure is measured from the call to `Session.generate` (media front ends and encoders included):
+TTFT to the first sampled token; for a spoken reply, first audio chunk, codec tokens per wall second and the
+real-time factor (wall time / seconds of audio). A bundle without the speech engines gets no speech figures;
+they are never estimated.
 """
 
 from __future__ import annotations
@@ -15,33 +16,31 @@ from omni_edge.bench.inputs import Prompt
 from omni_edge.bench.measure import Policy
 from omni_edge.runtime.sampling import SamplingConfig
 from omni_edge.runtime.session import Done, Session
+from omni_edge.runtime.speech import SpeechOptions
 
 GREEDY = SamplingConfig(greedy=True)
 
 
-def _median(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.median(values)) if values else None
+def _run(session: Session, prompt: Prompt, new_tokens: int, speech: SpeechOptions | None = None):
+    """One reply: (result, wall ms, ms spent before the token loop started)."""
+    media = prompt.media()
+    session.reset()
+    start = time.perf_counter()
+    result = next(e.result for e in session.generate(prompt.text, new_tokens, GREEDY, speech=speech, **media)
+                  if isinstance(e, Done))
+    wall_ms = 1000 * (time.perf_counter() - start)
+    session.reset()
+    # result.* timings start when the token loop starts; add what ran before it (front ends, encoders).
+    return result, wall_ms, wall_ms - result.total_ms
 
 
 def run_prompt(session: Session, prompt: Prompt, new_tokens: int, policy: Policy, repeats: int) -> dict:
-    media = prompt.media()  # decoded arrays: file reading is not what this measures
-    ttft, tps, first_audio, rtf = [], [], [], []
-    result = None
+    ttft, tps = [], []
     for i in range(policy.warmup + repeats):
-        session.reset()
-        start = time.perf_counter()
-        result = next(e.result for e in session.generate(prompt.text, new_tokens, GREEDY, **media)
-                      if isinstance(e, Done))
-        wall_ms = 1000 * (time.perf_counter() - start)
-        if i < policy.warmup:
-            continue
-        # result.ttft_ms starts when the token loop starts; add what ran before it (front ends, encoders).
-        ttft.append(wall_ms - result.total_ms + result.ttft_ms)
-        tps.append(result.decode_tokens_per_s)
-        first_audio.append(result.first_audio_ms)
-        rtf.append(result.rtf)
-    session.reset()
+        result, _, before_ms = _run(session, prompt, new_tokens)
+        if i >= policy.warmup:
+            ttft.append(before_ms + result.ttft_ms)
+            tps.append(result.decode_tokens_per_s)
     return {
         "kind": prompt.kind,
         "prompt": prompt.text,
@@ -51,8 +50,39 @@ def run_prompt(session: Session, prompt: Prompt, new_tokens: int, policy: Policy
         "ttft_ms_p50": float(np.median(ttft)),
         "ttft_ms_p90": float(np.percentile(ttft, 90)),
         "thinker_tokens_per_s_p50": float(np.median(tps)),
-        "first_audio_ms_p50": _median(first_audio),
-        "talker_tokens_per_s_p50": None,  # filled when the session reports codec timing
-        "rtf_p50": _median(rtf),
         "_prompt_token_ids": list(result.prompt_token_ids),  # for the reference; dropped from the report
+    }
+
+
+def run_speech(session: Session, prompt: Prompt, new_tokens: int, codec_tokens: int, policy: Policy,
+               repeats: int) -> dict:
+    """A spoken reply (default speaker, greedy Talker, RK4 token2wav), streamed as the runtime does it."""
+    options = SpeechOptions(max_codec_tokens=codec_tokens)
+    ttft, first_audio, rtf, codec_rate = [], [], [], []
+    for i in range(policy.warmup + repeats):
+        result, wall_ms, before_ms = _run(session, prompt, new_tokens, options)
+        if i < policy.warmup:
+            continue
+        ttft.append(before_ms + result.ttft_ms)
+        if result.first_audio_ms is not None:
+            first_audio.append(before_ms + result.first_audio_ms)
+        if result.audio_seconds:
+            rtf.append(wall_ms / 1000 / result.audio_seconds)
+        codec_rate.append(len(result.codec_token_ids) / (wall_ms / 1000))
+    return {
+        "status": "measured",
+        "prompt": prompt.text,
+        "speaker": options.speaker,
+        "solver": options.solver,
+        "new_tokens": len(result.text_token_ids),
+        "codec_tokens": len(result.codec_token_ids),
+        "max_codec_tokens": codec_tokens,
+        "talker_stop_reason": result.talker_stop_reason,
+        "audio_seconds": result.audio_seconds,
+        "iterations": repeats,
+        "ttft_ms_p50": float(np.median(ttft)),
+        "first_audio_ms_p50": float(np.median(first_audio)) if first_audio else None,
+        "rtf_p50": float(np.median(rtf)) if rtf else None,
+        "codec_tokens_per_s_p50": float(np.median(codec_rate)),
+        "_prompt_token_ids": list(result.prompt_token_ids),
     }

@@ -11,13 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from omni_edge import naming
-from omni_edge.bench.inputs import IMAGE_SIZE, picture, thinker_feeds, tone
+from omni_edge.bench.inputs import IMAGE_SIZE, decoder_feeds, picture, tone
 from omni_edge.bundle import Manifest
 
 PREFILL_LENGTHS = (128, 512, 2048)
 DECODE_CONTEXTS = (128, 512, 2048)
+TALKER_PREFILL_LENGTHS = (128, 512)  # the Talker's prompt is the conversation so far, one row per token
 AUDIO_BLOCK_SECONDS = 2.0
+# The streaming token2wav windows of omni_edge/runtime/token2wav.StreamWindows (a middle chunk):
+DIT_WINDOW_FRAMES = 48 + 72 + 24  # 2 blocks back, 3 kept, 1 ahead
+BIGVGAN_WINDOW_FRAMES = 40 + 72  # left context + kept frames
+KEPT_SECONDS = 72 / 100  # audio one window adds to the stream (mel runs at 100 frames/s)
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class BundleEngines:
         self._opened.clear()
 
 
-# -- Thinker --------------------------------------------------------------------------------------
+# -- Thinker and Talker ---------------------------------------------------------------------------
 def _prefill_cases(manifest: Manifest) -> list[Case]:
     limit = manifest.kv_cache.max_seq_len
     return [Case(naming.THINKER_PREFILL, f"prefill {n} tokens", n, "tokens", {"new": n, "past": 0})
@@ -76,7 +83,27 @@ def _decode_cases(manifest: Manifest) -> list[Case]:
 
 
 def _thinker_inputs(ctx: BundleEngines, case: Case) -> dict:
-    return thinker_feeds(ctx.session.embeddings, ctx.manifest.kv_cache, case.params["new"], case.params["past"])
+    ids = np.random.default_rng(0).integers(0, 1000, case.params["new"])
+    return decoder_feeds(ctx.session.embeddings[ids], ctx.manifest.kv_cache, case.params["past"])
+
+
+def _talker_prefill_cases(manifest: Manifest) -> list[Case]:
+    limit = manifest.talker.kv_cache.max_seq_len
+    return [Case(naming.TALKER_PREFILL, f"prefill {n} rows", n, "tokens", {"new": n, "past": 0})
+            for n in TALKER_PREFILL_LENGTHS if n <= limit]
+
+
+def _talker_decode_cases(manifest: Manifest) -> list[Case]:
+    limit = manifest.talker.kv_cache.max_seq_len
+    return [Case(naming.TALKER_DECODE, f"decode 1 codec token at context {n}", 1, "tokens", {"new": 1, "past": n})
+            for n in DECODE_CONTEXTS if n < limit]
+
+
+def _talker_inputs(ctx: BundleEngines, case: Case) -> dict:
+    """Talker rows are Thinker-width sums (hidden state + embeddings); random rows cost the same."""
+    width = ctx.manifest.thinker.hidden_size
+    rows = np.random.default_rng(1).standard_normal((case.params["new"], width)).astype(np.float32)
+    return decoder_feeds(rows, ctx.manifest.talker.kv_cache, case.params["past"])
 
 
 def _graph(ctx: BundleEngines, case: Case, inputs: dict):
@@ -132,13 +159,62 @@ def _vision_ours(ctx: BundleEngines, case: Case, inputs: dict):
     return run
 
 
+# -- token2wav --------------------------------------------------------------------------------------
+def _dit_cases(manifest: Manifest) -> list[Case]:
+    frames = DIT_WINDOW_FRAMES
+    return [Case(naming.DIT_WINDOW, f"{frames}-frame window, 1 evaluation", 1, "evaluations", {"frames": frames}),
+            Case(naming.DIT_WINDOW, f"{frames}-frame window, RK4 solve (36 evals)", KEPT_SECONDS, "audio s",
+                 {"frames": frames, "solve": "rk4"})]
+
+
+def _speaker(ctx: BundleEngines):
+    from omni_edge.runtime.speech import load_speakers
+
+    return next(iter(load_speakers(ctx.session.bundle_dir, ctx.manifest).values()))
+
+
+def _dit_inputs(ctx: BundleEngines, case: Case) -> dict:
+    info, speaker = ctx.manifest.token2wav, _speaker(ctx)
+    frames = case.params["frames"]
+    rng = np.random.default_rng(2)
+    return {
+        "noisy_mel": rng.standard_normal((1, frames, info.mel_dim)).astype(np.float32),
+        "codes": rng.integers(0, info.num_code_embeddings - 1, (1, frames // info.repeats)),
+        "speaker_cond": speaker.cond.astype(np.float32),
+        "reference_mel": speaker.reference_mel.astype(np.float32),
+        "time": np.asarray([0.5], dtype=np.float32),
+    }
+
+
+def _dit_ours(ctx: BundleEngines, case: Case, inputs: dict):
+    if case.params.get("solve") != "rk4":
+        return _graph(ctx, case, inputs)
+    from omni_edge.runtime.token2wav import Speaker, solve_mel
+
+    engine = ctx.engine(naming.DIT_WINDOW)
+    speaker = Speaker("bench", 0, inputs["speaker_cond"], inputs["reference_mel"])
+    return lambda: solve_mel(engine, inputs["noisy_mel"][0], inputs["codes"][0], speaker, "rk4")
+
+
+def _bigvgan_cases(manifest: Manifest) -> list[Case]:
+    frames = BIGVGAN_WINDOW_FRAMES
+    return [Case(naming.BIGVGAN_WINDOW, f"{frames}-frame window (72 kept)", KEPT_SECONDS, "audio s",
+                 {"frames": frames})]
+
+
+def _bigvgan_inputs(ctx: BundleEngines, case: Case) -> dict:
+    shape = (1, ctx.manifest.token2wav.mel_dim, case.params["frames"])
+    return {"mel": (np.random.default_rng(3).standard_normal(shape) - 5.0).astype(np.float32)}  # log-amplitude
+
+
 ENGINES = (
     EngineBench(naming.THINKER_PREFILL, "prefill of 128/512/2048 tokens", _prefill_cases, _thinker_inputs, _graph),
     EngineBench(naming.THINKER_DECODE, "one token at contexts 128/512/2048", _decode_cases, _thinker_inputs, _graph),
     EngineBench(naming.AUDIO_ENCODER, "one 2 s audio block", _audio_cases, _audio_inputs, _graph),
     EngineBench(naming.VISION_ENCODER, "one 448x448 image", _vision_cases, _vision_inputs, _vision_ours),
-    EngineBench(naming.TALKER_PREFILL, "Talker prefill of a Thinker reply"),
-    EngineBench(naming.TALKER_DECODE, "one codec token at several contexts"),
-    EngineBench(naming.DIT_WINDOW, "one DiT window"),
-    EngineBench(naming.BIGVGAN_WINDOW, "one BigVGAN window"),
+    EngineBench(naming.TALKER_PREFILL, "prefill of 128/512 rows", _talker_prefill_cases, _talker_inputs, _graph),
+    EngineBench(naming.TALKER_DECODE, "one codec token at contexts 128/512/2048", _talker_decode_cases,
+                _talker_inputs, _graph),
+    EngineBench(naming.DIT_WINDOW, "one streaming DiT window", _dit_cases, _dit_inputs, _dit_ours),
+    EngineBench(naming.BIGVGAN_WINDOW, "one streaming BigVGAN window", _bigvgan_cases, _bigvgan_inputs, _graph),
 )

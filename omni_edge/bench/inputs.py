@@ -57,11 +57,12 @@ E2E_PROMPTS = (
 PROMPT_ENGINE = {"audio": naming.AUDIO_ENCODER, "image": naming.VISION_ENCODER}
 
 
-def thinker_feeds(embeddings: np.ndarray, geo: KVCacheGeometry, new: int, past: int) -> dict:
-    """Feeds of thinker_prefill (past == 0) or thinker_decode: real token embeddings, random past KV."""
+def decoder_feeds(rows: np.ndarray, geo: KVCacheGeometry, past: int) -> dict:
+    """Feeds of a prefill (past == 0) or decode graph (Thinker or Talker): `rows` [new, width], random past KV."""
     rng = np.random.default_rng(0)
+    new = len(rows)
     feeds = {
-        "inputs_embeds": embeddings[rng.integers(0, 1000, new)][None],
+        "inputs_embeds": np.ascontiguousarray(rows, dtype=np.float32)[None],
         "position_ids": text_positions(past, new),
         "attention_mask": np.ones((1, past + new), dtype=np.int64),
     }

@@ -31,7 +31,12 @@ def resolve_threads(threads: int) -> int:
 
 
 def measure(run: Callable, policy: Policy, setup: Callable | None = None) -> dict:
-    """Time `run(setup())` (or `run()`): p50/p90/p99 in ms, iterations done, and the row's peak RSS."""
+    """Time `run(setup())` (or `run()`): p50/p90/p99 in ms, iterations done, and the row's peak RSS.
+
+    RSS is the whole process: `rss_before_mib` is what earlier rows left resident (weights, ONNX Runtime's
+    arena), `peak_rss_mib` the high-water mark while this row ran.
+    """
+    before = (_status_kib("VmRSS") or 0) / 1024
     reset_peak_rss()
     for _ in range(policy.warmup):
         run(setup()) if setup else run()
@@ -46,7 +51,7 @@ def measure(run: Callable, policy: Policy, setup: Callable | None = None) -> dic
         spent += samples[-1]
         if policy.max_seconds and spent >= policy.max_seconds and len(samples) >= floor:
             break
-    return {**percentiles(samples), "peak_rss_mib": peak_rss_mib()}
+    return {**percentiles(samples), "peak_rss_mib": peak_rss_mib(), "rss_before_mib": before}
 
 
 def percentiles(samples_s: list[float]) -> dict:
@@ -84,11 +89,11 @@ def peak_rss_mib() -> float:
     return kib / 1024
 
 
-def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 7) -> dict:
-    """Memory bandwidth of a large array copy with `threads` workers, counting read + write bytes.
+def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 7) -> float:
+    """GB/s of a large array copy with `threads` workers, counting read + write bytes (median of `repeats`).
 
     Decode streams every weight once per token; a copy of an array far larger than the caches is the
-    simplest upper bound on how fast this machine can stream bytes (STREAM "copy" convention: 2 x size).
+    simplest measure of how fast this machine streams bytes (STREAM "copy" convention: 2 x size).
     """
     count = mib * (1 << 20) // 8
     src = np.ones(count, dtype=np.float64)
@@ -106,6 +111,4 @@ def copy_bandwidth(threads: int, mib: int = 256, repeats: int = 7) -> dict:
             start = time.perf_counter()
             copy_all(pool)
             samples.append(time.perf_counter() - start)
-    seconds = statistics.median(samples)
-    return {"copy_bandwidth_gb_s": 2 * src.nbytes / seconds / 1e9, "array_mib": mib, "threads": threads,
-            "repeats": repeats}
+    return 2 * src.nbytes / statistics.median(samples) / 1e9

@@ -56,29 +56,34 @@ def _tensors(inputs: dict) -> dict:
     return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in inputs.items()}
 
 
-def _thinker(model, case: Case, inputs: dict):
-    """The Thinker text model and lm_head over all new positions, as the graph computes them."""
-    import torch
-    from transformers.cache_utils import DynamicCache
+def _decoder(parts_of):
+    """A decoder (Thinker or Talker) over all new positions, head included, as the graphs compute it."""
 
-    thinker = model.thinker
-    text_model, head, config = thinker.model.language_model, thinker.lm_head, thinker.config.text_config
-    t = _tensors(inputs)
+    def build(model, case: Case, inputs: dict):
+        import torch
+        from transformers.cache_utils import DynamicCache
 
-    def setup():  # a fresh cache per run: DynamicCache grows in place
-        cache = DynamicCache(config=config)
-        if case.params["past"]:
-            for layer in range(config.num_hidden_layers):
-                cache.update(t[naming.past_key(layer)], t[naming.past_value(layer)], layer)
-        return cache
+        parts = parts_of(model)
+        config = parts.text_model.config
+        t = _tensors(inputs)
 
-    def run(cache):
-        with torch.inference_mode():
-            out = text_model(inputs_embeds=t["inputs_embeds"], position_ids=t["position_ids"],
-                             attention_mask=t["attention_mask"], cache=cache, use_cache=True)
-            return head(out.last_hidden_state)
+        def setup():  # a fresh cache per run: DynamicCache grows in place
+            cache = DynamicCache(config=config)
+            if case.params["past"]:
+                for layer in range(config.num_hidden_layers):
+                    cache.update(t[naming.past_key(layer)], t[naming.past_value(layer)], layer)
+            return cache
 
-    return run, setup
+        def run(cache):
+            with torch.inference_mode():
+                embeds = t["inputs_embeds"] if parts.input_proj is None else parts.input_proj(t["inputs_embeds"])
+                out = parts.text_model(inputs_embeds=embeds, position_ids=t["position_ids"],
+                                       attention_mask=t["attention_mask"], cache=cache, use_cache=True)
+                return parts.head(out.last_hidden_state)
+
+        return run, setup
+
+    return build
 
 
 def _audio(model, case: Case, inputs: dict):
@@ -109,11 +114,62 @@ def _vision(model, case: Case, inputs: dict):
     return run, None
 
 
+def _dit(model, case: Case, inputs: dict):
+    """One CFG evaluation (the graph), or transformers' own RK4 sampler over the window (36 evaluations)."""
+    import torch
+
+    dit = model.token2wav.code2wav_dit_model
+    t = _tensors(inputs)
+    frames = t["noisy_mel"].shape[1]
+
+    def evaluate():
+        with torch.inference_mode():
+            return dit(hidden_states=t["noisy_mel"], condition_vector=t["reference_mel"],
+                       speaker_embedding=t["speaker_cond"].unsqueeze(1).expand(1, frames, -1),
+                       quantized_code=t["codes"], time_step=t["time"], apply_cfg=True)
+
+    def solve():
+        with torch.inference_mode():
+            return dit.sample(t["speaker_cond"], t["reference_mel"], t["codes"], num_steps=10, guidance_scale=0.5,
+                              sway_coefficient=-1.0)
+
+    return (solve if case.params.get("solve") == "rk4" else evaluate), None
+
+
+def _bigvgan(model, case: Case, inputs: dict):
+    import torch
+
+    vocoder = model.token2wav.code2wav_bigvgan_model
+    mel = torch.from_numpy(inputs["mel"])
+
+    def run():
+        with torch.inference_mode():
+            return vocoder(mel)
+
+    return run, None
+
+
+def _thinker_parts(model):
+    from omni_edge.export.decoder import thinker_parts
+
+    return thinker_parts(model)
+
+
+def _talker_parts(model):
+    from omni_edge.export.decoder import talker_parts
+
+    return talker_parts(model)
+
+
 REFERENCE = {
-    naming.THINKER_PREFILL: _thinker,
-    naming.THINKER_DECODE: _thinker,
+    naming.THINKER_PREFILL: _decoder(_thinker_parts),
+    naming.THINKER_DECODE: _decoder(_thinker_parts),
     naming.AUDIO_ENCODER: _audio,
     naming.VISION_ENCODER: _vision,
+    naming.TALKER_PREFILL: _decoder(_talker_parts),
+    naming.TALKER_DECODE: _decoder(_talker_parts),
+    naming.DIT_WINDOW: _dit,
+    naming.BIGVGAN_WINDOW: _bigvgan,
 }
 
 
@@ -169,19 +225,82 @@ def end_to_end(model, prompt: Prompt, prompt_ids: list[int], new_tokens: int, po
         def end(self):
             pass
 
+    from transformers.utils import logging as hf_logging
+
     media = prompt.media()
     ids = torch.tensor([prompt_ids])
     ttft, tps, generated = [], [], 0
-    for i in range(policy.warmup + repeats):
-        streamer = FirstToken()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.thinker.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                         do_sample=False, streamer=streamer, **_media_kwargs(media))
-        end = time.perf_counter()
-        generated = out.shape[1] - ids.shape[1]
-        if i >= policy.warmup:
-            ttft.append(1000 * (streamer.at - start))
-            tps.append((generated - 1) / (end - streamer.at) if generated > 1 else 0.0)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # generation-config notes about sampling flags, on every call
+    try:
+        for i in range(policy.warmup + repeats):
+            streamer = FirstToken()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = model.thinker.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                             max_new_tokens=new_tokens, do_sample=False, streamer=streamer,
+                                             **_media_kwargs(media))
+            end = time.perf_counter()
+            generated = out.shape[1] - ids.shape[1]
+            if i >= policy.warmup:
+                ttft.append(1000 * (streamer.at - start))
+                tps.append((generated - 1) / (end - streamer.at) if generated > 1 else 0.0)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return {"new_tokens": int(generated), "iterations": repeats, "ttft_ms_p50": float(np.median(ttft)),
             "ttft_ms_p90": float(np.percentile(ttft, 90)), "thinker_tokens_per_s_p50": float(np.median(tps))}
+
+
+def _known_codes_only(manifest: Manifest):
+    """A random-weight Talker emits codec ids the DiT has no embedding for, and transformers' token2wav then
+    fails on them (our runtime maps them to 0, as Qwen's code does). Masking them keeps the reference
+    running; a trained Talker does not emit them, so this changes nothing there."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    first_unknown = manifest.token2wav.num_code_embeddings
+    keep = torch.tensor(manifest.talker.stop_token_ids)
+
+    class KnownCodes(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            stops = scores[:, keep].clone()
+            scores[:, first_unknown:] = -float("inf")
+            scores[:, keep] = stops
+            return scores
+
+    return LogitsProcessorList([KnownCodes()])
+
+
+def speech_end_to_end(model, manifest: Manifest, prompt_ids: list[int], new_tokens: int, codec_tokens: int,
+                      speaker: str, policy: Policy, repeats: int) -> dict:
+    """transformers' full generate with audio: Thinker, then Talker, then token2wav over the whole utterance.
+
+    The reference does not stream, so its first audio arrives with the last: first_audio_ms is the whole call.
+    """
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    sample_rate = manifest.token2wav.sample_rate
+    known_codes = _known_codes_only(manifest)
+    ids = torch.tensor([prompt_ids])
+    walls, seconds = [], 0.0
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        for i in range(policy.warmup + repeats):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                _, wav = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), speaker=speaker,
+                                        thinker_max_new_tokens=new_tokens, thinker_do_sample=False,
+                                        talker_do_sample=False, talker_max_new_tokens=codec_tokens,
+                                        talker_logits_processor=known_codes)
+            wall = time.perf_counter() - start
+            seconds = wav.numel() / sample_rate
+            if i >= policy.warmup:
+                walls.append(wall)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    wall = float(np.median(walls))
+    codes = round(seconds * sample_rate / (manifest.token2wav.samples_per_frame * manifest.token2wav.repeats))
+    return {"codec_tokens": codes, "audio_seconds": seconds, "iterations": repeats, "first_audio_ms_p50": 1000 * wall,
+            "rtf_p50": wall / seconds if seconds else None}

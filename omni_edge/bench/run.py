@@ -1,7 +1,9 @@
 """omni-bench: run every engine row, the end-to-end prompts, the reference and the roofline; build the report.
 
 Order matters for memory readings: our rows and prompts run first, our engines are released, then the
-bandwidth probe, then the PyTorch reference is loaded, so each side's peak RSS is its own.
+PyTorch reference is loaded, so each side's peak RSS is its own. Copy bandwidth is probed twice, before
+anything is loaded and between the two sides: other processes sharing the cores can only lower a reading,
+so the roofline uses the higher one and the report keeps both.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class BenchConfig:
     max_seconds: float = 0.0  # per row: stop after this much timed work (but not before 3 iterations)
     e2e_new_tokens: int = 32
     e2e_iterations: int = 0  # 0: max(3, iterations // 4)
+    speech_codec_tokens: int = 100  # cap of the spoken reply (2 s of audio): random weights rarely stop earlier
     reference: bool = True
     bandwidth_mib: int = 256
 
@@ -51,21 +54,16 @@ def _selected(names: tuple[str, ...]) -> list[EngineBench]:
 
 
 def _row(case, stats: dict) -> dict:
-    return {"engine": case.engine, "shape": case.label, "params": case.params, **stats, "throughput": case.work / (stats["p50_ms"] / 1000),
+    throughput = case.work / (stats["p50_ms"] / 1000)
+    return {"engine": case.engine, "shape": case.label, "params": case.params, **stats, "throughput": throughput,
             "throughput_unit": f"{case.unit}/s", "reference": None, "latency_ratio": None}
 
 
-def run_bench(bundle_dir: Path, config: BenchConfig, progress: Callable[[str], None] = lambda line: None) -> dict:
-    from omni_edge.runtime.session import Session
-
-    threads = resolve_threads(config.threads)
-    machine = describe_machine(threads)
-    policy = config.policy()
-    session = Session(bundle_dir, threads=threads)
-    manifest = session.manifest
-    ctx = BundleEngines(session, threads)
+def _engine_rows(ctx: BundleEngines, benches: list[EngineBench], policy: Policy, progress) -> tuple:
+    """(rows, engines not measured and why, [(case, inputs, row)] for the reference)."""
+    manifest = ctx.manifest
     rows, pending, measured = [], [], []
-    for bench in _selected(config.engines):
+    for bench in benches:
         if bench.name not in manifest.components:
             pending.append({"engine": bench.name, "planned": bench.planned, "status": "not in bundle"})
             continue
@@ -77,20 +75,47 @@ def run_bench(bundle_dir: Path, config: BenchConfig, progress: Callable[[str], N
             rows.append(_row(case, measure(bench.ours(ctx, case, inputs), policy)))
             measured.append((case, inputs, rows[-1]))
             progress(f"{case.engine} {case.label}: p50 {rows[-1]['p50_ms']:.2f} ms")
-    ctx.close()
+    return rows, pending, measured
 
-    prompts = [p for p in E2E_PROMPTS if PROMPT_ENGINE.get(p.kind, None) in (None, *manifest.components)]
+
+def _end_to_end(session, config: BenchConfig, policy: Policy, progress) -> tuple:
+    """(prompts run, their rows, the spoken-reply row or why there is none)."""
+    manifest = session.manifest
+    prompts = [p for p in E2E_PROMPTS if PROMPT_ENGINE.get(p.kind) in (None, *manifest.components)]
     e2e = []
     for prompt in prompts:
         e2e.append(end_to_end.run_prompt(session, prompt, config.e2e_new_tokens, policy, config.e2e_repeats()))
         progress(f"end to end ({prompt.kind}): ttft {e2e[-1]['ttft_ms_p50']:.1f} ms")
+    speech = _speech_status(manifest)
+    if speech["status"] == "measured":
+        speech = end_to_end.run_speech(session, E2E_PROMPTS[0], config.e2e_new_tokens, config.speech_codec_tokens,
+                                       policy, config.e2e_repeats())
+        progress(f"end to end (speech): first audio {speech['first_audio_ms_p50'] or 0:.1f} ms")
+    return prompts, e2e, speech
+
+
+def run_bench(bundle_dir: Path, config: BenchConfig, progress: Callable[[str], None] = lambda line: None) -> dict:
+    from omni_edge.runtime.session import Session
+
+    benches = _selected(config.engines)  # a typo fails here, before seconds of loading
+    threads = resolve_threads(config.threads)
+    machine = describe_machine(threads)
+    policy = config.policy()
+    bandwidth = [copy_bandwidth(threads, config.bandwidth_mib)]
+    session = Session(bundle_dir, threads=threads)
+    manifest = session.manifest
+    ctx = BundleEngines(session, threads)
+    rows, pending, measured = _engine_rows(ctx, benches, policy, progress)
+    ctx.close()
+    prompts, e2e, speech = _end_to_end(session, config, policy, progress)
     del session, ctx
     gc.collect()
 
-    bandwidth = copy_bandwidth(threads, config.bandwidth_mib)
-    reference = _run_reference(manifest, threads, config, measured, prompts, e2e, progress)
-    for row in e2e:
-        row.pop("_prompt_token_ids")
+    bandwidth.append(copy_bandwidth(threads, config.bandwidth_mib))
+    reference = _run_reference(manifest, threads, config, measured, prompts, e2e, speech, progress)
+    for row in [*e2e, speech]:
+        row.pop("_prompt_token_ids", None)
+    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return {
         "report_version": REPORT_VERSION,
         "bundle": str(bundle_dir),
@@ -99,18 +124,21 @@ def run_bench(bundle_dir: Path, config: BenchConfig, progress: Callable[[str], N
         "backend": manifest.backend,
         "config": {"iterations": config.iterations, "warmup": config.warmup, "threads": threads,
                    "max_seconds_per_row": config.max_seconds, "e2e_new_tokens": config.e2e_new_tokens,
-                   "e2e_iterations": config.e2e_repeats(), "reference": config.reference},
+                   "e2e_iterations": config.e2e_repeats(), "speech_codec_tokens": config.speech_codec_tokens,
+                   "reference": config.reference},
         "machine": machine,
         "engines": rows,
         "engines_pending": pending,
         "end_to_end": e2e,
-        "speech": _speech_status(manifest),
+        "speech": speech,
         "reference": reference,
-        "roofline": roofline(Path(bundle_dir), manifest, rows, bandwidth),
+        "roofline": roofline(Path(bundle_dir), manifest, rows, {
+            "copy_bandwidth_gb_s": max(bandwidth), "copy_bandwidth_samples_gb_s": bandwidth,
+            "array_mib": config.bandwidth_mib, "threads": threads}),
     }
 
 
-def _run_reference(manifest: Manifest, threads, config, measured, prompts, e2e, progress) -> dict:
+def _run_reference(manifest: Manifest, threads, config, measured, prompts, e2e, speech, progress) -> dict:
     if not config.reference:
         return {"status": "skipped (--no-reference)"}
     from omni_edge.bench import reference
@@ -138,9 +166,20 @@ def _run_reference(manifest: Manifest, threads, config, measured, prompts, e2e, 
         ref_tps = ref["thinker_tokens_per_s_p50"]
         row["tokens_per_s_ratio"] = row["thinker_tokens_per_s_p50"] / ref_tps if ref_tps else None
         progress(f"reference end to end ({prompt.kind}): ttft {ref['ttft_ms_p50']:.1f} ms")
+    if speech["status"] == "measured":
+        ref = reference.speech_end_to_end(model, manifest, speech["_prompt_token_ids"], config.e2e_new_tokens,
+                                          config.speech_codec_tokens, speech["speaker"], policy, config.e2e_repeats())
+        speech["reference"] = ref
+        speech["first_audio_ratio"] = _ratio(speech["first_audio_ms_p50"], ref["first_audio_ms_p50"])
+        speech["rtf_ratio"] = _ratio(speech["rtf_p50"], ref["rtf_p50"])
+        progress(f"reference end to end (speech): first audio {ref['first_audio_ms_p50']:.1f} ms")
     del model
     gc.collect()
     return {"status": "measured", **info}
+
+
+def _ratio(ours, ref):
+    return ours / ref if ours is not None and ref else None
 
 
 def _speech_status(manifest: Manifest) -> dict:
@@ -148,9 +187,9 @@ def _speech_status(manifest: Manifest) -> dict:
 
     engines = [naming.TALKER_PREFILL, naming.TALKER_DECODE, naming.DIT_WINDOW, naming.BIGVGAN_WINDOW]
     missing = [name for name in engines if name not in manifest.components]
-    if missing:
+    if missing or manifest.talker is None or manifest.token2wav is None:
         return {"status": "not in bundle", "missing_engines": missing}
-    return {"status": "engines in bundle; figures come from the session's TurnResult when it produces audio"}
+    return {"status": "measured"}
 
 
 def decode_weight_bytes(bundle_dir: Path, manifest: Manifest) -> tuple[int, list[str]]:

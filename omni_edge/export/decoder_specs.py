@@ -25,6 +25,15 @@ def _dims(with_past: bool, num_layers: int) -> tuple:
     return ({1: seq}, {2: seq}, {1: total}, tuple({2: past} for _ in range(2 * num_layers)))
 
 
+def _profile(with_past: bool, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
+    """Prefill: up to the whole cache at once. Decode: past + new tokens fill at most the cache; one new
+    token on a half-full cache is the step that runs most, so it is what TensorRT tunes for."""
+    if not with_past:
+        return {"seq": (1, min(256, max_seq_len), max_seq_len)}
+    half = max_seq_len // 2
+    return {"seq": (1, 1, max_seq_len - 1), "past": (1, half, max_seq_len - 1), "total": (2, half + 1, max_seq_len)}
+
+
 def _spec(name: str, get_parts: Callable, with_past: bool, num_layers: int) -> ComponentSpec:
     inputs, outputs = decoder.io_names(num_layers, with_past)
     example = (5, 7) if with_past else (5, 0)
@@ -43,6 +52,7 @@ def _spec(name: str, get_parts: Callable, with_past: bool, num_layers: int) -> C
         # fp32 graph vs fp32 eager: only reduction-order noise is expected (measured ~2e-6 on logits).
         atol=1e-4,
         rtol=1e-4,
+        profile=lambda model, max_seq_len: _profile(with_past, max_seq_len),
     )
 
 

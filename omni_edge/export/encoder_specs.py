@@ -7,6 +7,7 @@ import torch
 from omni_edge import naming
 from omni_edge.export import audio_encoder, vision_encoder
 from omni_edge.export.spec import ComponentSpec
+from omni_edge.runtime.audio_blocks import TOKENS_PER_BLOCK
 
 
 def _audio(model):
@@ -15,6 +16,19 @@ def _audio(model):
 
 def _visual(model):
     return model.thinker.model.visual
+
+
+def _audio_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
+    # Every block gives up to 50 Thinker tokens, and all of them must fit the KV cache; 15 blocks is 30 s.
+    blocks = -(-max_seq_len // TOKENS_PER_BLOCK)
+    return {"blocks": (1, min(15, blocks), blocks)}
+
+
+def _vision_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
+    # One merged group of merge^2 patches is one Thinker token; an image or video cannot exceed the cache.
+    merge = _visual(model).config.spatial_merge_size ** 2
+    opt = min(256, max_seq_len)
+    return {"groups": (1, opt, max_seq_len), "patches": (merge, merge * opt, merge * max_seq_len)}
 
 
 def audio_encoder_spec() -> ComponentSpec:
@@ -32,6 +46,7 @@ def audio_encoder_spec() -> ComponentSpec:
         ],
         atol=1e-4,
         rtol=1e-4,
+        profile=_audio_profile,
     )
 
 
@@ -51,4 +66,5 @@ def vision_encoder_spec() -> ComponentSpec:
         ],
         atol=1e-4,
         rtol=1e-4,
+        profile=_vision_profile,
     )

@@ -24,7 +24,8 @@ from omni_edge.bundle import (
     write_manifest,
 )
 from omni_edge.errors import BundleError, TargetError
-from omni_edge.targets import Target, check_precision, get_target
+from omni_edge.memory_plan import MemoryPlan, check_fits, plan_memory
+from omni_edge.targets import COMPONENTS, Target, check_precision, get_target
 
 DEFAULT_MAX_SEQ_LEN = 4096
 
@@ -38,6 +39,7 @@ class ExportRequest:
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     overwrite: bool = False
     components: tuple[str, ...] = ()  # empty: every component this version exports
+    memory_gib: float | None = None  # memory budget; None: the target's (a soft default for cpu)
 
 
 def export(
@@ -49,9 +51,11 @@ def export(
     overwrite: bool = False,
     components: tuple[str, ...] = (),
     progress: Callable | None = None,
+    memory_gib: float | None = None,
 ) -> Path:
     """Python API of `omni-export`; returns the bundle directory."""
-    request = ExportRequest(model, target, Path(out), precision, max_seq_len, overwrite, tuple(components))
+    request = ExportRequest(model, target, Path(out), precision, max_seq_len, overwrite, tuple(components),
+                            memory_gib)
     return export_bundle(request, progress or _no_progress)
 
 
@@ -72,25 +76,40 @@ def check_request(request: ExportRequest) -> Target:
     """Every check that needs no model: fail in milliseconds, before minutes of export."""
     target = get_target(request.target)
     check_precision(target, request.precision)
-    if target.tensorrt is not None:
-        raise TargetError(
-            f"target {target.name} needs quantized graphs and TensorRT engines, which this version of "
-            "omni-export does not build yet; export with --target cpu (ONNX Runtime) for now"
-        )
     if request.precision not in ("auto", "fp32"):
         raise TargetError(
             f"precision {request.precision} needs quantization, which this version of omni-export does "
             "not do yet; use --precision fp32 or auto"
         )
     from omni_edge.export.components import check_components
+    from omni_edge.export.engine_build import check_can_build
 
     check_components(request.components)
     if request.max_seq_len < 16:
         raise BundleError(f"--max-seq-len {request.max_seq_len} is too small; use at least 16")
+    if request.memory_gib is not None and request.memory_gib <= 0:
+        raise TargetError(f"--memory-gib {request.memory_gib:g} must be positive")
+    check_can_build(target)
     out = request.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not request.overwrite:
         raise BundleError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
     return target
+
+
+def component_precisions(target: Target, precision: str) -> dict[str, str]:
+    """Precision per component. Until quantization lands, every graph is written in fp32 whatever the target's
+    defaults (check_request refuses an explicit lower precision), so auto means fp32 and the manifest says so."""
+    return {component: "fp32" for component in COMPONENTS}
+
+
+def plan_request(request: ExportRequest, target: Target, checkpoint: Path) -> MemoryPlan:
+    """The bundle's memory plan from the checkpoint's headers; refused here when it cannot fit the target."""
+    from omni_edge.export.components import selected
+
+    plan = plan_memory(checkpoint, component_precisions(target, request.precision), request.max_seq_len,
+                       selected(request.components))
+    check_fits(plan, target, request.memory_gib)
+    return plan
 
 
 def export_bundle(request: ExportRequest, progress: Callable) -> Path:
@@ -98,6 +117,7 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
 
     target = check_request(request)
     source = resolve_model_source(request.model)
+    plan = plan_request(request, target, source.path)  # before the minutes of loading and exporting
     out = request.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -107,15 +127,21 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
         from omni_edge.export.speech_info import talker_info, token2wav_info, write_speech_tables
         from omni_edge.export.verify_loop import export_and_verify
 
-        # steps: load, one per graph, embeddings+tokenizer, manifest
-        with progress(graph_count(request.components) + 3, "loading checkpoint") as bar:
+        # steps: load, one per graph (and one per engine), embeddings+tokenizer, manifest
+        engines = target.tensorrt is not None
+        with progress(graph_count(request.components) * (2 if engines else 1) + 3, "loading checkpoint") as bar:
             model = load_omni_model(source.path)
             bar.update()
             records = {}
             for spec in component_specs(model, request.components):
                 bar.set_description(f"exporting {spec.name}")
-                records[spec.name] = export_and_verify(spec, model, staging)
+                records[spec.name] = export_and_verify(spec, model, staging, max_seq_len=request.max_seq_len)
                 bar.update()
+            tensorrt = None
+            if engines:
+                from omni_edge.export.engine_build import build_engines
+
+                records, tensorrt = build_engines(staging, records, target, bar)
             bar.set_description("writing embeddings and tokenizer")
             _write_embedding_table(model, staging / naming.THINKER_EMBEDDING_FILE)
             shutil.copyfile(source.path / naming.TOKENIZER_FILE, staging / naming.TOKENIZER_FILE)
@@ -152,6 +178,8 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
                 tokenizer_file=naming.TOKENIZER_FILE,
                 components=records,
                 files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()},
+                tensorrt=tensorrt,
+                memory_plan=plan,
             )
             write_manifest(staging, manifest)
             bar.update()

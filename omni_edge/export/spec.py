@@ -17,3 +17,6 @@ class ComponentSpec:
     check_inputs: Callable[[Any], list[tuple]]  # other shapes run at verification, to catch baked shapes
     atol: float  # max |onnx - torch| allowed per output at export-time verification
     rtol: float = 0.0
+    # (model, max_seq_len) -> {axis name: (min, opt, max)} the runtime feeds: recorded in the manifest and
+    # used as the TensorRT optimization profile. Every dynamic axis of the inputs needs a range.
+    profile: Callable[[Any, int], dict[str, tuple[int, int, int]]] | None = None

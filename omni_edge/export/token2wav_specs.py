@@ -7,6 +7,7 @@ import torch
 from omni_edge import naming
 from omni_edge.export import token2wav
 from omni_edge.export.spec import ComponentSpec
+from omni_edge.runtime.token2wav import StreamWindows
 
 
 def _dit(model):
@@ -15,6 +16,32 @@ def _dit(model):
 
 def _vocoder(model):
     return model.token2wav.code2wav_bigvgan_model
+
+
+# The streaming path (runtime/token2wav.py) calls the DiT on at most past + chunk + future mel frames and
+# BigVGAN on vocoder_context + chunk, give or take the last window; the full-utterance path (parity checks,
+# offline use) is allowed up to FULL_PATH_MAX_CODES codes (about 10 s of speech) in one call.
+FULL_PATH_MAX_CODES = 512
+WINDOWS = StreamWindows()
+
+
+def _reference_frames(model) -> list[int]:
+    mel = model.token2wav.config.dit_config.mel_dim
+    return [params["ref_mel"].numel() // mel for params in model.speaker_map.values()] or [8]
+
+
+def _dit_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
+    repeats = model.token2wav.config.dit_config.repeats
+    window = (WINDOWS.past + WINDOWS.chunk + WINDOWS.future) // repeats
+    frames = _reference_frames(model)  # each speaker's reference mel has its own fixed length
+    return {"codes": (1, window, max(window, FULL_PATH_MAX_CODES)),
+            "reference_frames": (min(frames), max(frames), max(frames))}
+
+
+def _bigvgan_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
+    repeats = model.token2wav.config.dit_config.repeats
+    return {"frames": (8, WINDOWS.vocoder_context + WINDOWS.chunk,
+                       WINDOWS.vocoder_context + FULL_PATH_MAX_CODES * repeats)}
 
 
 def dit_spec() -> ComponentSpec:
@@ -35,6 +62,7 @@ def dit_spec() -> ComponentSpec:
         ],
         atol=1e-4,
         rtol=1e-4,
+        profile=_dit_profile,
     )
 
 
@@ -54,4 +82,5 @@ def bigvgan_spec() -> ComponentSpec:
         # Waveform samples in [-1, 1] after ~100 stacked convolutions; measured 1.5e-5.
         atol=2e-4,
         rtol=1e-4,
+        profile=_bigvgan_profile,
     )

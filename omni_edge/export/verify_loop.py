@@ -78,7 +78,8 @@ def verify_graph(spec: ComponentSpec, module, model, path: Path) -> float:
     return worst
 
 
-def export_and_verify(spec: ComponentSpec, model, out_dir: Path, precision: str = "fp32") -> ComponentRecord:
+def export_and_verify(spec: ComponentSpec, model, out_dir: Path, precision: str = "fp32",
+                      max_seq_len: int = 4096) -> ComponentRecord:
     import onnxruntime as ort
 
     module = spec.build_module(model)
@@ -96,6 +97,7 @@ def export_and_verify(spec: ComponentSpec, model, out_dir: Path, precision: str 
         atol=spec.atol,
         rtol=spec.rtol,
         measured_max_abs_error=worst,
+        profile={axis: list(r) for axis, r in spec.profile(model, max_seq_len).items()} if spec.profile else None,
     )
 
 

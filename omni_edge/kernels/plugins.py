@@ -245,13 +245,14 @@ def register_plugins(trt=None) -> list[str]:
     return [TMROPE_PLUGIN, AUDIO_DECODE_PLUGIN]
 
 
-def deserialize_engine(data: bytes, logger=None):
+def deserialize_engine(data: bytes, logger=None, trt=None):
     """Register the plugins, then deserialize a TensorRT engine that may contain them.
 
     Python plugins are not embedded in the engine, so this order is required in every process that
-    loads a plugin engine; the runtime's TensorRT backend should load engines through here.
+    loads a plugin engine; the runtime's TensorRT backend should load engines through here. `trt` picks the
+    module (the one that built the engine) when both `tensorrt` and `tensorrt_rtx` are installed.
     """
-    trt = tensorrt()
+    trt = trt or tensorrt()
     register_plugins(trt)
     runtime = trt.Runtime(logger or trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(data)

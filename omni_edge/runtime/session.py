@@ -63,6 +63,12 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
         raise BundleError(f"bundle {bundle_dir} has no {name} component; re-export it with that component")
     if manifest.backend == "onnxruntime":
         return OrtEngine(name, bundle_dir / record.file, threads=threads)
+    if manifest.backend == "tensorrt":
+        from omni_edge.runtime.trt_engine import TrtEngine
+
+        if not record.engine_file:
+            raise BundleError(f"bundle {bundle_dir} lists no engine for {name}; re-export it")
+        return TrtEngine(name, bundle_dir / record.engine_file, manifest.tensorrt, bundle_dir, manifest.target)
     raise BundleError(
         f"bundle {bundle_dir} is for backend {manifest.backend}, which this runtime cannot load yet; "
         "export a --target cpu bundle for ONNX Runtime"

@@ -1,0 +1,258 @@
+"""How much memory a bundle needs on its target, worked out before the model is loaded.
+
+Everything comes from the checkpoint's config.json and the headers of its *.safetensors files (an 8-byte
+little-endian length, then a JSON table of names, dtypes and shapes); no tensor data is read, so a 7B
+checkpoint is planned in milliseconds and refused before minutes of loading.
+
+    weights      parameters per component x bytes per parameter at its precision x graphs holding a copy
+                 (the Thinker and the Talker have separate prefill and decode graphs, each with every weight)
+    tables       token-embedding tables the runtime keeps as fp32 arrays (they are not in any graph)
+    kv           2 (K, V) x layers x kv_heads x head_dim x max_seq_len x itemsize, Thinker and Talker caches
+    activations  the larger decoder's prefill at max_seq_len: its largest single intermediate, one of
+                 logits [S, vocab] fp32, attention scores [heads, S, S] fp32 or the MLP's gate and up
+                 [2, S, intermediate] fp32, plus the residual stream in and out (2 x [S, hidden] fp32).
+                 Engines reuse activation memory layer by layer, so one layer's largest tensor (not the sum
+                 over layers) sets the peak. The encoders, DiT and BigVGAN run on far smaller tensors.
+
+Parameters are counted by name prefix, so the plan is exact for weights; quantized formats also keep
+norms and biases in higher precision, which is under 1% of the parameters and left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from omni_edge.errors import ModelSourceError, TargetError
+from omni_edge.targets import TARGETS, Target
+
+GIB = 1 << 30
+AWQ_GROUP = 128  # int4-awq: one fp16 scale per 128 weights
+BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "int4-awq": 0.5 + 2 / AWQ_GROUP}
+_MAX_HEADER = 100 << 20  # safetensors caps its JSON header at 100 MB
+
+# component -> checkpoint name prefixes (both the hub layout and transformers 5's in-memory layout);
+# first match wins, so the encoders are taken out of the Thinker before "thinker." catches the rest.
+GROUPS = (
+    ("audio_encoder", ("thinker.audio_tower.", "thinker.model.audio_tower.")),
+    ("vision_encoder", ("thinker.visual.", "thinker.model.visual.")),
+    ("dit", ("token2wav.code2wav_dit_model.",)),
+    ("bigvgan", ("token2wav.code2wav_bigvgan_model.",)),
+    ("talker", ("talker.",)),
+    ("thinker", ("thinker.",)),
+)
+# Embedding tables the runtime reads into numpy: not part of any graph, always fp32 on the host.
+TABLES = {"thinker": ("thinker.model.embed_tokens.", "thinker.model.language_model.embed_tokens."),
+          "talker": ("talker.model.embed_tokens.",)}
+GRAPH_COPIES = {"thinker": 2, "talker": 2}  # prefill and decode graphs each hold the weights
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    component: str
+    precision: str
+    parameters: int  # in the component's graphs
+    copies: int  # graphs holding those parameters
+    weight_bytes: int  # parameters x bytes per parameter x copies
+    table_parameters: int = 0
+    table_bytes: int = 0  # host-side fp32 embedding tables
+
+
+@dataclass(frozen=True)
+class DecoderDims:
+    """What the KV cache and the prefill activations of one decoder LLM scale with."""
+
+    name: str
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    kv_itemsize: int
+
+    def kv_bytes(self, seq: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * seq * self.kv_itemsize
+
+    def activation(self, seq: int) -> tuple[int, str]:
+        candidates = [
+            (seq * self.vocab * 4, f"{self.name} prefill logits [{seq}, {self.vocab}] fp32"),
+            (self.heads * seq * seq * 4, f"{self.name} attention scores [{self.heads}, {seq}, {seq}] fp32"),
+            (2 * seq * self.intermediate * 4, f"{self.name} MLP [2, {seq}, {self.intermediate}] fp32"),
+        ]
+        largest, basis = max(candidates)
+        return largest + 2 * seq * self.hidden * 4, basis
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    max_seq_len: int
+    parts: tuple[PartPlan, ...]
+    decoders: tuple[DecoderDims, ...]
+    kv_bytes: dict[str, int] = field(default_factory=dict)
+    activation_bytes: int = 0
+    activation_basis: str = ""
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.weight_bytes for p in self.parts)
+
+    @property
+    def table_bytes(self) -> int:
+        return sum(p.table_bytes for p in self.parts)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.table_bytes + sum(self.kv_bytes.values()) + self.activation_bytes
+
+    def at_seq_len(self, seq: int) -> "MemoryPlan":
+        """The same bundle with another --max-seq-len (weights do not change)."""
+        return _with_sequence(replace(self, max_seq_len=seq))
+
+    def summary(self) -> str:
+        return (f"{_gib(self.total_bytes)} in all: weights {_gib(self.weight_bytes)}, tables {_gib(self.table_bytes)}, "
+                f"KV cache {_gib(sum(self.kv_bytes.values()))} at --max-seq-len {self.max_seq_len}, "
+                f"activations {_gib(self.activation_bytes)} ({self.activation_basis})")
+
+    @staticmethod
+    def from_dict(data: dict) -> "MemoryPlan":
+        return MemoryPlan(**{**data, "parts": tuple(PartPlan(**p) for p in data["parts"]),
+                             "decoders": tuple(DecoderDims(**d) for d in data["decoders"])})
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB // 10 or n == 0 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _count(n: int) -> str:
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """name -> {"dtype", "shape", "data_offsets"} from one file's header, reading nothing else."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        if not 2 <= size <= _MAX_HEADER:
+            raise ModelSourceError(f"{path} is not a safetensors file (bad header length); re-download the checkpoint")
+        try:
+            header = json.loads(handle.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelSourceError(f"{path} has a corrupt safetensors header; re-download the checkpoint") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def count_parameters(checkpoint: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(graph parameters per component, embedding-table parameters per component) over every *.safetensors."""
+    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    if not files:
+        raise ModelSourceError(f"{checkpoint} has no *.safetensors files to plan memory from")
+    graphs: dict[str, int] = {}
+    tables: dict[str, int] = {}
+    for path in files:
+        for name, info in read_safetensors_header(path).items():
+            count = math.prod(int(d) for d in info["shape"])
+            table = next((c for c, prefixes in TABLES.items() if name.startswith(prefixes)), None)
+            if table is not None:
+                tables[table] = tables.get(table, 0) + count
+                continue
+            component = next((c for c, prefixes in GROUPS if name.startswith(prefixes)), "other")
+            graphs[component] = graphs.get(component, 0) + count
+    return graphs, tables
+
+
+def _decoder(name: str, config: dict, precision: str) -> DecoderDims:
+    heads = config["num_attention_heads"]
+    return DecoderDims(
+        name=name,
+        layers=config["num_hidden_layers"],
+        heads=heads,
+        kv_heads=config.get("num_key_value_heads", heads),
+        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+        hidden=config["hidden_size"],
+        intermediate=config["intermediate_size"],
+        vocab=config["vocab_size"],
+        # The runtime's cache follows the graphs: fp32 graphs take fp32 KV, reduced precisions fp16.
+        kv_itemsize=4 if precision == "fp32" else 2,
+    )
+
+
+def plan_memory(checkpoint: Path, precisions: dict[str, str], max_seq_len: int,
+                components: tuple[str, ...] | list[str]) -> MemoryPlan:
+    """The plan for a bundle of `components` (names as in targets.COMPONENTS) at the given precisions."""
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    graphs, tables = count_parameters(checkpoint)
+    parts = []
+    for component in [*components, *(["other"] if graphs.get("other") else [])]:
+        precision = precisions.get(component, "fp32")
+        params = graphs.get(component, 0)
+        copies = GRAPH_COPIES.get(component, 1)
+        table_params = tables.get(component, 0)
+        parts.append(PartPlan(component, precision, params, copies,
+                              int(math.ceil(params * BYTES_PER_PARAMETER[precision])) * copies,
+                              table_params, table_params * 4))
+    decoders = [_decoder("thinker", config["thinker_config"]["text_config"], precisions.get("thinker", "fp32"))]
+    if "talker" in components and "talker_config" in config:
+        decoders.append(_decoder("talker", config["talker_config"], precisions.get("talker", "fp32")))
+    return _with_sequence(MemoryPlan(max_seq_len, tuple(parts), tuple(decoders)))
+
+
+def _with_sequence(plan: MemoryPlan) -> MemoryPlan:
+    seq = plan.max_seq_len
+    activations = [d.activation(seq) for d in plan.decoders]
+    activation, basis = max(activations) if activations else (0, "no decoder")
+    return replace(plan, kv_bytes={d.name: d.kv_bytes(seq) for d in plan.decoders},
+                   activation_bytes=activation, activation_basis=basis)
+
+
+def largest_fitting_seq_len(plan: MemoryPlan, budget_bytes: float, floor: int = 16) -> int | None:
+    """The largest power-of-two --max-seq-len (>= floor) below the plan's that fits, or None."""
+    seq = 1 << (max(plan.max_seq_len - 1, 1)).bit_length() - 1
+    while seq >= floor:
+        if seq < plan.max_seq_len and plan.at_seq_len(seq).total_bytes <= budget_bytes:
+            return seq
+        seq //= 2
+    return None
+
+
+def check_fits(plan: MemoryPlan, target: Target, budget_gib: float | None = None) -> None:
+    """Raise TargetError, with the numbers and what to do, when the plan exceeds the target's memory."""
+    budget = budget_gib if budget_gib is not None else target.memory_gib
+    if plan.total_bytes <= budget * GIB:
+        return
+    weights = ", ".join(
+        f"{p.component} {_gib(p.weight_bytes)} ({_count(p.parameters)} params {p.precision}"
+        + (f" x {p.copies} graphs" if p.copies > 1 else "") + ")"
+        for p in plan.parts if p.weight_bytes
+    )
+    kv = ", ".join(f"{name} {_gib(b)}" for name, b in plan.kv_bytes.items())
+    fixes = []
+    seq = largest_fitting_seq_len(plan, budget * GIB)
+    if seq is not None:
+        fixes.append(f"--max-seq-len {seq} (or less)")
+    elif plan.activation_bytes + sum(plan.kv_bytes.values()) > 0:
+        fixes.append("a smaller --max-seq-len will not be enough on its own")
+    lower = [p for p in target.precisions if p != "fp32"]
+    if lower:
+        fixes.append(f"a lower --precision ({', '.join(lower)}; this version of omni-export only writes fp32 graphs)")
+    fixes.append("fewer --components")
+    bigger = [t for t in TARGETS.values() if t.memory_gib * GIB >= plan.total_bytes and t.name != target.name]
+    if bigger:
+        fixes.append("a bigger target (" + ", ".join(f"{t.name} {t.memory_gib:g} GiB" for t in bigger) + ")")
+    if target.tensorrt is None:
+        fixes.append("--memory-gib N if this machine has more memory than the default budget")
+    raise TargetError(
+        f"the bundle does not fit {target.name}: it needs {_gib(plan.total_bytes)} and the target has "
+        f"{budget:g} GiB (weights {_gib(plan.weight_bytes)}: {weights}; embedding tables {_gib(plan.table_bytes)}; "
+        f"KV cache {_gib(sum(plan.kv_bytes.values()))} ({kv}) at --max-seq-len {plan.max_seq_len}; "
+        f"activations {_gib(plan.activation_bytes)}, {plan.activation_basis}). Try: " + "; ".join(fixes)
+    )
+

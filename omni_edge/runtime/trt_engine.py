@@ -1,0 +1,170 @@
+"""The TensorRT backend of the Engine interface: one `<component>.engine`, device buffers and a stream.
+
+    engine = TrtEngine("thinker_decode", bundle_dir / "thinker_decode.engine", manifest.tensorrt)
+    outputs = engine.run({"inputs_embeds": ..., ...})      # numpy in, numpy out, like OrtEngine
+
+A bundle is checked before any engine is deserialized: the TensorRT flavour and version that built it must
+be the one installed (engines are not portable across versions), and this GPU's compute capability must be
+the one it was built for. Plugins are registered first (omni_edge.kernels.plugins), since Python plugins
+are not embedded in engines.
+
+TensorRT and cuda-python are imported on first use; this module imports on machines without either.
+Only APIs present in TensorRT 10.3 and kept in 11.x: deserialize_cuda_engine, num_io_tensors /
+get_tensor_name / get_tensor_mode / get_tensor_dtype / get_tensor_profile_shape, set_input_shape,
+get_tensor_shape, set_tensor_address and execute_async_v3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from omni_edge import trt_compat
+from omni_edge.bundle import TensorRTInfo
+from omni_edge.errors import BundleError, InputError
+
+
+def _targets_for(capability: str) -> str:
+    from omni_edge.targets import TARGETS
+
+    names = [t.name for t in TARGETS.values() if t.compute_capability == capability]
+    return " or ".join(f"--target {n}" for n in names) if names else "a --target for this GPU"
+
+
+def check_tensorrt(info: TensorRTInfo | None, bundle_dir: Path, target: str = ""):
+    """The installed TensorRT module, once the bundle's flavour and version are the ones installed here."""
+    if info is None:
+        raise BundleError(f"bundle {bundle_dir} is for TensorRT but records no TensorRT build; re-export it")
+    built = trt_compat.describe(info.flavour, info.version)
+    package = "tensorrt-rtx" if info.flavour == "tensorrt-rtx" else "tensorrt"
+    try:
+        trt = trt_compat.import_flavour(info.flavour)
+    except (ImportError, KeyError):
+        raise BundleError(
+            f"bundle {bundle_dir} has engines built by {built}, which is not installed here: "
+            f"pip install {package}=={info.version} (JetPack's TensorRT on Jetson), or re-export the bundle on "
+            "this machine"
+        ) from None
+    if trt.__version__ != info.version:
+        raise BundleError(
+            f"bundle {bundle_dir} has engines built by {built}, but {trt_compat.describe(info.flavour, trt.__version__)} "
+            f"is installed, and engines only load in the TensorRT version that built them: pip install "
+            f"{package}=={info.version}, or re-export the bundle with the TensorRT installed here "
+            f"(omni-export --target {target or '...'} ...)"
+        )
+    return trt
+
+
+def check_gpu(info: TensorRTInfo, bundle_dir: Path) -> str:
+    """This machine's GPU name, once its compute capability is the one the engines were built for."""
+    from omni_edge.kernels.errors import KernelError
+    from omni_edge.kernels.launch import compute_capability, cuda_device_status
+
+    ok, device = cuda_device_status()
+    if not ok:
+        raise BundleError(
+            f"bundle {bundle_dir} runs on an NVIDIA GPU of compute capability {info.compute_capability}, and "
+            f"this machine has none usable ({device}); run it on such a GPU, or export a --target cpu bundle "
+            "for ONNX Runtime"
+        )
+    try:
+        here = ".".join(map(str, compute_capability()))
+    except KernelError as exc:
+        raise BundleError(f"cannot query the GPU ({exc})") from None
+    if here != info.compute_capability:
+        raise BundleError(
+            f"bundle {bundle_dir} has engines for compute capability {info.compute_capability}, but this GPU "
+            f"({device}) is {here}; re-export the bundle for this GPU ({_targets_for(here)})"
+        )
+    return device
+
+
+class _DeviceBuffer:
+    """Grow-only device allocation for one tensor name, reused across runs."""
+
+    def __init__(self):
+        self.ptr, self.capacity = 0, 0
+
+    def reserve(self, nbytes: int, drv, check) -> int:
+        nbytes = max(nbytes, 1)
+        if nbytes > self.capacity:
+            self.free(drv, check)
+            self.ptr, self.capacity = int(check(drv.cuMemAlloc(nbytes))), nbytes
+        return self.ptr
+
+    def free(self, drv, check) -> None:
+        if self.ptr:
+            check(drv.cuMemFree(self.ptr))
+            self.ptr, self.capacity = 0, 0
+
+
+class TrtEngine:
+    """One deserialized engine with its execution context, a CUDA stream and reusable device buffers."""
+
+    def __init__(self, name: str, path: Path, info: TensorRTInfo | None, bundle_dir: Path | None = None,
+                 target: str = ""):
+        from omni_edge.kernels import plugins
+        from omni_edge.kernels.launch import check, current_context, driver
+
+        bundle_dir = bundle_dir or path.parent
+        trt = check_tensorrt(info, bundle_dir, target)
+        check_gpu(info, bundle_dir)
+        self._trt, self._drv, self._check = trt, driver(), check
+        current_context()
+        try:
+            self._engine = plugins.deserialize_engine(path.read_bytes(), trt.Logger(trt.Logger.WARNING), trt=trt)
+        except Exception as exc:  # KernelError, or TensorRT's own errors on a corrupt plan
+            raise BundleError(f"cannot load {path.name} ({exc}); re-export the bundle on this machine") from None
+        self._context = self._engine.create_execution_context()
+        self._stream = check(self._drv.cuStreamCreate(0))
+        self.name = name
+        io = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        mode = trt.TensorIOMode
+        self.input_names = [n for n in io if self._engine.get_tensor_mode(n) == mode.INPUT]
+        self.output_names = [n for n in io if self._engine.get_tensor_mode(n) == mode.OUTPUT]
+        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in io}
+        self._buffers = {n: _DeviceBuffer() for n in io}
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if not self._context.set_input_shape(name, shape):
+            low, _, high = (tuple(s) for s in self._engine.get_tensor_profile_shape(name, 0))
+            raise InputError(f"{self.name}: input {name} has shape {shape}, outside the engine's profile "
+                             f"{low}..{high}; re-export with a larger --max-seq-len or send less at once")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        drv, check, stream = self._drv, self._check, self._stream
+        hosts = {}  # the host arrays must live until the stream is synchronized
+        for name in self.input_names:
+            array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
+            self._set_shape(name, array.shape)
+            ptr = self._buffers[name].reserve(array.nbytes, drv, check)
+            if array.nbytes:
+                check(drv.cuMemcpyHtoDAsync(ptr, array.ctypes.data, array.nbytes, stream))
+            self._context.set_tensor_address(name, ptr)
+            hosts[name] = array
+        outputs = {}
+        for name in self.output_names:
+            out = np.empty(tuple(self._context.get_tensor_shape(name)), self._dtypes[name])
+            self._context.set_tensor_address(name, self._buffers[name].reserve(out.nbytes, drv, check))
+            outputs[name] = out
+        if not self._context.execute_async_v3(int(stream)):
+            raise BundleError(f"TensorRT failed to run {self.name}; see the TensorRT log above")
+        for name, out in outputs.items():
+            if out.nbytes:
+                check(drv.cuMemcpyDtoHAsync(out.ctypes.data, self._buffers[name].ptr, out.nbytes, stream))
+        check(drv.cuStreamSynchronize(stream))
+        return outputs
+
+    def close(self) -> None:
+        for buffer in self._buffers.values():
+            buffer.free(self._drv, self._check)
+        if self._stream is not None:
+            self._check(self._drv.cuStreamDestroy(self._stream))
+            self._stream = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the driver may be gone already
+            pass
