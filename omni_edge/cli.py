@@ -43,7 +43,8 @@ def _tqdm_progress(total: int, description: str):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--model", required=True, help="Local Hugging Face checkpoint directory, a hub id "
-              "(e.g. Qwen/Qwen2.5-Omni-3B), or `tiny` for a generated tiny random-weight model.")
+              "(e.g. Qwen/Qwen2.5-Omni-3B), `tiny` (generated tiny random-weight model) or `medium` (real 3B "
+              "widths, 2 layers: CPU numbers that say something about real models).")
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(list(TARGETS)),
               help="Hardware the bundle is for; sets precisions and the runtime backend.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
@@ -189,7 +190,7 @@ def run_report(result) -> dict:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--engine", "engines", multiple=True, help="Only these engines (repeatable); end to end always runs.")
 @click.option("--iterations", default=20, show_default=True, type=int, help="Timed runs per row, after warm-up.")
-@click.option("--warmup", default=3, show_default=True, type=int)
+@click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs per row first.")
 @click.option("--max-seconds", default=0.0, type=float,
               help="Per row, stop timing after this many seconds (never below 3 runs); 0: no limit.")
 @click.option("--threads", default=0, type=int,
@@ -210,7 +211,7 @@ def bench_main(bundle, engines, iterations, warmup, max_seconds, threads, new_to
     \b
     Example:
       omni-bench build/tiny --iterations 50 --json > bench.json
-      omni-bench build/medium --threads 2 --max-seconds 60 --json --plot bench.png > bench.json
+      omni-bench build/medium --threads 1 --max-seconds 30 --json --plot bench.png > bench.json
     """
     import shlex
 
