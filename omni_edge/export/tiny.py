@@ -147,27 +147,18 @@ def medium_config_dict() -> dict:
         "tie_word_embeddings": False,
     }
     config["thinker_config"]["audio_config"] = {
-        "num_mel_bins": 128,
-        "encoder_layers": 2,
+        **config["thinker_config"]["audio_config"],
         "encoder_attention_heads": 20,
         "encoder_ffn_dim": 5120,
         "d_model": 1280,
-        "max_source_positions": 1500,
-        "n_window": 100,
         "output_dim": thinker_hidden,
     }
     config["thinker_config"]["vision_config"] = {
-        "depth": 2,
+        **config["thinker_config"]["vision_config"],
         "hidden_size": 1280,
         "intermediate_size": 3420,
         "num_heads": 16,  # head_dim 80
-        "in_channels": 3,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 112,
         "out_hidden_size": thinker_hidden,
-        "fullatt_block_indexes": [1],
     }
     config["talker_config"] = {
         **config["talker_config"],
