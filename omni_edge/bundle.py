@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omni_edge.calibration.report import QuantizationReport
 from omni_edge.errors import BundleError
 from omni_edge.memory_plan import MemoryPlan
 from omni_edge.naming import MANIFEST_FILE
@@ -53,6 +54,18 @@ class TensorRTInfo:
     compute_capability: str  # of the GPU the engines are for, e.g. "8.9"
     built_on: str  # the GPU that built them, or "cpu" for a TensorRT-RTX ahead-of-time build
     timing_cache: str | None = None  # full TensorRT: file in the bundle, reused to rebuild faster
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """What the export did about TensorRT plugins for one bundle (export.plugin_stage)."""
+
+    enabled: bool
+    reason: str  # why: the target's capability or the user's --plugins choice
+    graphs: dict[str, dict]  # graph name -> RewriteReport.to_manifest() of each rewritten graph
+
+    def to_manifest(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,8 @@ class Manifest:
     token2wav: Token2WavInfo | None = None
     tensorrt: TensorRTInfo | None = None  # None: ONNX Runtime bundle
     memory_plan: MemoryPlan | None = None  # None: bundles written before plans were recorded
+    quantization: QuantizationReport | None = None  # None: every graph is fp32
+    plugins: PluginChoice | None = None  # None: bundles written before the plugin stage existed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -168,6 +183,9 @@ class Manifest:
                 "token2wav": Token2WavInfo(**data["token2wav"]) if data.get("token2wav") else None,
                 "tensorrt": TensorRTInfo(**data["tensorrt"]) if data.get("tensorrt") else None,
                 "memory_plan": MemoryPlan.from_dict(data["memory_plan"]) if data.get("memory_plan") else None,
+                "quantization": (QuantizationReport.from_dict(data["quantization"]) if data.get("quantization")
+                                 else None),
+                "plugins": PluginChoice(**data["plugins"]) if data.get("plugins") else None,
                 "components": comps,
             }
         )

@@ -1,4 +1,4 @@
-"""Command-line entry points: omni-export, omni-run, omni-bench.
+"""Command-line entry points: omni-export, omni-build-engines, omni-run, omni-bench.
 
 Every OmniEdgeError becomes one line on stderr and exit code 2; anything else is a bug and keeps its
 traceback so it can be reported.
@@ -48,8 +48,20 @@ def _tqdm_progress(total: int, description: str):
 @click.option("--target", default="cpu", show_default=True, type=click.Choice(list(TARGETS)),
               help="Hardware the bundle is for; sets precisions and the runtime backend.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", *PRECISIONS]),
-              help="Precision for every component; auto picks the target's default per component.")
+@click.option("--precision", default="auto", show_default=True, metavar="SPEC",
+              help=f"auto (the target's default per component), one of {', '.join(PRECISIONS)} for every "
+              "component, or component=precision pairs over the defaults, e.g. thinker=int8,dit=fp32. "
+              "int8, fp8 and int4-awq need --calib.")
+@click.option("--calib", default=None, metavar="DIR|synthetic",
+              help="Calibration data for int8/fp8/int4-awq: a directory of your own media (wav/flac/mp3, "
+              "png/jpg, mp4) and .txt files (one prompt per line), or `synthetic` for a built-in seeded set. "
+              "The FP32 bundle answers these requests and every graph is calibrated on what it was fed.")
+@click.option("--plugins", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+              help="TMRoPE as one TensorRT plugin node per layer instead of plain ops: auto uses it on the "
+              "full-TensorRT targets (Jetson, Hopper), which can load our plugins; off keeps plain ops.")
+@click.option("--no-engines", is_flag=True,
+              help="Write the graphs and manifest only, e.g. on a workstation for a Jetson; build the engines "
+              "on the device with `omni-build-engines BUNDLE`.")
 @click.option("--max-seq-len", default=4096, show_default=True, type=int,
               help="KV-cache length the runtime preallocates (prompt + reply + earlier turns).")
 @click.option("--components", default="", help="Comma-separated subset of: thinker, audio_encoder, "
@@ -58,30 +70,63 @@ def _tqdm_progress(total: int, description: str):
 @click.option("--memory-gib", type=float, default=None, help="Memory the bundle may use (default: the target's; "
               "16 GiB for cpu). The export refuses, with numbers, a bundle whose memory plan exceeds it.")
 @_one_line_errors
-def export_main(model, target, out, precision, max_seq_len, components, overwrite, memory_gib):
+def export_main(model, target, out, precision, calib, plugins, no_engines, max_seq_len, components, overwrite,
+                memory_gib):
     """Export a Qwen2.5-Omni checkpoint into a deployable bundle.
 
     Each graph is verified against transformers before the bundle is written; the manifest is written
-    last, so an interrupted export leaves nothing behind.
+    last, so an interrupted export leaves nothing behind. Below fp32, every graph's error against its
+    fp32 twin and the end-to-end token agreement are measured, printed and kept in the manifest.
 
     \b
-    Example:
+    Examples:
       omni-export --model tiny --target cpu --out build/tiny
       omni-run build/tiny --prompt "Hello" --greedy
+      omni-export --model tiny --target cpu --precision int8 --calib synthetic --out build/tiny-int8
+      omni-export --model Qwen/Qwen2.5-Omni-3B --target rtx-ada --calib my_media/ --out build/rtx
     """
     from omni_edge.export.pipeline import ExportRequest, export_bundle
 
     wanted = tuple(c.strip() for c in components.split(",") if c.strip())
-    request = ExportRequest(model, target, out, precision, max_seq_len, overwrite, wanted, memory_gib)
+    request = ExportRequest(model, target, out, precision, max_seq_len, overwrite, wanted, memory_gib, calib,
+                            plugins, engines=not no_engines)
     bundle = export_bundle(request, _tqdm_progress)
     from omni_edge.bundle import load_manifest
 
-    plan = load_manifest(bundle, verify_files=False).memory_plan
+    manifest = load_manifest(bundle, verify_files=False)
     click.echo(f"bundle written to {bundle}", err=True)
-    if plan is not None:
-        click.echo(f"memory plan: {plan.summary()}", err=True)
+    if manifest.memory_plan is not None:
+        click.echo(f"memory plan: {manifest.memory_plan.summary()}", err=True)
+    if manifest.quantization is not None:
+        click.echo("accuracy vs fp32:", err=True)
+        for line in manifest.quantization.summary_lines():
+            click.echo(f"  {line}", err=True)
     click.echo("next:", err=True)
+    if manifest.backend == "tensorrt" and manifest.tensorrt is None:
+        click.echo(f"  copy {bundle} to the {target} device, then: omni-build-engines {bundle.name}", err=True)
     click.echo(f'  omni-run {bundle} --prompt "Hello, who are you?"', err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@_one_line_errors
+def build_engines_main(bundle):
+    """Build the TensorRT engines of a bundle exported with --no-engines, on the device it targets.
+
+    Full TensorRT builds for the GPU it runs on, so this runs on the Jetson / GPU machine itself (JetPack's
+    TensorRT on Orin). The manifest is updated last; a failed build leaves the bundle as graphs only.
+
+    \b
+    Example (workstation, then Orin):
+      omni-export --model Qwen/Qwen2.5-Omni-3B --target jetson-orin --calib my_media/ --no-engines --out orin
+      omni-build-engines orin && omni-run orin --prompt "Hello"
+    """
+    from omni_edge.export.engine_build import build_bundle_engines, check_bundle_can_build
+
+    manifest, _ = check_bundle_can_build(bundle)  # before the progress bar: a refusal stays one line
+    with _tqdm_progress(len(manifest.components), "building engines") as bar:
+        build_bundle_engines(bundle, bar)
+    click.echo(f"engines built in {bundle}", err=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -46,7 +46,8 @@ def _defaults(thinker: str, talker: str, encoders: str, token2wav: str) -> dict[
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("cpu", "any machine, ONNX Runtime CPU", None, 16.0, ("fp32", "int8"), None,
+        # ONNX Runtime's CPU kernels run int8 and blockwise int4 Q/DQ; its fp16/fp8 paths are emulated.
+        Target("cpu", "any machine, ONNX Runtime CPU", None, 16.0, ("fp32", "int8", "int4-awq"), None,
                _defaults("fp32", "fp32", "fp32", "fp32")),
         # Orin (sm_87) has no FP8 tensor cores; JetPack 6 ships TensorRT 10.3.
         Target("jetson-orin", "Jetson AGX Orin 64GB / 32GB, JetPack 6", "8.7", 28.0,
@@ -72,15 +73,3 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise TargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}") from None
-
-
-def check_precision(target: Target, precision: str) -> None:
-    if precision == "auto":
-        return
-    if precision not in PRECISIONS:
-        raise TargetError(f"unknown precision {precision!r}; choose auto or one of: {', '.join(PRECISIONS)}")
-    if precision not in target.precisions:
-        raise TargetError(
-            f"target {target.name} cannot run {precision} (it supports {', '.join(target.precisions)}); "
-            "pick one of those or --precision auto"
-        )

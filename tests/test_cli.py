@@ -66,7 +66,7 @@ def test_partial_speech_components_are_refused(tmp_path):
 
 
 def test_help_teaches():
-    for name in ("omni-export", "omni-run", "omni-bench"):
+    for name in ("omni-export", "omni-build-engines", "omni-run", "omni-bench"):
         proc = cli(name, "--help")
         assert proc.returncode == 0 and "Example" in proc.stdout
 

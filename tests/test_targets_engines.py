@@ -168,13 +168,38 @@ def _request(target: str, precision: str = "auto", tmp: Path | None = None):
     ("jetson-orin", "fp8", "jetson-orin cannot run fp8"),  # Orin has no FP8 tensor cores
     ("jetson-orin-nano", "fp8", "jetson-orin-nano cannot run fp8"),
     ("cpu", "fp16", "cpu cannot run fp16"),
-    ("rtx-ada", "int4-awq", "needs quantization"),
+    ("cpu", "thinker=fp8", "cpu cannot run fp8"),
+    ("rtx-ada", "thinker=int3", "unknown precision 'int3'"),
+    ("rtx-ada", "tinker=int8", "unknown component 'tinker'"),
 ])
 def test_precisions_the_target_cannot_run(target, precision, fragment):
     from omni_edge.export.pipeline import check_request
 
     with pytest.raises(TargetError, match=fragment):
         check_request(_request(target, precision))
+
+
+@pytest.mark.parametrize("target,precision", [("rtx-ada", "auto"), ("cpu", "int8"), ("cpu", "thinker=int4-awq")])
+def test_calibrated_precisions_need_a_calibration_set(target, precision):
+    from omni_edge.errors import InputError
+    from omni_edge.export.pipeline import check_request
+
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="needs calibration data: pass --calib DIR") as refused:
+        check_request(_request(target, precision))
+    assert "--calib synthetic" in str(refused.value)
+    assert time.perf_counter() - started < 5  # before any model is loaded
+
+
+def test_precision_spec_overrides_target_defaults():
+    from omni_edge.precision_plan import component_precisions
+
+    orin = TARGETS["jetson-orin"]
+    assert component_precisions(orin, "auto") == orin.default_precision
+    assert component_precisions(orin, "auto")["thinker"] == "int4-awq"
+    assert set(component_precisions(orin, "fp16").values()) == {"fp16"}
+    mixed = component_precisions(orin, "thinker=int8, dit=fp32")
+    assert mixed == {**orin.default_precision, "thinker": "int8", "dit": "fp32"}
 
 
 @pytest.mark.parametrize("target", ["jetson-orin", "jetson-orin-nano", "jetson-thor", "hopper"])
@@ -224,8 +249,9 @@ def rtx_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     """A real rtx-ada bundle (Thinker graphs + engines) exported through the CLI on this CPU machine."""
     _rtx()
     out = tmp_path_factory.mktemp("rtx") / "bundle"
+    # fp32: these engines are compared with ONNX Runtime on a GPU; reduced rtx bundles: test_quantization
     proc = cli("omni-export", "--model", str(tiny_checkpoint), "--target", "rtx-ada", "--components", "thinker",
-               "--max-seq-len", "256", "--out", str(out))
+               "--precision", "fp32", "--max-seq-len", "256", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "memory plan:" in proc.stderr
     return out

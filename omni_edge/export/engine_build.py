@@ -172,6 +172,12 @@ def build_engines(bundle_dir: Path, records: dict[str, ComponentRecord], target:
     bundle_dir = Path(bundle_dir)
     check_can_build(target)
     trt = _import(target.tensorrt)
+    if target.tensorrt == "tensorrt":
+        from omni_edge.kernels.plugins import register_plugins
+
+        # The ONNX parser turns OmniEdgeTMRoPE nodes into plugin layers through the registry, so the Python
+        # plugin creators must be registered before parsing, as before deserializing.
+        register_plugins(trt)
     logger = _logger(trt)
     builder = trt.Builder(logger)
     cache_path = bundle_dir / naming.TIMING_CACHE_FILE
@@ -206,3 +212,48 @@ def _builder_device(target: Target) -> str:
     from omni_edge.kernels.launch import cuda_device_status
 
     return cuda_device_status()[1]
+
+
+def check_bundle_can_build(bundle_dir: Path):
+    """(manifest, target) of a bundle whose engines this machine can build; refused with the reason otherwise."""
+    from omni_edge.bundle import load_manifest
+    from omni_edge.targets import get_target
+
+    manifest = load_manifest(bundle_dir)
+    target = get_target(manifest.target)
+    if target.tensorrt is None:
+        raise TargetError(f"bundle {bundle_dir} is for target {target.name}, which runs ONNX Runtime and has no "
+                          "engines to build")
+    check_can_build(target)
+    return manifest, target
+
+
+def build_bundle_engines(bundle_dir: Path, bar=None) -> Path:
+    """Build the engines of a bundle exported with --no-engines, on the device it is for.
+
+    The manifest is rewritten last; a failed build removes every engine it may have touched."""
+    from omni_edge.bundle import write_manifest
+
+    bundle_dir = Path(bundle_dir)
+    manifest, target = check_bundle_can_build(bundle_dir)
+    try:
+        records, tensorrt = build_engines(bundle_dir, manifest.components, target, bar)
+        files = dict(manifest.files)
+        for record in records.values():
+            files[record.engine_file] = record.engine_sha256
+        if tensorrt.timing_cache:
+            files[tensorrt.timing_cache] = sha256_file(bundle_dir / tensorrt.timing_cache)
+        write_manifest(bundle_dir, replace(manifest, components=records, tensorrt=tensorrt, files=files))
+    except BaseException:
+        # Engines are rebuilt in place, so after a failure none is trusted: the bundle goes back to graphs only,
+        # consistent with its manifest, and the next run builds them all again.
+        for name in manifest.components:
+            (bundle_dir / f"{name}.engine").unlink(missing_ok=True)
+        if manifest.tensorrt is not None:
+            stale = {r.engine_file for r in manifest.components.values()} | {manifest.tensorrt.timing_cache}
+            write_manifest(bundle_dir, replace(
+                manifest, tensorrt=None, files={f: h for f, h in manifest.files.items() if f not in stale},
+                components={n: replace(r, engine_file=None, engine_sha256=None)
+                            for n, r in manifest.components.items()}))
+        raise
+    return bundle_dir

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,9 +23,11 @@ from omni_edge.bundle import (
     sha256_file,
     write_manifest,
 )
-from omni_edge.errors import BundleError, TargetError
+from omni_edge.calibration.calib_set import SYNTHETIC, CalibrationSet, load_calibration_set
+from omni_edge.errors import BundleError, InputError, TargetError
 from omni_edge.memory_plan import MemoryPlan, check_fits, plan_memory
-from omni_edge.targets import COMPONENTS, Target, check_precision, get_target
+from omni_edge.precision_plan import CALIBRATED, component_precisions, graph_precisions, needs_calibration
+from omni_edge.targets import Target, get_target
 
 DEFAULT_MAX_SEQ_LEN = 4096
 
@@ -35,11 +37,24 @@ class ExportRequest:
     model: str
     target: str
     out: Path
-    precision: str = "auto"
+    precision: str = "auto"  # see precision_plan: auto, one precision, or component=precision pairs
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     overwrite: bool = False
     components: tuple[str, ...] = ()  # empty: every component this version exports
     memory_gib: float | None = None  # memory budget; None: the target's (a soft default for cpu)
+    calib: str | None = None  # calibration data: a directory, "synthetic", or None (only fp32/fp16 then)
+    plugins: str = "auto"  # TMRoPE plugin nodes: auto (where the target loads them), on, off
+    engines: bool = True  # False: graphs and manifest only; `omni-build-engines` builds them on the device
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """What the checks before any long work resolved: the target, precisions, calibration set."""
+
+    target: Target
+    precisions: dict[str, str]  # component -> precision
+    calibration: CalibrationSet | None  # None: every component stays fp32
+    plugins: tuple[bool, str]  # (enabled, why)
 
 
 def export(
@@ -52,10 +67,13 @@ def export(
     components: tuple[str, ...] = (),
     progress: Callable | None = None,
     memory_gib: float | None = None,
+    calib: str | None = None,
+    plugins: str = "auto",
+    engines: bool = True,
 ) -> Path:
     """Python API of `omni-export`; returns the bundle directory."""
     request = ExportRequest(model, target, Path(out), precision, max_seq_len, overwrite, tuple(components),
-                            memory_gib)
+                            memory_gib, calib, plugins, engines)
     return export_bundle(request, progress or _no_progress)
 
 
@@ -72,114 +90,111 @@ def _no_progress(total: int, description: str):
     return nullcontext(_Bar())
 
 
-def check_request(request: ExportRequest) -> Target:
-    """Every check that needs no model: fail in milliseconds, before minutes of export."""
-    target = get_target(request.target)
-    check_precision(target, request.precision)
-    if request.precision not in ("auto", "fp32"):
-        raise TargetError(
-            f"precision {request.precision} needs quantization, which this version of omni-export does "
-            "not do yet; use --precision fp32 or auto"
-        )
-    from omni_edge.export.components import check_components
+def check_request(request: ExportRequest) -> CheckedRequest:
+    """Every check that needs no model: fail in seconds, before minutes of export."""
+    from omni_edge.export.components import check_components, selected
     from omni_edge.export.engine_build import check_can_build
+    from omni_edge.export.plugin_stage import decide_plugins
 
+    target = get_target(request.target)
     check_components(request.components)
+    precisions = {c: p for c, p in component_precisions(target, request.precision).items()
+                  if c in selected(request.components)}
     if request.max_seq_len < 16:
         raise BundleError(f"--max-seq-len {request.max_seq_len} is too small; use at least 16")
     if request.memory_gib is not None and request.memory_gib <= 0:
         raise TargetError(f"--memory-gib {request.memory_gib:g} must be positive")
-    check_can_build(target)
+    plugins = decide_plugins(target, request.plugins)
+    if request.engines:
+        check_can_build(target)
     out = request.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not request.overwrite:
         raise BundleError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
-    return target
+    return CheckedRequest(target, precisions, _calibration(request, target, precisions), plugins)
 
 
-def component_precisions(target: Target, precision: str) -> dict[str, str]:
-    """Precision per component. Until quantization lands, every graph is written in fp32 whatever the target's
-    defaults (check_request refuses an explicit lower precision), so auto means fp32 and the manifest says so."""
-    return {component: "fp32" for component in COMPONENTS}
+def _calibration(request: ExportRequest, target: Target, precisions: dict[str, str]) -> CalibrationSet | None:
+    """The calibration set, decoded now so a bad file fails before the export starts."""
+    calibrated = needs_calibration(precisions)
+    if calibrated:
+        if request.calib is None:
+            named = ", ".join(f"{c} {precisions[c]}" for c in calibrated)
+            uncalibrated = [p for p in target.precisions if p not in CALIBRATED]
+            raise InputError(
+                f"target {target.name} at --precision {request.precision} quantizes {named}, which needs "
+                f"calibration data: pass --calib DIR (your own wav/png/jpg/mp4 files and .txt prompts) or "
+                f"--calib {SYNTHETIC}; or choose --precision {'/'.join(uncalibrated)}"
+            )
+    if all(p == "fp32" for p in precisions.values()):
+        return None
+    from omni_edge.calibration.quantize import check_modelopt
+
+    check_modelopt()  # its PTQ and its fp16 autocast
+    # fp16 needs no calibration, but its accuracy is still measured on these requests.
+    return load_calibration_set(request.calib or SYNTHETIC)
 
 
-def plan_request(request: ExportRequest, target: Target, checkpoint: Path) -> MemoryPlan:
+def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Path) -> MemoryPlan:
     """The bundle's memory plan from the checkpoint's headers; refused here when it cannot fit the target."""
     from omni_edge.export.components import selected
 
-    plan = plan_memory(checkpoint, component_precisions(target, request.precision), request.max_seq_len,
-                       selected(request.components))
-    check_fits(plan, target, request.memory_gib)
+    plan = plan_memory(checkpoint, checked.precisions, request.max_seq_len, selected(request.components))
+    check_fits(plan, checked.target, request.memory_gib)
     return plan
 
 
 def export_bundle(request: ExportRequest, progress: Callable) -> Path:
-    from omni_edge.export.checkpoint import checkpoint_sha256, load_omni_model, read_eos_token_ids, resolve_model_source
+    from omni_edge.export.checkpoint import load_omni_model, resolve_model_source
 
-    target = check_request(request)
+    checked = check_request(request)
+    target = checked.target
     source = resolve_model_source(request.model)
-    plan = plan_request(request, target, source.path)  # before the minutes of loading and exporting
+    plan = plan_request(request, checked, source.path)  # before the minutes of loading and exporting
     out = request.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # A reduced-precision bundle is made from an FP32 one, which also answers the calibration requests.
+    reduced = checked.calibration is not None
+    fp32_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.fp32-", dir=out.parent)) if reduced else staging
     try:
         from omni_edge.export.components import component_specs, graph_count
-        from omni_edge.export.decoder import kv_geometry, thinker_parts
-        from omni_edge.export.speech_info import talker_info, token2wav_info, write_speech_tables
         from omni_edge.export.verify_loop import export_and_verify
 
-        # steps: load, one per graph (and one per engine), embeddings+tokenizer, manifest
-        engines = target.tensorrt is not None
-        with progress(graph_count(request.components) * (2 if engines else 1) + 3, "loading checkpoint") as bar:
+        graphs = graph_count(request.components)
+        engines = target.tensorrt is not None and request.engines
+        # steps: load, one per graph, embeddings+tokenizer, manifest; reducing: record, one per graph,
+        # end to end; engines: one per graph
+        steps = graphs * (1 + engines + reduced) + 3 + 2 * reduced
+        with progress(steps, "loading checkpoint") as bar:
             model = load_omni_model(source.path)
             bar.update()
             records = {}
             for spec in component_specs(model, request.components):
                 bar.set_description(f"exporting {spec.name}")
-                records[spec.name] = export_and_verify(spec, model, staging, max_seq_len=request.max_seq_len)
+                records[spec.name] = export_and_verify(spec, model, fp32_dir, max_seq_len=request.max_seq_len)
                 bar.update()
+            bar.set_description("writing embeddings and tokenizer")
+            manifest = _fp32_manifest(model, source, target, request, records, fp32_dir, plan)
+            bar.update()
+            quantization = None
+            if reduced:
+                from omni_edge.calibration.stage import high_precision_for, reduce_bundle
+
+                write_manifest(fp32_dir, manifest)  # the calibration replay opens it as a bundle
+                manifest, quantization = reduce_bundle(
+                    fp32_dir, staging, manifest, graph_precisions(checked.precisions, records),
+                    high_precision_for(target), checked.calibration, bar)
+            components, plugins = _plugin_stage(staging, manifest.components, model, checked.plugins)
             tensorrt = None
             if engines:
                 from omni_edge.export.engine_build import build_engines
 
-                records, tensorrt = build_engines(staging, records, target, bar)
-            bar.set_description("writing embeddings and tokenizer")
-            _write_embedding_table(model, staging / naming.THINKER_EMBEDDING_FILE)
-            shutil.copyfile(source.path / naming.TOKENIZER_FILE, staging / naming.TOKENIZER_FILE)
-            speech = naming.TALKER_PREFILL in records
-            if speech:
-                write_speech_tables(model, staging)
-            bar.update()
+                components, tensorrt = build_engines(staging, components, target, bar)
             bar.set_description("hashing and writing manifest")
-            geo = kv_geometry(thinker_parts(model))
-            text_config = model.thinker.config.text_config
-            manifest = Manifest(
-                format_version=FORMAT_VERSION,
-                omni_edge_version=__version__,
-                source_model=source.name,
-                source_sha256=checkpoint_sha256(source.path),
-                target=target.name,
-                backend=target.backend,
-                tools=_tool_versions(),
-                kv_cache=KVCacheGeometry(
-                    num_layers=geo["num_layers"],
-                    num_kv_heads=geo["num_kv_heads"],
-                    head_dim=geo["head_dim"],
-                    max_seq_len=request.max_seq_len,
-                ),
-                thinker=ThinkerInfo(
-                    hidden_size=text_config.hidden_size,
-                    vocab_size=text_config.vocab_size,
-                    eos_token_ids=read_eos_token_ids(source.path),
-                    embedding_file=naming.THINKER_EMBEDDING_FILE,
-                ),
-                media=media_info(model),
-                talker=talker_info(model, request.max_seq_len) if speech else None,
-                token2wav=token2wav_info(model) if speech else None,
-                tokenizer_file=naming.TOKENIZER_FILE,
-                components=records,
-                files={p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()},
-                tensorrt=tensorrt,
-                memory_plan=plan,
+            manifest = replace(
+                manifest, components=components, tensorrt=tensorrt, quantization=quantization, plugins=plugins,
+                files={p.name: sha256_file(p) for p in sorted(staging.iterdir())
+                       if p.is_file() and p.name != naming.MANIFEST_FILE},
             )
             write_manifest(staging, manifest)
             bar.update()
@@ -187,7 +202,66 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if reduced:
+            shutil.rmtree(fp32_dir, ignore_errors=True)
     return out
+
+
+def _plugin_stage(bundle_dir: Path, records: dict, model, plugins: tuple[bool, str]):
+    """Swap rotary subgraphs for plugin nodes where chosen (after the ONNX Runtime accuracy runs, which
+    cannot load plugins), and re-hash what changed."""
+    from omni_edge.export.plugin_stage import apply_plugins, tmrope_attrs_for
+
+    enabled, reason = plugins
+    choice = apply_plugins(bundle_dir, {name: r.file for name, r in records.items()}, tmrope_attrs_for(model),
+                           enabled, reason)
+    records = {name: replace(r, sha256=sha256_file(bundle_dir / r.file)) if name in choice.graphs else r
+               for name, r in records.items()}
+    return records, choice
+
+
+def _fp32_manifest(model, source, target: Target, request: ExportRequest, records, bundle_dir: Path,
+                   plan: MemoryPlan) -> Manifest:
+    """Write the tables beside the graphs and describe the FP32 bundle (payload files not hashed yet)."""
+    from omni_edge.export.checkpoint import checkpoint_sha256, read_eos_token_ids
+    from omni_edge.export.decoder import kv_geometry, thinker_parts
+    from omni_edge.export.speech_info import talker_info, token2wav_info, write_speech_tables
+
+    _write_embedding_table(model, bundle_dir / naming.THINKER_EMBEDDING_FILE)
+    shutil.copyfile(source.path / naming.TOKENIZER_FILE, bundle_dir / naming.TOKENIZER_FILE)
+    speech = naming.TALKER_PREFILL in records
+    if speech:
+        write_speech_tables(model, bundle_dir)
+    geo = kv_geometry(thinker_parts(model))
+    text_config = model.thinker.config.text_config
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        omni_edge_version=__version__,
+        source_model=source.name,
+        source_sha256=checkpoint_sha256(source.path),
+        target=target.name,
+        backend=target.backend,
+        tools=_tool_versions(),
+        kv_cache=KVCacheGeometry(
+            num_layers=geo["num_layers"],
+            num_kv_heads=geo["num_kv_heads"],
+            head_dim=geo["head_dim"],
+            max_seq_len=request.max_seq_len,
+        ),
+        thinker=ThinkerInfo(
+            hidden_size=text_config.hidden_size,
+            vocab_size=text_config.vocab_size,
+            eos_token_ids=read_eos_token_ids(source.path),
+            embedding_file=naming.THINKER_EMBEDDING_FILE,
+        ),
+        media=media_info(model),
+        talker=talker_info(model, request.max_seq_len) if speech else None,
+        token2wav=token2wav_info(model) if speech else None,
+        tokenizer_file=naming.TOKENIZER_FILE,
+        components=records,
+        memory_plan=plan,
+    )
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

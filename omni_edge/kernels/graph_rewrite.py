@@ -13,6 +13,12 @@ Mul(Cast(position_ids), inv_freq). Before rewriting, the graph's own inv_freq ta
 sizes are checked against the attributes given, so a plugin never silently computes other angles.
 Matches that share one Cos are paired (q with k of the same layer) into one plugin node; a pair is only
 formed when neither input depends on the other's output, so no cycle can appear.
+
+Graphs already quantized by ModelOpt match too: its int8 PTQ puts QuantizeLinear->DequantizeLinear pairs on
+the inputs of the rotation's Mul and Add ops (x, cos, sin, the rotated half, the two products), its fp8 PTQ
+on the Add's, and the matcher looks through such pairs. They quantized ops the plugin now replaces, so they go
+with them: the plugin reads x from before its pair and rotates it unquantized. Q/DQ after the rotation (the
+attention MatMul's) stay.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from omni_edge.kernels.reference import inv_freq
 
 PLUGIN_DOMAIN = "omni_edge"
 _PASS_THROUGH = {"Unsqueeze", "Concat", "Gather", "Split", "Slice", "Reshape", "Squeeze", "Expand", "Cast",
-                 "Identity", "Transpose"}
+                 "Identity", "Transpose", "QuantizeLinear", "DequantizeLinear"}
 PLUGIN_TENSORRT = ("tensorrt",)  # TensorRT-RTX 1.7's INetworkDefinition has no add_plugin_v3
 
 
@@ -92,6 +98,21 @@ def _producer(tensor):
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 
+def _through_qdq(tensor):
+    """The tensor before any QuantizeLinear->DequantizeLinear pairs (ModelOpt's fake quantization) on it."""
+    while True:
+        dq = _producer(tensor)
+        q = _producer(dq.inputs[0]) if dq is not None and dq.op == "DequantizeLinear" else None
+        if q is None or q.op != "QuantizeLinear":
+            return tensor
+        tensor = q.inputs[0]
+
+
+def _source(tensor):
+    """The node computing a tensor, looking through Q/DQ pairs; a DQ of a constant weight is kept."""
+    return _producer(_through_qdq(tensor))
+
+
 def _const(gs, tensor):
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
@@ -118,7 +139,7 @@ def _trace_to(gs, tensor, op: str):
 
 
 def _is_half_slice(gs, node, x, start: int, half: int) -> bool:
-    if node is None or node.op != "Slice" or node.inputs[0] is not x:
+    if node is None or node.op != "Slice" or _through_qdq(node.inputs[0]) is not x:
         return False
     starts = _const(gs, node.inputs[1])
     ends = _const(gs, node.inputs[2])
@@ -133,25 +154,26 @@ def _is_half_slice(gs, node, x, start: int, half: int) -> bool:
 def _match(gs, add, half: int) -> _Rotation | None:
     if add.op != "Add" or len(add.inputs) != 2:
         return None
-    muls = [_producer(t) for t in add.inputs]
+    muls = [_source(t) for t in add.inputs]
     if any(m is None or m.op != "Mul" for m in muls):
         return None
     for plain, rotated in (muls, muls[::-1]):
         for cat_index in (0, 1):
-            concat = _producer(rotated.inputs[cat_index])
+            concat = _source(rotated.inputs[cat_index])
             if concat is None or concat.op != "Concat" or len(concat.inputs) != 2:
                 continue
-            neg = _producer(concat.inputs[0])
+            neg = _source(concat.inputs[0])
             if neg is None or neg.op != "Neg":
                 continue
-            low = _producer(concat.inputs[1])
-            x = low.inputs[0] if low is not None and low.op == "Slice" else None
-            if x is None or not (_is_half_slice(gs, _producer(neg.inputs[0]), x, half, half)
+            low = _source(concat.inputs[1])
+            x = _through_qdq(low.inputs[0]) if low is not None and low.op == "Slice" else None
+            if x is None or not (_is_half_slice(gs, _source(neg.inputs[0]), x, half, half)
                                  and _is_half_slice(gs, low, x, 0, half)):
                 continue
-            if x not in plain.inputs:
+            plain_x = [i for i, t in enumerate(plain.inputs) if _through_qdq(t) is x]
+            if not plain_x:
                 continue
-            cos_tensor = plain.inputs[1] if plain.inputs[0] is x else plain.inputs[0]
+            cos_tensor = plain.inputs[1 - plain_x[0]]
             sin_tensor = rotated.inputs[1 - cat_index]
             cos_node = _trace_to(gs, cos_tensor, "Cos")
             sin_node = _trace_to(gs, sin_tensor, "Sin")
@@ -162,16 +184,16 @@ def _match(gs, add, half: int) -> _Rotation | None:
 
 def _positions(gs, cos_node, attrs: TmropeAttrs):
     """The integer position tensor feeding Cos(Mul(Cast(pos), inv_freq)), after checking inv_freq."""
-    mul = _producer(cos_node.inputs[0])
+    mul = _source(cos_node.inputs[0])
     if mul is None or mul.op != "Mul":
         raise KernelError("rotary Cos is not fed by Mul(positions, inv_freq); this graph is not the pattern "
                           "torch.onnx emits for Qwen2_5OmniRotaryEmbedding")
-    table = next((v for v in (_const(gs, t) for t in mul.inputs) if v is not None), None)
+    table = next((v for v in (_const(gs, _through_qdq(t)) for t in mul.inputs) if v is not None), None)
     expected = inv_freq(attrs.head_dim, attrs.theta)
     if table is None or table.size != expected.size or not np.allclose(table.reshape(-1), expected, rtol=1e-6):
         raise KernelError(f"the graph's inv_freq does not match head_dim={attrs.head_dim}, theta={attrs.theta}; "
                           "pass the attributes of the model that was exported")
-    producers = [_producer(t) for t in mul.inputs]
+    producers = [_source(t) for t in mul.inputs]
     cast = next((p for p in producers if p is not None and p.op == "Cast"), None)
     if cast is None:
         raise KernelError("rotary positions are not Cast to float before the inv_freq Mul")
@@ -181,8 +203,16 @@ def _positions(gs, cos_node, attrs: TmropeAttrs):
     return tensor
 
 
+def _readers(tensor) -> list:
+    """Nodes reading a tensor, looking through Q/DQ so a quantized graph's Split is still checked."""
+    found = []
+    for node in tensor.outputs:
+        found += _readers(node.outputs[0]) if node.op in ("QuantizeLinear", "DequantizeLinear") else [node]
+    return found
+
+
 def _check_sections(gs, cos_node, attrs: TmropeAttrs) -> None:
-    for consumer in cos_node.outputs[0].outputs:
+    for consumer in _readers(cos_node.outputs[0]):
         if consumer.op == "Split" and len(consumer.inputs) > 1:
             sizes = _const(gs, consumer.inputs[1])
             if sizes is not None and tuple(int(s) for s in sizes) != tuple(attrs.mrope_section):

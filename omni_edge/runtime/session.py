@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -67,7 +67,8 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
         from omni_edge.runtime.trt_engine import TrtEngine
 
         if not record.engine_file:
-            raise BundleError(f"bundle {bundle_dir} lists no engine for {name}; re-export it")
+            raise BundleError(f"bundle {bundle_dir} has no TensorRT engines yet (exported with --no-engines); "
+                              f"build them on this device: omni-build-engines {bundle_dir}")
         return TrtEngine(name, bundle_dir / record.engine_file, manifest.tensorrt, bundle_dir, manifest.target)
     raise BundleError(
         f"bundle {bundle_dir} is for backend {manifest.backend}, which this runtime cannot load yet; "
@@ -83,18 +84,22 @@ def _waveform(audio) -> np.ndarray:
 
 
 class Session:
-    def __init__(self, bundle_dir: str | Path, threads: int = 0, verify: bool = True):
+    def __init__(self, bundle_dir: str | Path, threads: int = 0, verify: bool = True,
+                 wrap_engine: Callable[[Engine], Engine] | None = None):
+        """`wrap_engine` sees every engine the session opens and may return a stand-in with the same
+        interface (the export's calibration records the feeds this way)."""
         from safetensors.numpy import load_file
 
         self.bundle_dir = Path(bundle_dir)
         self.manifest = load_manifest(self.bundle_dir, verify_files=verify)
-        self.prefill = open_engine(self.bundle_dir, self.manifest, naming.THINKER_PREFILL, threads)
-        self.decode = open_engine(self.bundle_dir, self.manifest, naming.THINKER_DECODE, threads)
+        wrap = wrap_engine or (lambda engine: engine)
+        self._open = lambda name: wrap(open_engine(self.bundle_dir, self.manifest, name, threads))
+        self.prefill = self._open(naming.THINKER_PREFILL)
+        self.decode = self._open(naming.THINKER_DECODE)
         self.embeddings = load_file(str(self.bundle_dir / self.manifest.thinker.embedding_file))["weight"]
         self.tokenizer = TextTokenizer(self.bundle_dir / self.manifest.tokenizer_file)
         self.eos_ids = frozenset(self.manifest.thinker.eos_token_ids)
         self.cache = KVCache(self.manifest.kv_cache)
-        self._open = lambda name: open_engine(self.bundle_dir, self.manifest, name, threads)
         self.media = MediaEncoders(self.manifest, self._open)
         self._speech: SpeechPipeline | None = None
         info = self.manifest.media

@@ -50,8 +50,8 @@ def check_tensorrt(info: TensorRTInfo | None, bundle_dir: Path, target: str = ""
         raise BundleError(
             f"bundle {bundle_dir} has engines built by {built}, but {trt_compat.describe(info.flavour, trt.__version__)} "
             f"is installed, and engines only load in the TensorRT version that built them: pip install "
-            f"{package}=={info.version}, or re-export the bundle with the TensorRT installed here "
-            f"(omni-export --target {target or '...'} ...)"
+            f"{package}=={info.version}, or rebuild its engines from the bundle's graphs with the TensorRT "
+            f"installed here: omni-build-engines {bundle_dir} (or re-export: omni-export --target {target or '...'})"
         )
     return trt
 

@@ -1,0 +1,115 @@
+"""How much a reduced-precision bundle departs from its FP32 twin: per graph and end to end.
+
+Per graph: the reduced graph and the FP32 graph run on the same held-out feeds (recorded from real
+requests, never used for calibration); every floating output is compared. End to end: both bundles answer
+the same requests greedily; the text and codec tokens are compared position by position, and the
+waveform error is measured by vocoding the FP32 bundle's codes with each bundle's DiT and BigVGAN (with the
+same noise), so it measures token2wav precision and not a change of words.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from omni_edge import naming
+from omni_edge.calibration.calib_set import CalibrationSample, CalibrationSet
+from omni_edge.calibration.record import request_media
+from omni_edge.calibration.report import EndToEndAccuracy, GraphAccuracy
+
+
+def ort_session(path: Path, disable_optimizations: bool):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if disable_optimizations:
+        # ONNX Runtime's graph fusions mis-compute FP8 Q/DQ graphs (measured, see DESIGN.md); unfused is exact.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def compare_graphs(reference: Path, candidate: Path, feeds: list[dict[str, np.ndarray]], precision: str,
+                   method: str = "") -> GraphAccuracy:
+    ref = ort_session(reference, disable_optimizations=False)
+    test = ort_session(candidate, disable_optimizations=precision == "fp8")
+    names = [o.name for o in ref.get_outputs()]
+    cosine, relative, max_abs, compared = 1.0, 0.0, 0.0, 0
+    for feed in feeds:
+        expected = ref.run(names, feed)
+        got = test.run(names, feed)
+        for e, g in zip(expected, got):
+            if not np.issubdtype(e.dtype, np.floating) or e.size == 0:
+                continue
+            e, g = e.astype(np.float64).ravel(), g.astype(np.float64).ravel()
+            cosine = min(cosine, cosine_similarity(e, g))
+            relative = max(relative, float(np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-30)))
+            max_abs = max(max_abs, float(np.abs(g - e).max()))
+            compared += 1
+    return GraphAccuracy(precision, round(cosine, 6), round(relative, 6), max_abs, len(feeds),
+                         compared // max(1, len(feeds)), method)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    return float(a @ b / max(na * nb, 1e-30))
+
+
+def token_agreement(reference: list[int], candidate: list[int]) -> float:
+    """Equal tokens at equal positions over the longer sequence: a late divergence costs little, an early
+    one a lot, and a shorter or longer reply counts its missing positions as disagreements."""
+    longest = max(len(reference), len(candidate))
+    if longest == 0:
+        return 1.0
+    return sum(a == b for a, b in zip(reference, candidate)) / longest
+
+
+def end_to_end(fp32_dir: Path, reduced_dir: Path, calib: CalibrationSet, reply_tokens: int, codec_tokens: int,
+               bar=None) -> EndToEndAccuracy:
+    from omni_edge.runtime.session import Session
+
+    sessions = [Session(fp32_dir, verify=False), Session(reduced_dir, verify=False)]
+    speaks = naming.TALKER_PREFILL in sessions[0].manifest.components
+    text, exact, codec, wave_err, snr = [], [], [], [], []
+    requests = calib.samples
+    for i, sample in enumerate(requests):
+        if bar is not None:
+            bar.set_description(f"end-to-end accuracy: request {i + 1}/{len(requests)}")
+        results = [_answer(s, sample, reply_tokens, codec_tokens if speaks else None) for s in sessions]
+        text.append(token_agreement(results[0].text_token_ids, results[1].text_token_ids))
+        exact.append(results[0].text_token_ids == results[1].text_token_ids)
+        if speaks and results[0].codec_token_ids:
+            codec.append(token_agreement(results[0].codec_token_ids, results[1].codec_token_ids))
+            ref_wave, test_wave = (_vocode(s, results[0].codec_token_ids) for s in sessions)
+            err = float(np.linalg.norm(test_wave - ref_wave) / max(np.linalg.norm(ref_wave), 1e-30))
+            wave_err.append(err)
+            snr.append(-20 * np.log10(max(err, 1e-12)))
+    mean = lambda xs: round(float(np.mean(xs)), 6) if xs else None  # noqa: E731
+    return EndToEndAccuracy(len(requests), mean(text), mean(exact), mean(codec), mean(wave_err), mean(snr))
+
+
+def _answer(session, sample: CalibrationSample, reply_tokens: int, codec_tokens: int | None):
+    from omni_edge.runtime.sampling import SamplingConfig
+    from omni_edge.runtime.session import Done
+    from omni_edge.runtime.speech import SpeechOptions
+
+    session.reset()
+    speech = SpeechOptions(max_codec_tokens=codec_tokens) if codec_tokens else None
+    media = request_media(sample, session.manifest.components)
+    for event in session.generate(sample.prompt, reply_tokens, SamplingConfig(greedy=True), speech=speech, **media):
+        if isinstance(event, Done):
+            return event.result
+    raise AssertionError("generate ended without a Done event")
+
+
+def _vocode(session, codes: list[int]) -> np.ndarray:
+    from omni_edge.runtime.token2wav import full_token2wav
+
+    speech = session.speech()
+    info = speech.info
+    speaker = next(iter(speech.speakers.values()))
+    noise = np.random.default_rng(0).standard_normal((len(codes) * info.repeats, info.mel_dim)).astype(np.float32)
+    return full_token2wav(speech.dit, speech.bigvgan, codes, speaker, noise, info.num_code_embeddings, info.repeats)

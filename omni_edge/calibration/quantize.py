@@ -1,0 +1,208 @@
+"""One graph, one precision: ModelOpt ONNX PTQ with explicit Q/DQ, or a plain fp16 cast.
+
+Every function takes an fp32 graph file and writes the reduced-precision graph to another path, in the
+bundle's layout (`<name>.onnx` + `<name>.onnx.data`). Graph inputs and outputs keep their fp32/int64 types,
+so the runtime feeds a quantized bundle exactly like an fp32 one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+from omni_edge.errors import OmniEdgeError, TargetError
+
+# omni-edge precision -> (ModelOpt quantize_mode, calibration_method)
+MODELOPT_MODES = {
+    "int8": ("int8", "max"),  # entropy histograms fail on the decoders (masked -inf ranges): measured
+    "fp8": ("fp8", "max"),
+    # awq_lite folds its scales with cupy-only calls in ModelOpt 0.47 and fails on CPU; awq_clip runs anywhere.
+    "int4-awq": ("int4", "awq_clip"),
+}
+NEEDS_CALIBRATION = frozenset(MODELOPT_MODES)
+INT4_BLOCK_SIZE = 128  # ModelOpt's default; smaller only when a weight's input width is not a multiple of it
+
+
+class QuantizationError(OmniEdgeError):
+    """ModelOpt could not quantize a graph."""
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    precision: str  # "fp16", "int8", "fp8" or "int4-awq"
+    high_precision: str  # "fp16" on GPUs (TensorRT runs the rest in half), "fp32" for ONNX Runtime on CPU
+    excluded_nodes: tuple[str, ...] = ()  # kept in high precision: output heads, attention matmuls
+    block_size: int | None = None  # int4 only
+
+
+def check_modelopt() -> None:
+    try:
+        import modelopt.onnx.quantization  # noqa: F401
+    except ImportError as exc:
+        raise TargetError(
+            f"quantization needs NVIDIA ModelOpt ({exc}); pip install 'omni-edge[quant]', or export with "
+            "--precision fp32 (or fp16)"
+        ) from None
+
+
+def save_graph(model, path: Path) -> None:
+    """The bundle's layout: weights in `<file>.data` beside the graph, whatever the graph's size."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx refuses to append to an existing data file
+    # Small tensors stay inline: ONNX Runtime's shape inference must read shape constants (Expand, Reshape).
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+              size_threshold=1024)
+
+
+def head_nodes(model) -> tuple[str, ...]:
+    """MatMul/Gemm nodes that write a graph output directly: the lm_head and codec head. Their outputs pick the
+    tokens, and they are a small share of the work, so they stay in high precision (as ModelOpt's LLM recipes
+    keep lm_head)."""
+    outputs = {o.name for o in model.graph.output}
+    return tuple(n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.output[0] in outputs)
+
+
+def attention_matmuls(model) -> tuple[str, ...]:
+    """MatMuls of two activations (q.k^T and probabilities.v). Kept in high precision: with Q/DQ on them the
+    tiny Thinker's fp8 graph fell to cosine 0.76 against fp32, without them it is 0.985 (measured); the
+    masked scores and the peaked probabilities do not fit one per-tensor scale."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    return tuple(n.name for n in model.graph.node
+                 if n.op_type == "MatMul" and not any(i in constants for i in n.input))
+
+
+def int4_block_size(model) -> int:
+    """The largest power of two up to 128 that divides the input width of every constant MatMul weight."""
+    widths = _matmul_weight_rows(model)
+    block = INT4_BLOCK_SIZE
+    while block > 8 and any(w % block for w in widths):
+        block //= 2
+    return block
+
+
+def _matmul_weight_rows(model) -> list[int]:
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    return [dims[n.input[1]][0] for n in model.graph.node
+            if n.op_type == "MatMul" and len(dims.get(n.input[1], [])) == 2]
+
+
+def settings_for(src: Path, precision: str, high_precision: str) -> QuantizeSettings:
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    block = int4_block_size(model) if precision == "int4-awq" else None
+    return QuantizeSettings(precision, high_precision, head_nodes(model) + attention_matmuls(model), block)
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """Weights and activations in fp16, inputs and outputs kept fp32 (ModelOpt's autocast)."""
+    import onnx
+
+    check_modelopt()
+    from modelopt.onnx.autocast.convert import convert_to_f16
+
+    _quiet_modelopt()
+    # onnxconverter-common's converter is faster but mistypes the DiT's scalar constants (ONNX Runtime then
+    # refuses the graph) and clamps -inf masks to -1e4; autocast keeps both right (measured).
+    try:
+        model = convert_to_f16(onnx.load(str(src)), keep_io_types=True)
+    except Exception as exc:
+        raise QuantizationError(f"ModelOpt could not cast {src.name} to fp16: {type(exc).__name__}: {exc}") from exc
+    save_graph(model, dst)
+
+
+def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[dict[str, np.ndarray]]) -> None:
+    """ModelOpt PTQ of `src` calibrated on `feeds` (what the runtime fed this graph), written to `dst`."""
+    import onnx
+
+    if settings.precision == "fp16":
+        return to_fp16(src, dst)
+    if settings.precision not in MODELOPT_MODES:
+        raise QuantizationError(f"no quantization recipe for {settings.precision}")
+    if not feeds:
+        raise QuantizationError(f"{src.name}: the calibration run never reached this graph, so it cannot be "
+                                "calibrated; add calibration data that exercises it (media for the encoders)")
+    check_modelopt()
+    import modelopt.onnx.quantization as mq
+
+    mode, method = MODELOPT_MODES[settings.precision]
+    if mode == "int4":
+        feeds = uniform_shapes(feeds)  # AWQ stacks every sample's activations along one axis
+    extra = {"block_size": settings.block_size} if settings.block_size else {}
+    with tempfile.TemporaryDirectory(prefix="omni-edge-quant-") as work:
+        # ModelOpt rewrites the graph file it is given (measured: 0.47 changes its bytes), and src is the FP32
+        # reference the accuracy report compares against, so it gets a copy.
+        source, out = Path(work) / "fp32" / src.name, Path(work) / dst.name
+        source.parent.mkdir()
+        copy_graph(src, source)
+        try:
+            _quiet_modelopt()
+            mq.quantize(
+                str(source), quantize_mode=mode, calibration_method=method,
+                calibration_data_reader=FeedReader(feeds), calibration_eps=["cpu"], output_path=str(out),
+                high_precision_dtype=settings.high_precision, nodes_to_exclude=list(settings.excluded_nodes) or None,
+                use_external_data_format=True, log_level="ERROR", **extra,
+            )
+        except Exception as exc:  # ModelOpt raises bare asserts and numpy errors from deep inside
+            raise QuantizationError(f"ModelOpt could not quantize {src.name} to {settings.precision}: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+        if not out.is_file():
+            raise QuantizationError(f"ModelOpt wrote no graph for {src.name} ({settings.precision})")
+        save_graph(onnx.load(str(out)), dst)
+
+
+def copy_graph(src: Path, dst: Path) -> None:
+    """Graph and weights; the file name is kept because the graph names its data file."""
+    if src.name != dst.name:
+        raise ValueError(f"copy_graph keeps file names: {src.name} -> {dst.name}")
+    shutil.copyfile(src, dst)
+    data = src.with_name(src.name + ".data")
+    if data.is_file():
+        shutil.copyfile(data, dst.with_name(dst.name + ".data"))
+
+
+def uniform_shapes(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Crop every axis to its smallest size over the feeds (the leading part of each sequence is kept)."""
+    out = []
+    for feed in feeds:
+        cropped = {}
+        for name, value in feed.items():
+            smallest = np.min([f[name].shape for f in feeds], axis=0)
+            cropped[name] = np.ascontiguousarray(value[tuple(slice(0, int(n)) for n in smallest)])
+        out.append(cropped)
+    return out
+
+
+class FeedReader(CalibrationDataReader):
+    """The recorded feeds as a CalibrationDataReader, plus the get_first() ModelOpt also calls."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = feeds
+        self._iter = iter(feeds)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+    def get_first(self):
+        return self.feeds[0]
+
+    def rewind(self):
+        self._iter = iter(self.feeds)
+
+    def __len__(self):
+        return len(self.feeds)
+
+
+def _quiet_modelopt() -> None:
+    # ModelOpt logs every pass at INFO to the root handler; our progress bar says what is happening.
+    for name in ("modelopt", "modelopt.onnx", "modelopt.onnx.autocast"):
+        logging.getLogger(name).setLevel(logging.ERROR)

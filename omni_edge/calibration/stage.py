@@ -1,0 +1,114 @@
+"""The export's reduce-precision stage: FP32 bundle in, reduced bundle plus its accuracy report out.
+
+    record feeds (FP32 bundle answers the calibration requests)
+      -> per graph: quantize / cast on the calibration feeds, compare on the held-out feeds
+      -> the reduced bundle answers the same requests: end-to-end agreement with FP32
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from omni_edge import naming
+from omni_edge.bundle import ComponentRecord, Manifest, sha256_file, write_manifest
+from omni_edge.calibration.accuracy import compare_graphs, end_to_end
+from omni_edge.calibration.calib_set import CalibrationSet
+from omni_edge.calibration.quantize import copy_graph, quantize_graph, settings_for
+from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feeds, split_feeds
+from omni_edge.calibration.report import CalibrationInfo, GraphAccuracy, QuantizationReport
+
+SMOOTHQUANT_ALPHA = 0.5
+SMOOTHQUANT_GRAPHS = (naming.THINKER_PREFILL, naming.THINKER_DECODE, naming.TALKER_PREFILL, naming.TALKER_DECODE)
+
+
+def reduce_bundle(fp32_dir: Path, out_dir: Path, fp32_manifest: Manifest, precisions: dict[str, str],
+                  high_precision: str, calib: CalibrationSet, bar=None) -> tuple[Manifest, QuantizationReport]:
+    """Write the reduced bundle into out_dir (every payload file, and an interim manifest); return that
+    manifest and the report. `precisions`: graph name -> precision; graphs left at fp32 are copied.
+
+    The calibration requests also give the held-out feeds that measure every reduced graph, fp16 ones too
+    (they need no calibration, and are measured on the synthetic set when the user gave none)."""
+    records = fp32_manifest.components
+    feeds = record_feeds(fp32_dir, calib, bar)
+    if bar is not None:
+        bar.update()
+    reduced, accuracy = {}, {}
+    for name, record in records.items():
+        precision = precisions[name]
+        src, dst = fp32_dir / record.file, out_dir / record.file
+        if precision == "fp32":
+            copy_graph(src, dst)
+            reduced[name] = record
+        else:
+            if bar is not None:
+                bar.set_description(f"{precision} {name}")
+            calib_feeds, held_out = split_feeds(feeds.get(name, []))
+            accuracy[name] = reduce_graph(src, dst, precision, high_precision, calib_feeds, held_out)
+            reduced[name] = replace(record, precision=precision, sha256=sha256_file(dst))
+        if bar is not None:
+            bar.update()
+    for path in fp32_dir.iterdir():  # tables, tokenizer, speakers
+        if path.is_file() and path.name != naming.MANIFEST_FILE and not path.name.startswith(_graph_files(records)):
+            shutil.copyfile(path, out_dir / path.name)
+    manifest = replace(fp32_manifest, components=reduced, files={})
+    write_manifest(out_dir, manifest)
+    info = CalibrationInfo(calib.source, calib.counts(), {name: len(f) for name, f in feeds.items()})
+    e2e = end_to_end(fp32_dir, out_dir, calib, REPLY_TOKENS, CODEC_TOKENS, bar)
+    if bar is not None:
+        bar.update()
+    return manifest, QuantizationReport(info, accuracy, e2e)
+
+
+def reduce_graph(src: Path, dst: Path, precision: str, high_precision: str, calib_feeds: list,
+                 held_out: list) -> GraphAccuracy:
+    """Quantize one graph and measure it; int8 decoders try SmoothQuant too and keep whichever is closer."""
+    settings = settings_for(src, precision, high_precision)
+    quantize_graph(src, dst, settings, calib_feeds)
+    method = _method(precision)
+    best = compare_graphs(src, dst, held_out, precision, method)
+    if precision == "int8" and src.stem in SMOOTHQUANT_GRAPHS:
+        best = _try_smoothquant(src, dst, settings, calib_feeds, held_out, best)
+    return best
+
+
+def _try_smoothquant(src, dst, settings, calib_feeds, held_out, plain: GraphAccuracy) -> GraphAccuracy:
+    from omni_edge.calibration.smoothquant import smooth_model
+
+    work = dst.with_name(f".{dst.stem}.smooth")
+    (work / "quantized").mkdir(parents=True, exist_ok=True)
+    try:
+        smoothed, quantized = work / src.name, work / "quantized" / src.name
+        report = smooth_model(src, smoothed, calib_feeds, alpha=SMOOTHQUANT_ALPHA)
+        if report.smoothed_groups == 0:
+            return plain
+        quantize_graph(smoothed, quantized, settings, calib_feeds)
+        method = f"{_method(settings.precision)} + SmoothQuant({SMOOTHQUANT_ALPHA})"
+        candidate = compare_graphs(src, quantized, held_out, settings.precision, method)
+        if candidate.relative_error >= plain.relative_error:
+            return replace(plain, method=f"{plain.method} (SmoothQuant tried: rel.err "
+                                         f"{candidate.relative_error:.4f}, not better)")
+        copy_graph(quantized, dst)
+        return candidate
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _method(precision: str) -> str:
+    from omni_edge.calibration.quantize import MODELOPT_MODES
+
+    if precision in MODELOPT_MODES:
+        mode, method = MODELOPT_MODES[precision]
+        return f"ModelOpt {mode} {method}"
+    return f"{precision} cast"
+
+
+def _graph_files(records: dict[str, ComponentRecord]) -> tuple[str, ...]:
+    return tuple(record.file for record in records.values())
+
+
+def high_precision_for(target) -> str:
+    """What the ops left unquantized run in: fp16 under TensorRT, fp32 under ONNX Runtime on CPU (its fp16
+    kernels are few and slow)."""
+    return "fp32" if target.tensorrt is None else "fp16"

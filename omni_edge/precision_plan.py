@@ -1,0 +1,61 @@
+"""`--precision` -> a precision per component and per graph, checked against the target.
+
+    auto                       the target's defaults (Orin: Thinker int4-awq, encoders int8, DiT/BigVGAN fp16)
+    int8                       every component in int8
+    thinker=int4-awq,dit=fp32  the target's defaults, with these components changed
+"""
+
+from __future__ import annotations
+
+from omni_edge import naming
+from omni_edge.errors import TargetError
+from omni_edge.targets import COMPONENTS, PRECISIONS, Target
+
+GRAPH_COMPONENT = {
+    naming.THINKER_PREFILL: "thinker",
+    naming.THINKER_DECODE: "thinker",
+    naming.TALKER_PREFILL: "talker",
+    naming.TALKER_DECODE: "talker",
+    naming.AUDIO_ENCODER: "audio_encoder",
+    naming.VISION_ENCODER: "vision_encoder",
+    naming.DIT_WINDOW: "dit",
+    naming.BIGVGAN_WINDOW: "bigvgan",
+}
+CALIBRATED = ("int8", "fp8", "int4-awq")  # precisions whose ranges come from calibration data
+
+
+def component_precisions(target: Target, precision: str) -> dict[str, str]:
+    """Precision per component (targets.COMPONENTS); raises TargetError for anything the target cannot run."""
+    text = precision.strip()
+    if "=" not in text:
+        chosen = dict(target.default_precision) if text == "auto" else {c: _checked(target, text) for c in COMPONENTS}
+    else:
+        chosen = dict(target.default_precision)
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            component, _, value = item.partition("=")
+            if component.strip() not in COMPONENTS:
+                raise TargetError(f"--precision {item}: unknown component {component.strip()!r}; "
+                                  f"components: {', '.join(COMPONENTS)}")
+            chosen[component.strip()] = _checked(target, value.strip())
+    for component, value in chosen.items():
+        if value not in target.precisions:  # a default the target cannot run would be a preset bug
+            raise TargetError(f"target {target.name} cannot run {value} for {component}")
+    return chosen
+
+
+def graph_precisions(components: dict[str, str], graphs) -> dict[str, str]:
+    return {graph: components[GRAPH_COMPONENT[graph]] for graph in graphs}
+
+
+def needs_calibration(components: dict[str, str]) -> list[str]:
+    return [c for c, p in components.items() if p in CALIBRATED]
+
+
+def _checked(target: Target, value: str) -> str:
+    if value not in PRECISIONS:
+        raise TargetError(f"unknown precision {value!r}; choose auto, one of {', '.join(PRECISIONS)}, or "
+                          "component=precision pairs such as thinker=int4-awq,dit=fp16")
+    if value not in target.precisions:
+        raise TargetError(f"target {target.name} cannot run {value} (it supports {', '.join(target.precisions)}); "
+                          "pick one of those or --precision auto")
+    return value
