@@ -169,7 +169,7 @@ def count_parameters(checkpoint: Path) -> tuple[dict[str, int], dict[str, int]]:
     return graphs, tables
 
 
-def _decoder(name: str, config: dict, precision: str) -> DecoderDims:
+def _decoder(name: str, config: dict) -> DecoderDims:
     heads = config["num_attention_heads"]
     return DecoderDims(
         name=name,
@@ -180,8 +180,9 @@ def _decoder(name: str, config: dict, precision: str) -> DecoderDims:
         hidden=config["hidden_size"],
         intermediate=config["intermediate_size"],
         vocab=config["vocab_size"],
-        # The runtime's cache follows the graphs: fp32 graphs take fp32 KV, reduced precisions fp16.
-        kv_itemsize=4 if precision == "fp32" else 2,
+        # The runtime's cache follows the graphs' KV inputs, which stay fp32 at every precision (quantization
+        # keeps graph I/O types, so reduced bundles are fed like fp32 ones).
+        kv_itemsize=4,
     )
 
 
@@ -199,9 +200,9 @@ def plan_memory(checkpoint: Path, precisions: dict[str, str], max_seq_len: int,
         parts.append(PartPlan(component, precision, params, copies,
                               int(math.ceil(params * BYTES_PER_PARAMETER[precision])) * copies,
                               table_params, table_params * 4))
-    decoders = [_decoder("thinker", config["thinker_config"]["text_config"], precisions.get("thinker", "fp32"))]
+    decoders = [_decoder("thinker", config["thinker_config"]["text_config"])]
     if "talker" in components and "talker_config" in config:
-        decoders.append(_decoder("talker", config["talker_config"], precisions.get("talker", "fp32")))
+        decoders.append(_decoder("talker", config["talker_config"]))
     return _with_sequence(MemoryPlan(max_seq_len, tuple(parts), tuple(decoders)))
 
 

@@ -192,7 +192,8 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
                 components, tensorrt = build_engines(staging, components, target, bar)
             bar.set_description("hashing and writing manifest")
             manifest = replace(
-                manifest, components=components, tensorrt=tensorrt, quantization=quantization, plugins=plugins,
+                manifest, backend=target.backend, components=components, tensorrt=tensorrt,
+                quantization=quantization, plugins=plugins,
                 files={p.name: sha256_file(p) for p in sorted(staging.iterdir())
                        if p.is_file() and p.name != naming.MANIFEST_FILE},
             )
@@ -241,7 +242,9 @@ def _fp32_manifest(model, source, target: Target, request: ExportRequest, record
         source_model=source.name,
         source_sha256=checkpoint_sha256(source.path),
         target=target.name,
-        backend=target.backend,
+        # The ONNX graphs as written run in ONNX Runtime: the calibration replay and the accuracy runs open this
+        # manifest before the final one names the target's backend.
+        backend="onnxruntime",
         tools=_tool_versions(),
         kv_cache=KVCacheGeometry(
             num_layers=geo["num_layers"],
