@@ -104,20 +104,70 @@ def settings_for(src: Path, precision: str, high_precision: str) -> QuantizeSett
 
 
 def to_fp16(src: Path, dst: Path) -> None:
-    """Weights and activations in fp16, inputs and outputs kept fp32 (ModelOpt's autocast)."""
+    """Weights and activations in fp16, inputs and outputs kept fp32, rotary angles kept fp32."""
     import onnx
 
+    save_graph(fp16_graph(onnx.load(str(src)), src.name), dst)
+
+
+def fp16_graph(model, name: str):
+    """ModelOpt's fp16 autocast (as `convert_to_f16`, pinned 0.47), with the rotary-angle nodes held in fp32.
+
+    fp16 has 11 significant bits: position ids above 2048 are rounded (to even numbers, then to multiples of 4)
+    before they are multiplied by inv_freq, so an fp16 angle subgraph would rotate q/k by wrong angles at long
+    contexts. Only the positions -> Cos/Sin chain stays fp32; cos/sin values themselves are fine in fp16.
+    onnxconverter-common's faster converter mistypes the DiT's scalar constants and clamps -inf masks, so
+    ModelOpt's is used."""
     check_modelopt()
-    from modelopt.onnx.autocast.convert import convert_to_f16
+    import modelopt.onnx.autocast.utils as autocast_utils
+    import modelopt.onnx.utils as onnx_utils
+    from modelopt.onnx.autocast.convert import LATEST_IR_VERSION_SUPPORTED_BY_ORT, _capture_network_io_metadata
+    from modelopt.onnx.autocast.graphsanitizer import GraphSanitizer
+    from modelopt.onnx.autocast.precisionconverter import PrecisionConverter
 
     _quiet_modelopt()
-    # onnxconverter-common's converter is faster but mistypes the DiT's scalar constants (ONNX Runtime then
-    # refuses the graph) and clamps -inf masks to -1e4; autocast keeps both right (measured).
     try:
-        model = convert_to_f16(onnx.load(str(src)), keep_io_types=True)
-    except Exception as exc:
-        raise QuantizationError(f"ModelOpt could not cast {src.name} to fp16: {type(exc).__name__}: {exc}") from exc
-    save_graph(model, dst)
+        io_metadata = _capture_network_io_metadata(model, True)
+        min_opset = max(19, onnx_utils.get_min_opset_for_precisions(onnx_utils.get_qdq_precisions(model)))
+        sanitizer = GraphSanitizer(model, min_opset=min_opset, trt_plugins=[],
+                                   max_ir_version=LATEST_IR_VERSION_SUPPORTED_BY_ORT)
+        sanitizer.find_custom_nodes()
+        sanitizer.convert_opset()
+        sanitizer.ensure_graph_name_exists()
+        sanitizer.convert_fp64_to_fp32()
+        model = onnx_utils.infer_types(sanitizer.model, False, strict_mode=True)
+        value_info, initializers, node_inits = autocast_utils.setup_mappings(model)
+        converter = PrecisionConverter(model, value_info, initializers, node_inits, keep_io_types=True,
+                                       low_precision_type="fp16", custom_ops=sanitizer.custom_ops,
+                                       original_network_io_metadata=io_metadata)
+        keep = set(rotary_angle_nodes(model))
+        return converter.convert([n.name for n in model.graph.node if n.name in keep],
+                                 [n.name for n in model.graph.node if n.name not in keep])
+    except Exception as exc:  # ModelOpt's internals raise bare asserts
+        raise QuantizationError(f"ModelOpt could not cast {name} to fp16: {type(exc).__name__}: {exc}") from exc
+
+
+def rotary_angle_nodes(model, positions: str = "position_ids") -> list[str]:
+    """Nodes on a path from the position-id input to a Cos or Sin, those included."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for tensor in node.input:
+            consumers.setdefault(tensor, []).append(node)
+    downstream, frontier = {}, [positions]
+    while frontier:
+        for node in consumers.get(frontier.pop(), []):
+            if node.name not in downstream:
+                downstream[node.name] = node
+                frontier.extend(node.output)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    keep, stack = set(), [n for n in downstream.values() if n.op_type in ("Cos", "Sin")]
+    while stack:
+        node = stack.pop()
+        if node.name in keep or node.name not in downstream:
+            continue
+        keep.add(node.name)
+        stack.extend(producers[t] for t in node.input if t in producers)
+    return sorted(keep)
 
 
 def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[dict[str, np.ndarray]]) -> None:
@@ -149,7 +199,8 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
             mq.quantize(
                 str(source), quantize_mode=mode, calibration_method=method,
                 calibration_data_reader=FeedReader(feeds), calibration_eps=["cpu"], output_path=str(out),
-                high_precision_dtype=settings.high_precision, nodes_to_exclude=list(settings.excluded_nodes) or None,
+                # fp32 here; the fp16 pass below keeps the rotary angles in fp32, which ModelOpt's cannot
+                high_precision_dtype="fp32", nodes_to_exclude=list(settings.excluded_nodes) or None,
                 use_external_data_format=True, log_level="ERROR", **extra,
             )
         except Exception as exc:  # ModelOpt raises bare asserts and numpy errors from deep inside
@@ -157,7 +208,8 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
                                     f"{type(exc).__name__}: {exc}") from exc
         if not out.is_file():
             raise QuantizationError(f"ModelOpt wrote no graph for {src.name} ({settings.precision})")
-        save_graph(onnx.load(str(out)), dst)
+        model = onnx.load(str(out))
+        save_graph(fp16_graph(model, src.name) if settings.high_precision == "fp16" else model, dst)
 
 
 def copy_graph(src: Path, dst: Path) -> None:
