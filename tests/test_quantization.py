@@ -270,6 +270,10 @@ def test_bad_calibration_input_fails_before_export(tmp_path, cache_dir):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "clip.wav").write_bytes(b"RIFF not really a wav")
     assert_one_line_error(export("--precision", "int8", "--calib", str(tmp_path / "broken")), "clip.wav")
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "p.txt").write_text("Hello there\n")
+    assert_one_line_error(export("--precision", "int8", "--calib", str(tmp_path / "text")),
+                          "no audio files", "audio_encoder (int8) cannot be calibrated")
     assert_one_line_error(export("--plugins", "on"), "--plugins on is not possible for target cpu")
     assert not (tmp_path / "b").exists()
 

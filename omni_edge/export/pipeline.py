@@ -131,7 +131,18 @@ def _calibration(request: ExportRequest, target: Target, precisions: dict[str, s
 
     check_modelopt()  # its PTQ and its fp16 autocast
     # fp16 needs no calibration, but its accuracy is still measured on these requests.
-    return load_calibration_set(request.calib or SYNTHETIC)
+    calib = load_calibration_set(request.calib or SYNTHETIC)
+    counts = calib.counts()
+    # An encoder is only reached by requests with its media; find out now, not after the export.
+    for component, kinds, files in (("audio_encoder", ("audio",), "wav/flac/ogg/mp3"),
+                                    ("vision_encoder", ("image", "video"), "png/jpg/mp4")):
+        if component in calibrated and not any(counts[k] for k in kinds):
+            raise InputError(
+                f"--calib {request.calib} has no {'/'.join(kinds)} files, so {component} "
+                f"({precisions[component]}) cannot be calibrated: add {files} files, or keep it unquantized "
+                f"with --precision {component}=fp32 (or fp16 on a GPU target)"
+            )
+    return calib
 
 
 def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Path) -> MemoryPlan:
