@@ -123,9 +123,9 @@ def build_engines_main(bundle):
     """
     from omni_edge.export.engine_build import build_bundle_engines, check_bundle_can_build
 
-    manifest, _ = check_bundle_can_build(bundle)  # before the progress bar: a refusal stays one line
+    manifest, target = check_bundle_can_build(bundle)  # before the progress bar: a refusal stays one line
     with _tqdm_progress(len(manifest.components), "building engines") as bar:
-        build_bundle_engines(bundle, bar)
+        build_bundle_engines(bundle, manifest, target, bar)
     click.echo(f"engines built in {bundle}", err=True)
 
 

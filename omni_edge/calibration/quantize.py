@@ -25,7 +25,6 @@ MODELOPT_MODES = {
     # awq_lite folds its scales with cupy-only calls in ModelOpt 0.47 and fails on CPU; awq_clip runs anywhere.
     "int4-awq": ("int4", "awq_clip"),
 }
-NEEDS_CALIBRATION = frozenset(MODELOPT_MODES)
 INT4_BLOCK_SIZE = 128  # ModelOpt's default; smaller only when a weight's input width is not a multiple of it
 
 

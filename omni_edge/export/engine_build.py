@@ -228,14 +228,14 @@ def check_bundle_can_build(bundle_dir: Path):
     return manifest, target
 
 
-def build_bundle_engines(bundle_dir: Path, bar=None) -> Path:
+def build_bundle_engines(bundle_dir: Path, manifest, target: Target, bar=None) -> Path:
     """Build the engines of a bundle exported with --no-engines, on the device it is for.
 
+    `manifest` and `target` come from check_bundle_can_build, which loads and verifies the bundle once.
     The manifest is rewritten last; a failed build removes every engine it may have touched."""
     from omni_edge.bundle import write_manifest
 
     bundle_dir = Path(bundle_dir)
-    manifest, target = check_bundle_can_build(bundle_dir)
     try:
         records, tensorrt = build_engines(bundle_dir, manifest.components, target, bar)
         files = dict(manifest.files)
