@@ -14,8 +14,9 @@ checkpoint is planned in milliseconds and refused before minutes of loading.
                  Engines reuse activation memory layer by layer, so one layer's largest tensor (not the sum
                  over layers) sets the peak. The encoders, DiT and BigVGAN run on far smaller tensors.
 
-Parameters are counted by name prefix, so the plan is exact for weights; quantized formats also keep
-norms and biases in higher precision, which is under 1% of the parameters and left out.
+Parameters are counted by name prefix, so the plan is exact for weights. A quantized decoder keeps its
+output head (lm_head, codec_head: 0.5B parameters in the 7B Thinker) unquantized, so the head is priced at
+the target's high precision; norms and biases also stay high precision, under 1% of the parameters, left out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omni_edge.errors import ModelSourceError, TargetError
+from omni_edge.precision_plan import CALIBRATED
 from omni_edge.targets import TARGETS, Target
 
 GIB = 1 << 30
@@ -48,6 +50,8 @@ GROUPS = (
 TABLES = {"thinker": ("thinker.model.embed_tokens.", "thinker.model.language_model.embed_tokens."),
           "talker": ("talker.model.embed_tokens.",)}
 GRAPH_COPIES = {"thinker": 2, "talker": 2}  # prefill and decode graphs each hold the weights
+# Output heads: quantization leaves them in high precision (their outputs pick the tokens).
+HEADS = {"thinker": ("thinker.lm_head.",), "talker": ("talker.codec_head.",)}
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,11 @@ class PartPlan:
     precision: str
     parameters: int  # in the component's graphs
     copies: int  # graphs holding those parameters
-    weight_bytes: int  # parameters x bytes per parameter x copies
+    weight_bytes: int  # parameters x bytes per parameter x copies (the head at head_precision)
     table_parameters: int = 0
     table_bytes: int = 0  # host-side fp32 embedding tables
+    head_parameters: int = 0  # of `parameters`: the output head
+    head_precision: str = ""  # what the head is priced at when it differs from `precision`
 
 
 @dataclass(frozen=True)
@@ -150,23 +156,33 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
     return header
 
 
-def count_parameters(checkpoint: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """(graph parameters per component, embedding-table parameters per component) over every *.safetensors."""
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Per component: parameters in its graphs, of those in its output head, and in host-side tables."""
+
+    graphs: dict[str, int]
+    heads: dict[str, int]
+    tables: dict[str, int]
+
+
+def count_parameters(checkpoint: Path) -> ParameterCounts:
+    """Parameter counts by component over every *.safetensors header."""
     files = sorted(Path(checkpoint).glob("*.safetensors"))
     if not files:
         raise ModelSourceError(f"{checkpoint} has no *.safetensors files to plan memory from")
-    graphs: dict[str, int] = {}
-    tables: dict[str, int] = {}
+    counts = ParameterCounts({}, {}, {})
     for path in files:
         for name, info in read_safetensors_header(path).items():
             count = math.prod(int(d) for d in info["shape"])
             table = next((c for c, prefixes in TABLES.items() if name.startswith(prefixes)), None)
             if table is not None:
-                tables[table] = tables.get(table, 0) + count
+                counts.tables[table] = counts.tables.get(table, 0) + count
                 continue
             component = next((c for c, prefixes in GROUPS if name.startswith(prefixes)), "other")
-            graphs[component] = graphs.get(component, 0) + count
-    return graphs, tables
+            counts.graphs[component] = counts.graphs.get(component, 0) + count
+            if name.startswith(HEADS.get(component, ())):
+                counts.heads[component] = counts.heads.get(component, 0) + count
+    return counts
 
 
 def _decoder(name: str, config: dict) -> DecoderDims:
@@ -186,20 +202,25 @@ def _decoder(name: str, config: dict) -> DecoderDims:
     )
 
 
+def _part(component: str, precision: str, counts: ParameterCounts, high_precision: str) -> PartPlan:
+    params, head = counts.graphs.get(component, 0), counts.heads.get(component, 0)
+    head_precision = high_precision if precision in CALIBRATED and head else precision
+    per_graph = (math.ceil((params - head) * BYTES_PER_PARAMETER[precision])
+                 + math.ceil(head * BYTES_PER_PARAMETER[head_precision]))
+    copies = GRAPH_COPIES.get(component, 1)
+    tables = counts.tables.get(component, 0)
+    return PartPlan(component, precision, params, copies, per_graph * copies, tables, tables * 4, head,
+                    head_precision if head_precision != precision else "")
+
+
 def plan_memory(checkpoint: Path, precisions: dict[str, str], max_seq_len: int,
-                components: tuple[str, ...] | list[str]) -> MemoryPlan:
-    """The plan for a bundle of `components` (names as in targets.COMPONENTS) at the given precisions."""
+                components: tuple[str, ...] | list[str], high_precision: str = "fp16") -> MemoryPlan:
+    """The plan for a bundle of `components` (names as in targets.COMPONENTS) at the given precisions;
+    `high_precision` is what a quantized component's unquantized head runs in (Target.high_precision)."""
     config = json.loads((Path(checkpoint) / "config.json").read_text())
-    graphs, tables = count_parameters(checkpoint)
-    parts = []
-    for component in [*components, *(["other"] if graphs.get("other") else [])]:
-        precision = precisions.get(component, "fp32")
-        params = graphs.get(component, 0)
-        copies = GRAPH_COPIES.get(component, 1)
-        table_params = tables.get(component, 0)
-        parts.append(PartPlan(component, precision, params, copies,
-                              int(math.ceil(params * BYTES_PER_PARAMETER[precision])) * copies,
-                              table_params, table_params * 4))
+    counts = count_parameters(checkpoint)
+    parts = [_part(component, precisions.get(component, "fp32"), counts, high_precision)
+             for component in [*components, *(["other"] if counts.graphs.get("other") else [])]]
     decoders = [_decoder("thinker", config["thinker_config"]["text_config"])]
     if "talker" in components and "talker_config" in config:
         decoders.append(_decoder("talker", config["talker_config"]))
@@ -231,6 +252,7 @@ def check_fits(plan: MemoryPlan, target: Target, budget_gib: float | None = None
         return
     weights = ", ".join(
         f"{p.component} {_gib(p.weight_bytes)} ({_count(p.parameters)} params {p.precision}"
+        + (f", head {_count(p.head_parameters)} {p.head_precision}" if p.head_precision else "")
         + (f" x {p.copies} graphs" if p.copies > 1 else "") + ")"
         for p in plan.parts if p.weight_bytes
     )
@@ -243,7 +265,7 @@ def check_fits(plan: MemoryPlan, target: Target, budget_gib: float | None = None
         fixes.append("a smaller --max-seq-len will not be enough on its own")
     lower = [p for p in target.precisions if p != "fp32"]
     if lower:
-        fixes.append(f"a lower --precision ({', '.join(lower)}; this version of omni-export only writes fp32 graphs)")
+        fixes.append(f"a lower --precision ({', '.join(lower)})")
     fixes.append("fewer --components")
     bigger = [t for t in TARGETS.values() if t.memory_gib * GIB >= plan.total_bytes and t.name != target.name]
     if bigger:

@@ -31,6 +31,12 @@ class Target:
     def backend(self) -> str:
         return "onnxruntime" if self.tensorrt is None else "tensorrt"
 
+    @property
+    def high_precision(self) -> str:
+        """What ops left unquantized (output heads, attention matmuls) run in: fp16 under TensorRT, fp32 under
+        ONNX Runtime on a CPU (its fp16 kernels are few and slow)."""
+        return "fp32" if self.tensorrt is None else "fp16"
+
 
 def _defaults(thinker: str, talker: str, encoders: str, token2wav: str) -> dict[str, str]:
     return {

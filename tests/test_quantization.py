@@ -23,7 +23,7 @@ from omni_edge import naming  # noqa: E402
 from omni_edge.bundle import Manifest, load_manifest  # noqa: E402
 from omni_edge.calibration.calib_set import synthetic_calibration_set  # noqa: E402
 from omni_edge.calibration.report import QuantizationReport  # noqa: E402
-from omni_edge.calibration.stage import high_precision_for, reduce_bundle  # noqa: E402
+from omni_edge.calibration.stage import reduce_bundle  # noqa: E402
 from omni_edge.precision_plan import component_precisions, graph_precisions  # noqa: E402
 from omni_edge.targets import get_target  # noqa: E402
 
@@ -46,7 +46,7 @@ def _reduce(cpu_bundle: Path, out: Path, target: str, precision: str = "auto") -
     t = get_target(target)
     precisions = graph_precisions(component_precisions(t, precision), manifest.components)
     out.mkdir()
-    reduced, report = reduce_bundle(cpu_bundle, out, manifest, precisions, high_precision_for(t),
+    reduced, report = reduce_bundle(cpu_bundle, out, manifest, precisions, t.high_precision,
                                     synthetic_calibration_set())
     return Reduced(out, precisions, reduced, report)
 

@@ -76,7 +76,13 @@ def test_memory_plan_scales_with_precision_and_components(tiny_checkpoint):
     int4 = plan_memory(tiny_checkpoint, {**ALL_FP32, "thinker": "int4-awq"}, 512, ["thinker"])
     assert [p.component for p in fp32.parts] == ["thinker"] and "talker" not in fp32.kv_bytes
     params = fp32.parts[0].parameters
-    assert int4.parts[0].weight_bytes == math.ceil(params * BYTES_PER_PARAMETER["int4-awq"]) * 2
+    config = json.loads((tiny_checkpoint / "config.json").read_text())["thinker_config"]["text_config"]
+    head = config["vocab_size"] * config["hidden_size"]  # lm_head stays fp16 (the default high precision)
+    assert int4.parts[0].head_parameters == head and int4.parts[0].head_precision == "fp16"
+    assert int4.parts[0].weight_bytes == (math.ceil((params - head) * BYTES_PER_PARAMETER["int4-awq"]) + head * 2) * 2
+    on_cpu = plan_memory(tiny_checkpoint, {**ALL_FP32, "thinker": "int8"}, 512, ["thinker"], TARGETS["cpu"].high_precision)
+    assert on_cpu.parts[0].weight_bytes == ((params - head) + head * 4) * 2
+    assert fp32.parts[0].head_precision == ""  # an unquantized head is priced with the rest
     assert int4.kv_bytes["thinker"] == fp32.kv_bytes["thinker"]  # quantized graphs keep fp32 KV inputs
     assert fp32.at_seq_len(256).kv_bytes["thinker"] * 2 == fp32.kv_bytes["thinker"]
 
@@ -119,7 +125,8 @@ def test_seven_b_thinker_is_refused_for_orin_nano_with_numbers(tiny_checkpoint, 
     with pytest.raises(TargetError) as refused:
         check_fits(plan, TARGETS["jetson-orin-nano"])
     message = str(refused.value)
-    for fragment in ("does not fit jetson-orin-nano", "and the target has 6 GiB", "thinker 7.", "int4-awq x 2 graphs",
+    for fragment in ("does not fit jetson-orin-nano", "and the target has 6 GiB", "7.69B params",
+                     "int4-awq, head 545.00M fp16 x 2 graphs",
                      "KV cache", "at --max-seq-len 4096", "logits [4096, 152064]", "Try:", "a bigger target"):
         assert fragment in message, message
     assert f"needs {plan.total_bytes / GIB:.2f} GiB" in message
@@ -411,3 +418,63 @@ def test_session_on_gpu_generates_the_cpu_tokens(gpu_bundle, session):
 
     assert tokens(Session(gpu_bundle)).text_token_ids == tokens(session).text_token_ids
 
+
+
+def _thinker_pair(bundle: Path):
+    from omni_edge.runtime.trt_engine import TrtEngine
+
+    manifest = load_manifest(bundle)
+    opened = [TrtEngine(n, bundle / manifest.components[n].engine_file, manifest.tensorrt, bundle, manifest.target)
+              for n in (naming.THINKER_PREFILL, naming.THINKER_DECODE)]
+    return manifest, *opened
+
+
+def test_device_kv_cache_matches_the_host_cache(gpu_bundle, cpu_bundle):
+    """Past fed by address at a bucketed pitch, re-laid out as it grows and after a truncation, against the
+    host cache on ONNX Runtime over the same steps."""
+    from omni_edge.runtime.engine import OrtEngine
+    from omni_edge.runtime.kv_cache import KVCache
+    from omni_edge.runtime.positions import text_positions
+    from omni_edge.runtime.trt_kv_cache import DeviceKVCache
+
+    manifest, prefill, decode = _thinker_pair(gpu_bundle)
+    host = KVCache(manifest.kv_cache)
+    device = DeviceKVCache(manifest.kv_cache, bucket=4)
+    ort = [OrtEngine(n, cpu_bundle / manifest.components[n].file) for n in (naming.THINKER_PREFILL,
+                                                                             naming.THINKER_DECODE)]
+    record, position, pitches = manifest.components[naming.THINKER_DECODE], 0, set()
+    for count in (6, 1, 1, 1, 3, -5, 1, 2, 1, 1, 1):
+        if count < 0:
+            host.truncate(host.length + count)
+            device.truncate(device.length + count)
+            position += count
+            continue
+        embeds = np.random.default_rng(position).standard_normal((1, count, manifest.thinker.hidden_size))
+        feeds = {"inputs_embeds": embeds.astype(np.float32), "position_ids": text_positions(position, count)}
+        got, want = device.run(prefill, decode, feeds), host.run(*ort, feeds)
+        pitches.add(device.padded)
+        for name in ("logits", "last_hidden_state"):
+            np.testing.assert_allclose(got[name], want[name], atol=record.atol * 10, rtol=record.rtol * 10)
+        position += count
+    assert len(pitches) > 1  # the steps crossed bucket boundaries, so re-layouts were exercised
+    assert device.length == host.length
+
+
+def test_cuda_graph_replays_with_fresh_inputs(gpu_bundle):
+    """A repeated binding is captured once and replayed; each replay must read that run's inputs."""
+    from omni_edge.runtime.trt_engine import TrtEngine
+
+    manifest = load_manifest(gpu_bundle)
+    record = manifest.components[naming.THINKER_PREFILL]
+    path = gpu_bundle / record.engine_file
+    plain = TrtEngine("plain", path, manifest.tensorrt, gpu_bundle, manifest.target)
+    graphed = TrtEngine("graphed", path, manifest.tensorrt, gpu_bundle, manifest.target, cuda_graph=True)
+    for seed in range(4):  # run 1 plain, run 2 captures, runs 3-4 replay
+        embeds = np.random.default_rng(seed).standard_normal((1, 5, manifest.thinker.hidden_size))
+        feeds = {"inputs_embeds": embeds.astype(np.float32),
+                 "position_ids": np.broadcast_to(np.arange(5), (3, 1, 5)).astype(np.int64),
+                 "attention_mask": np.ones((1, 5), np.int64)}
+        got, want = graphed.run(feeds), plain.run(feeds)
+        for name in want:  # same engine, same kernels: only a non-deterministic tactic could differ at all
+            np.testing.assert_allclose(got[name], want[name], atol=1e-6, rtol=1e-6)
+    assert graphed.graphs.disabled_because == "" and len(graphed.graphs._graphs) == 1

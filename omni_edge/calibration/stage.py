@@ -106,9 +106,3 @@ def _method(precision: str) -> str:
 
 def _graph_files(records: dict[str, ComponentRecord]) -> tuple[str, ...]:
     return tuple(record.file for record in records.values())
-
-
-def high_precision_for(target) -> str:
-    """What the ops left unquantized run in: fp16 under TensorRT, fp32 under ONNX Runtime on CPU (its fp16
-    kernels are few and slow)."""
-    return "fp32" if target.tensorrt is None else "fp16"

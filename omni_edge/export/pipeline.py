@@ -149,7 +149,8 @@ def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Pa
     """The bundle's memory plan from the checkpoint's headers; refused here when it cannot fit the target."""
     from omni_edge.export.components import selected
 
-    plan = plan_memory(checkpoint, checked.precisions, request.max_seq_len, selected(request.components))
+    plan = plan_memory(checkpoint, checked.precisions, request.max_seq_len, selected(request.components),
+                       checked.target.high_precision)
     check_fits(plan, checked.target, request.memory_gib)
     return plan
 
@@ -189,12 +190,12 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
             bar.update()
             quantization = None
             if reduced:
-                from omni_edge.calibration.stage import high_precision_for, reduce_bundle
+                from omni_edge.calibration.stage import reduce_bundle
 
                 write_manifest(fp32_dir, manifest)  # the calibration replay opens it as a bundle
                 manifest, quantization = reduce_bundle(
                     fp32_dir, staging, manifest, graph_precisions(checked.precisions, records),
-                    high_precision_for(target), checked.calibration, bar)
+                    target.high_precision, checked.calibration, bar)
             components, plugins = _plugin_stage(staging, manifest.components, model, checked.plugins)
             tensorrt = None
             if engines:

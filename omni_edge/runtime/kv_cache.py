@@ -1,7 +1,15 @@
 """KV-cache manager: preallocated per-layer buffers sized from the manifest, reused across turns.
 
-Graphs return only the new tokens' keys/values; this class writes them at the current length. The cache
+Graphs return only the new tokens' keys/values; the cache writes them at the current length. The cache
 never grows: a request that would pass max_seq_len is refused before any graph runs.
+
+    outputs = cache.run(prefill, decode, {"inputs_embeds": ..., "position_ids": ...})
+
+`run` picks prefill (empty cache) or decode, adds the past and the attention mask, and appends the new
+keys/values. The past may be fed padded to a bucket of slots with the unfilled slots masked out: the
+decoder graphs take any past length with a matching mask, so one bound shape serves many steps. The
+device cache of the TensorRT backend (trt_kv_cache.py) relies on exactly that; here `bucket=0` feeds the
+exact length, which is cheapest for ONNX Runtime on a CPU.
 """
 
 from __future__ import annotations
@@ -13,12 +21,42 @@ from omni_edge.bundle import KVCacheGeometry
 from omni_edge.errors import KVCacheOverflowError
 
 
-class KVCache:
-    def __init__(self, geometry: KVCacheGeometry, batch: int = 1):
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple if multiple > 0 else value
+
+
+def choose_padded_length(current: int, lowest: int, highest: int, bucket: int) -> int:
+    """The past length to bind: `current` while it lies in [lowest, highest], else `lowest` rounded up to the
+    bucket (but never past `highest`). Keeping `current` is what makes a re-layout rare."""
+    if lowest > highest:
+        raise ValueError(f"no padded length fits between {lowest} and {highest}")
+    if lowest <= current <= highest:
+        return current
+    return min(max(round_up(lowest, bucket), lowest), highest)
+
+
+def attention_mask(length: int, padded: int, new_tokens: int) -> np.ndarray:
+    """[1, padded + new]: the `length` filled past slots and the new tokens attend, padding slots do not."""
+    mask = np.zeros((1, padded + new_tokens), dtype=np.int64)
+    mask[0, :length] = 1
+    mask[0, padded:] = 1
+    return mask
+
+
+def present_split(outputs: dict) -> tuple[dict, dict]:
+    """(everything but the new keys/values, the new keys/values)."""
+    present = {k: v for k, v in outputs.items() if k.startswith("present.")}
+    return {k: v for k, v in outputs.items() if k not in present}, present
+
+
+class KVLength:
+    """The length bookkeeping that every cache shares: capacity, room, truncation."""
+
+    def __init__(self, geometry: KVCacheGeometry, bucket: int = 0):
         self.geometry = geometry
-        shape = (geometry.num_layers, 2, batch, geometry.num_kv_heads, geometry.max_seq_len, geometry.head_dim)
-        self._buffer = np.zeros(shape, dtype=np.dtype(geometry.dtype))
+        self.bucket = bucket
         self.length = 0
+        self.padded = 0  # the past length bound at the last decode step (the device cache's row pitch)
 
     @property
     def capacity(self) -> int:
@@ -35,12 +73,39 @@ class KVCache:
                 f"--max-new-tokens, or re-export with a larger --max-seq-len"
             )
 
-    def past_feeds(self) -> dict[str, np.ndarray]:
-        """Views of the filled part as graph inputs (ORT copies non-contiguous views itself)."""
+    def truncate(self, length: int) -> None:
+        """Forget everything after `length` tokens (e.g. a cancelled turn); the memory is reused."""
+        self.length = min(self.length, max(0, length))
+
+    def reset(self) -> None:
+        self.length = self.padded = 0
+
+
+class KVCache(KVLength):
+    """The cache in host memory, for engines that take numpy feeds (ONNX Runtime)."""
+
+    def __init__(self, geometry: KVCacheGeometry, batch: int = 1, bucket: int = 0):
+        super().__init__(geometry, bucket)
+        shape = (geometry.num_layers, 2, batch, geometry.num_kv_heads, geometry.max_seq_len, geometry.head_dim)
+        self._buffer = np.zeros(shape, dtype=np.dtype(geometry.dtype))
+
+    def bind_past(self, new_tokens: int) -> int:
+        """The past length to feed with `new_tokens` more (the decode profile allows past + new <= capacity);
+        bucket 0 feeds the exact length."""
+        if self.bucket <= 0:
+            self.padded = self.length
+        else:
+            self.padded = choose_padded_length(self.padded, self.length, self.capacity - new_tokens, self.bucket)
+        return self.padded
+
+    def past_feeds(self, padded: int | None = None) -> dict[str, np.ndarray]:
+        """Views of the first `padded` slots (default: the filled ones) as graph inputs; ORT copies
+        non-contiguous views itself."""
+        padded = self.length if padded is None else padded
         feeds = {}
         for layer in range(self.geometry.num_layers):
-            feeds[naming.past_key(layer)] = self._buffer[layer, 0, :, :, : self.length]
-            feeds[naming.past_value(layer)] = self._buffer[layer, 1, :, :, : self.length]
+            feeds[naming.past_key(layer)] = self._buffer[layer, 0, :, :, :padded]
+            feeds[naming.past_value(layer)] = self._buffer[layer, 1, :, :, :padded]
         return feeds
 
     def append(self, outputs: dict[str, np.ndarray]) -> None:
@@ -52,9 +117,22 @@ class KVCache:
             self._buffer[layer, 1, :, :, self.length : end] = outputs[naming.present_value(layer)]
         self.length = end
 
-    def truncate(self, length: int) -> None:
-        """Forget everything after `length` tokens (e.g. a cancelled turn); the memory is reused."""
-        self.length = min(self.length, max(0, length))
+    def run(self, prefill, decode, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One forward of the new tokens in `feeds` after the cached ones; returns the graph's other outputs."""
+        new = feeds["inputs_embeds"].shape[1]
+        self.check_room(new)
+        if self.length == 0:
+            outputs = prefill.run({**feeds, "attention_mask": attention_mask(0, 0, new)})
+        else:
+            padded = self.bind_past(new)
+            past = self.past_feeds(padded)
+            outputs = decode.run({**feeds, **past, "attention_mask": attention_mask(self.length, padded, new)})
+        self.append(outputs)
+        return present_split(outputs)[0]
 
-    def reset(self) -> None:
-        self.length = 0
+
+def cache_for(decode, geometry: KVCacheGeometry) -> KVLength:
+    """The cache that lives where `decode` computes: an engine may bring its own (TensorRT keeps it on the
+    device), anything else gets host memory."""
+    make = getattr(decode, "new_kv_cache", None)
+    return make(geometry) if make else KVCache(geometry)

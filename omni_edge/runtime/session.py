@@ -21,7 +21,7 @@ from omni_edge.bundle import Manifest, load_manifest
 from omni_edge.errors import BundleError, InputError
 from omni_edge.runtime.chat import Message, TextStreamer, TextTokenizer, render_chat, render_user_turn
 from omni_edge.runtime.engine import Engine, OrtEngine
-from omni_edge.runtime.kv_cache import KVCache
+from omni_edge.runtime.kv_cache import cache_for
 from omni_edge.runtime.media import MediaEncoders
 from omni_edge.runtime.positions import text_positions
 from omni_edge.runtime.prompt import ImagePart, Part, VideoPart, audio_sequence, splice_features, user_content
@@ -57,6 +57,9 @@ class Done:
     result: TurnResult
 
 
+FIXED_SHAPE_ENGINES = (naming.DIT_WINDOW, naming.BIGVGAN_WINDOW)
+
+
 def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 0) -> Engine:
     record = manifest.components.get(name)
     if record is None:
@@ -69,7 +72,9 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
         if not record.engine_file:
             raise BundleError(f"bundle {bundle_dir} has no TensorRT engines yet (exported with --no-engines); "
                               f"build them on this device: omni-build-engines {bundle_dir}")
-        return TrtEngine(name, bundle_dir / record.engine_file, manifest.tensorrt, bundle_dir, manifest.target)
+        # DiT and BigVGAN windows have one fixed shape: their launches replay as a CUDA graph.
+        return TrtEngine(name, bundle_dir / record.engine_file, manifest.tensorrt, bundle_dir, manifest.target,
+                         cuda_graph=name in FIXED_SHAPE_ENGINES)
     raise BundleError(
         f"bundle {bundle_dir} is for backend {manifest.backend}, which this runtime cannot load yet; "
         "export a --target cpu bundle for ONNX Runtime"
@@ -99,7 +104,7 @@ class Session:
         self.embeddings = load_file(str(self.bundle_dir / self.manifest.thinker.embedding_file))["weight"]
         self.tokenizer = TextTokenizer(self.bundle_dir / self.manifest.tokenizer_file)
         self.eos_ids = frozenset(self.manifest.thinker.eos_token_ids)
-        self.cache = KVCache(self.manifest.kv_cache)
+        self.cache = cache_for(self.decode, self.manifest.kv_cache)
         self.media = MediaEncoders(self.manifest, self._open)
         self._speech: SpeechPipeline | None = None
         info = self.manifest.media
@@ -315,16 +320,7 @@ class Session:
             positions = text_positions(self._next_position, count)
         if embeds is None:
             embeds = self.embeddings[np.asarray(ids)]
-        feeds = {
-            "inputs_embeds": embeds[None],
-            "position_ids": positions,
-            "attention_mask": np.ones((1, self.cache.length + count), dtype=np.int64),
-        }
-        if self.cache.length == 0:
-            outputs = self.prefill.run(feeds)
-        else:
-            outputs = self.decode.run({**feeds, **self.cache.past_feeds()})
-        self.cache.append(outputs)
+        outputs = self.cache.run(self.prefill, self.decode, {"inputs_embeds": embeds[None], "position_ids": positions})
         self._next_position = int(positions.max()) + 1
         # The reference feeds the Talker H_last + E with media features zeroed out of E.
         text_embeds = np.where(np.isin(np.asarray(ids), self._placeholders)[:, None], 0, embeds)

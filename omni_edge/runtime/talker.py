@@ -16,7 +16,7 @@ import numpy as np
 from omni_edge import naming
 from omni_edge.bundle import TalkerInfo
 from omni_edge.runtime.engine import Engine
-from omni_edge.runtime.kv_cache import KVCache
+from omni_edge.runtime.kv_cache import cache_for
 from omni_edge.runtime.sampling import SamplingConfig, sample_token
 
 # transformers' generate defaults for the Talker (do_sample, top_k 40, top_p 0.8, temperature 0.9, rep 1.05)
@@ -43,19 +43,13 @@ class Talker:
         self.prefill, self.decode = prefill, decode
         self.codec_table = codec_table
         self.thinker_embeddings = thinker_embeddings
-        self.cache = KVCache(info.kv_cache)
+        self.cache = cache_for(decode, info.kv_cache)
         self.max_codec_tokens = max_codec_tokens
         self._next_position = 0
 
     def _run(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        feeds = {
-            "inputs_embeds": embeds[None].astype(np.float32),
-            "position_ids": positions,
-            "attention_mask": np.ones((1, self.cache.length + len(embeds)), dtype=np.int64),
-        }
-        engine = self.prefill if self.cache.length == 0 else self.decode
-        outputs = engine.run({**feeds, **(self.cache.past_feeds() if self.cache.length else {})})
-        self.cache.append(outputs)
+        feeds = {"inputs_embeds": embeds[None].astype(np.float32), "position_ids": positions}
+        outputs = self.cache.run(self.prefill, self.decode, feeds)
         self._next_position = int(positions.max()) + 1
         return outputs["logits"][0, -1]
 

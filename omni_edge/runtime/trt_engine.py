@@ -3,6 +3,11 @@
     engine = TrtEngine("thinker_decode", bundle_dir / "thinker_decode.engine", manifest.tensorrt)
     outputs = engine.run({"inputs_embeds": ..., ...})      # numpy in, numpy out, like OrtEngine
 
+`run_mixed` also takes `DeviceTensor` feeds and keeps chosen outputs on the device: the KV cache
+(trt_kv_cache.py) feeds the past by address and copies the new keys/values device to device, so a decode
+step moves only embeddings, positions, mask, logits and hidden states across the bus. Engines of fixed
+shape (DiT and BigVGAN windows) replay a CUDA graph of the engine's launches once a binding repeats.
+
 A bundle is checked before any engine is deserialized: the TensorRT flavour and version that built it must
 be the one installed (engines are not portable across versions), and this GPU's compute capability must be
 the one it was built for. Plugins are registered first (omni_edge.kernels.plugins), since Python plugins
@@ -16,6 +21,7 @@ get_tensor_shape, set_tensor_address and execute_async_v3.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +105,89 @@ class _DeviceBuffer:
             self.ptr, self.capacity = 0, 0
 
 
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A tensor in device memory, fed to an engine or kept from one without a host copy."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+MAX_GRAPHS_PER_ENGINE = 4  # bindings (shapes + addresses) an engine keeps a captured CUDA graph for
+
+
+class _GraphCache:
+    """CUDA graphs of one engine's execute_async_v3, per binding. A binding is captured on its second run:
+    the first plain run lets TensorRT finish its deferred, shape-dependent setup, which must not be captured."""
+
+    def __init__(self, drv, check):
+        self._drv, self._check = drv, check
+        self._graphs: dict[tuple, object] = {}
+        self._seen: set[tuple] = set()
+        self.disabled_because = ""
+
+    def launch(self, binding: tuple, context, stream) -> bool:
+        """Run the engine through a graph for this binding if there is (or now can be) one; False = run plain."""
+        if self.disabled_because:
+            return False
+        graph = self._graphs.get(binding)
+        if graph is None and binding in self._seen:
+            graph = self._capture(binding, context, stream)
+        if len(self._seen) > 16 * MAX_GRAPHS_PER_ENGINE:  # bindings that never settle: forget, do not hoard
+            self._seen.clear()
+        self._seen.add(binding)
+        if graph is None:
+            return False
+        self._check(self._drv.cuGraphLaunch(graph, stream))
+        return True
+
+    def _capture(self, binding: tuple, context, stream):
+        from omni_edge.kernels.errors import KernelError
+
+        drv, check = self._drv, self._check
+        if len(self._graphs) >= MAX_GRAPHS_PER_ENGINE:
+            self.clear()
+        check(drv.cuStreamSynchronize(stream))  # the inputs' copies land before, not inside, the capture
+        check(drv.cuStreamBeginCapture(stream, drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))
+        captured = False
+        try:
+            captured = context.execute_async_v3(int(stream))
+        finally:
+            try:  # capture must be ended whatever happened, or the stream stays unusable
+                graph = check(drv.cuStreamEndCapture(stream))
+            except KernelError as exc:
+                graph, self.disabled_because = None, f"stream capture failed ({exc})"
+        if graph is None:
+            return None
+        try:
+            if not captured:
+                self.disabled_because = "TensorRT could not enqueue under stream capture"
+                return None
+            executable = check(drv.cuGraphInstantiate(graph, 0))
+        except KernelError as exc:
+            self.disabled_because = f"graph instantiation failed ({exc})"
+            return None
+        finally:
+            check(drv.cuGraphDestroy(graph))
+        self._graphs[binding] = executable
+        return executable
+
+    def clear(self) -> None:
+        for executable in self._graphs.values():
+            self._check(self._drv.cuGraphExecDestroy(executable))
+        self._graphs.clear()
+
+
 class TrtEngine:
     """One deserialized engine with its execution context, a CUDA stream and reusable device buffers."""
 
     def __init__(self, name: str, path: Path, info: TensorRTInfo | None, bundle_dir: Path | None = None,
-                 target: str = ""):
+                 target: str = "", cuda_graph: bool = False):
         from omni_edge.kernels import plugins
         from omni_edge.kernels.launch import check, current_context, driver
 
@@ -111,6 +195,7 @@ class TrtEngine:
         trt = check_tensorrt(info, bundle_dir, target)
         check_gpu(info, bundle_dir)
         self._trt, self._drv, self._check = trt, driver(), check
+        self._stream, self.graphs, self._buffers = None, None, {}
         current_context()
         try:
             self._engine = plugins.deserialize_engine(path.read_bytes(), trt.Logger(trt.Logger.WARNING), trt=trt)
@@ -125,6 +210,13 @@ class TrtEngine:
         self.output_names = [n for n in io if self._engine.get_tensor_mode(n) == mode.OUTPUT]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in io}
         self._buffers = {n: _DeviceBuffer() for n in io}
+        self.graphs = _GraphCache(self._drv, check) if cuda_graph else None
+
+    def new_kv_cache(self, geometry):
+        """A KV cache in device memory that this engine (a decoder) reads by address."""
+        from omni_edge.runtime.trt_kv_cache import DeviceKVCache
+
+        return DeviceKVCache(geometry)
 
     def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self._context.set_input_shape(name, shape):
@@ -132,31 +224,55 @@ class TrtEngine:
             raise InputError(f"{self.name}: input {name} has shape {shape}, outside the engine's profile "
                              f"{low}..{high}; re-export with a larger --max-seq-len or send less at once")
 
+    def _bind_input(self, name: str, value, hosts: dict) -> int:
+        """The device address of one input, copied from the host unless it is on the device already."""
+        drv, check = self._drv, self._check
+        if isinstance(value, DeviceTensor):
+            if np.dtype(value.dtype) != self._dtypes[name]:
+                raise BundleError(f"{self.name}: input {name} is {np.dtype(value.dtype)} on the device, the engine "
+                                  f"takes {self._dtypes[name]}; re-export the bundle")
+            self._set_shape(name, tuple(value.shape))
+            return value.ptr
+        array = np.ascontiguousarray(value, dtype=self._dtypes[name])
+        self._set_shape(name, array.shape)
+        ptr = self._buffers[name].reserve(array.nbytes, drv, check)
+        if array.nbytes:
+            check(drv.cuMemcpyHtoDAsync(ptr, array.ctypes.data, array.nbytes, self._stream))
+        hosts[name] = array  # the host array must live until the stream is synchronized
+        return ptr
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run_mixed(feeds)
+
+    def run_mixed(self, feeds: dict, keep_on_device=()) -> dict:
+        """Feeds may be numpy arrays or DeviceTensors; outputs named in `keep_on_device` come back as
+        DeviceTensors in this engine's buffers, valid until its next run."""
         drv, check, stream = self._drv, self._check, self._stream
-        hosts = {}  # the host arrays must live until the stream is synchronized
+        keep_on_device = set(keep_on_device)
+        hosts, binding = {}, []
         for name in self.input_names:
-            array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
-            self._set_shape(name, array.shape)
-            ptr = self._buffers[name].reserve(array.nbytes, drv, check)
-            if array.nbytes:
-                check(drv.cuMemcpyHtoDAsync(ptr, array.ctypes.data, array.nbytes, stream))
+            ptr = self._bind_input(name, feeds[name], hosts)
             self._context.set_tensor_address(name, ptr)
-            hosts[name] = array
+            binding.append((name, tuple(self._context.get_tensor_shape(name)), ptr))
         outputs = {}
         for name in self.output_names:
-            out = np.empty(tuple(self._context.get_tensor_shape(name)), self._dtypes[name])
-            self._context.set_tensor_address(name, self._buffers[name].reserve(out.nbytes, drv, check))
-            outputs[name] = out
-        if not self._context.execute_async_v3(int(stream)):
+            shape, dtype = tuple(self._context.get_tensor_shape(name)), self._dtypes[name]
+            ptr = self._buffers[name].reserve(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, drv, check)
+            self._context.set_tensor_address(name, ptr)
+            binding.append((name, shape, ptr))
+            outputs[name] = DeviceTensor(ptr, shape, dtype) if name in keep_on_device else np.empty(shape, dtype)
+        launched = self.graphs is not None and self.graphs.launch(tuple(binding), self._context, stream)
+        if not launched and not self._context.execute_async_v3(int(stream)):
             raise BundleError(f"TensorRT failed to run {self.name}; see the TensorRT log above")
         for name, out in outputs.items():
-            if out.nbytes:
+            if isinstance(out, np.ndarray) and out.nbytes:
                 check(drv.cuMemcpyDtoHAsync(out.ctypes.data, self._buffers[name].ptr, out.nbytes, stream))
         check(drv.cuStreamSynchronize(stream))
         return outputs
 
     def close(self) -> None:
+        if self.graphs is not None:
+            self.graphs.clear()
         for buffer in self._buffers.values():
             buffer.free(self._drv, self._check)
         if self._stream is not None:

@@ -1,0 +1,135 @@
+"""The KV cache of the TensorRT backend, kept in device memory for the life of a session.
+
+TensorRT binds each past tensor as one packed [batch, kv_heads, past, head_dim] block, so the cache stores
+each layer's keys (and values) in exactly that layout, with a row pitch of `padded` tokens: the past is
+fed by address, with the slots past `length` masked out (kv_cache.attention_mask). A step then only copies
+the new tokens' keys/values, device to device, into their slots. When the filled part outgrows the pitch
+(or the pitch would break the engine's profile near a full cache) the rows are re-laid out at a new pitch
+rounded up to a bucket of tokens, through one scratch block: a copy every `bucket` tokens, not every step.
+
+    cache = DeviceKVCache(geometry)          # what TrtEngine.new_kv_cache returns
+    outputs = cache.run(prefill, decode, {"inputs_embeds": ..., "position_ids": ...})
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from omni_edge import naming
+from omni_edge.bundle import KVCacheGeometry
+from omni_edge.errors import BundleError
+from omni_edge.runtime.kv_cache import KVLength, attention_mask, choose_padded_length, present_split
+from omni_edge.runtime.trt_engine import DeviceTensor
+
+DEVICE_KV_BUCKET = 256  # tokens: the pitch grows in these steps; attention reads < bucket padding slots
+
+
+class DeviceKVCache(KVLength):
+    def __init__(self, geometry: KVCacheGeometry, bucket: int = DEVICE_KV_BUCKET, batch: int = 1):
+        from omni_edge.kernels.errors import KernelError
+        from omni_edge.kernels.launch import check, driver
+
+        super().__init__(geometry, bucket)
+        self._drv, self._check = driver(), check
+        self._dtype = np.dtype(geometry.dtype)
+        self._rows = batch * geometry.num_kv_heads  # one row per (batch, head): the 2-D copies' height
+        self._token_bytes = geometry.head_dim * self._dtype.itemsize
+        self._row_shape = (batch, geometry.num_kv_heads)
+        block = self._rows * geometry.max_seq_len * self._token_bytes
+        self._ptrs: dict[str, int] = {}
+        self._scratch = 0
+        self._stream = None
+        try:
+            for name in naming.past_names(geometry.num_layers):
+                self._ptrs[name] = int(check(self._drv.cuMemAlloc(block)))
+            self._scratch = int(check(self._drv.cuMemAlloc(block)))
+            self._stream = check(self._drv.cuStreamCreate(0))
+            # Padding slots are masked, but a masked NaN still poisons softmax @ V: start from zeros, so every
+            # slot holds either zeros or keys/values the model wrote.
+            for ptr in [*self._ptrs.values(), self._scratch]:
+                check(self._drv.cuMemsetD8Async(ptr, 0, block, self._stream))
+            check(self._drv.cuStreamSynchronize(self._stream))
+        except KernelError as exc:
+            self.close()
+            total = (len(self._ptrs) + 1) * block
+            raise BundleError(
+                f"cannot allocate the KV cache on the GPU: {total / 2**30:.2f} GiB for {geometry.max_seq_len} "
+                f"tokens ({exc}); free GPU memory, or re-export with a smaller --max-seq-len"
+            ) from None
+
+    # -- device copies -----------------------------------------------------------------------------
+    def _copy_rows(self, dst: int, dst_tokens: int, src: int, src_tokens: int, tokens: int) -> None:
+        """Copy `tokens` tokens of every (batch, head) row between two packed layouts of those pitches."""
+        drv = self._drv
+        copy = drv.CUDA_MEMCPY2D()
+        copy.srcMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+        copy.srcDevice = src
+        copy.srcPitch = src_tokens * self._token_bytes
+        copy.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+        copy.dstDevice = dst
+        copy.dstPitch = dst_tokens * self._token_bytes
+        copy.WidthInBytes = tokens * self._token_bytes
+        copy.Height = self._rows
+        self._check(drv.cuMemcpy2DAsync(copy, self._stream))
+
+    def _relayout(self, pitch: int) -> None:
+        """Re-lay the filled slots out at a new row pitch (scratch first: source and target overlap)."""
+        if pitch != self.padded and self.length:
+            for ptr in self._ptrs.values():
+                self._copy_rows(self._scratch, pitch, ptr, self.padded, self.length)
+                self._check(self._drv.cuMemcpyDtoDAsync(ptr, self._scratch, self._rows * pitch * self._token_bytes,
+                                                        self._stream))
+            self._check(self._drv.cuStreamSynchronize(self._stream))
+        self.padded = pitch
+
+    def _write(self, present: dict[str, DeviceTensor], new: int) -> None:
+        """The new tokens' keys/values (the engine's packed outputs) into slots [length, length + new)."""
+        for layer in range(self.geometry.num_layers):
+            for past, out in ((naming.past_key(layer), naming.present_key(layer)),
+                              (naming.past_value(layer), naming.present_value(layer))):
+                tensor = present[out]
+                if np.dtype(tensor.dtype) != self._dtype or tuple(tensor.shape) != (*self._row_shape, new,
+                                                                                       self.geometry.head_dim):
+                    raise BundleError(f"{out} is {tensor.dtype}{list(tensor.shape)}, but the manifest's KV cache "
+                                      f"is {self._dtype} with {self.geometry.num_kv_heads} heads of "
+                                      f"{self.geometry.head_dim}; re-export the bundle")
+                dst = self._ptrs[past] + self.length * self._token_bytes
+                self._copy_rows(dst, self.padded, tensor.ptr, new, new)
+        self._check(self._drv.cuStreamSynchronize(self._stream))
+
+    def _past(self) -> dict[str, DeviceTensor]:
+        shape = (*self._row_shape, self.padded, self.geometry.head_dim)
+        return {name: DeviceTensor(ptr, shape, self._dtype) for name, ptr in self._ptrs.items()}
+
+    # -- the step ---------------------------------------------------------------------------------
+    def run(self, prefill, decode, feeds: dict) -> dict[str, np.ndarray]:
+        new = feeds["inputs_embeds"].shape[1]
+        self.check_room(new)
+        keep = naming.present_names(self.geometry.num_layers)
+        if self.length == 0:
+            outputs = prefill.run_mixed({**feeds, "attention_mask": attention_mask(0, 0, new)}, keep)
+        else:
+            # The decode profile takes past + new <= capacity, so near a full cache the pitch may shrink.
+            self._relayout(choose_padded_length(self.padded, self.length, self.capacity - new, self.bucket))
+            mask = attention_mask(self.length, self.padded, new)
+            outputs = decode.run_mixed({**feeds, **self._past(), "attention_mask": mask}, keep)
+        rest, present = present_split(outputs)
+        self._relayout(choose_padded_length(self.padded, self.length + new, self.capacity, self.bucket))
+        self._write(present, new)
+        self.length += new
+        return rest
+
+    def close(self) -> None:
+        for ptr in [*self._ptrs.values(), self._scratch]:
+            if ptr:
+                self._check(self._drv.cuMemFree(ptr))
+        self._ptrs, self._scratch = {}, 0
+        if self._stream is not None:
+            self._check(self._drv.cuStreamDestroy(self._stream))
+            self._stream = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the driver may be gone already
+            pass
