@@ -201,7 +201,7 @@ class TrtEngine:
             self._engine = plugins.deserialize_engine(path.read_bytes(), trt.Logger(trt.Logger.WARNING), trt=trt)
         except Exception as exc:  # KernelError, or TensorRT's own errors on a corrupt plan
             raise BundleError(f"cannot load {path.name} ({exc}); re-export the bundle on this machine") from None
-        self._context = self._engine.create_execution_context()
+        self._context, self.graphs = self._new_context(info.flavour, cuda_graph)
         self._stream = check(self._drv.cuStreamCreate(0))
         self.name = name
         io = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
@@ -210,7 +210,21 @@ class TrtEngine:
         self.output_names = [n for n in io if self._engine.get_tensor_mode(n) == mode.OUTPUT]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in io}
         self._buffers = {n: _DeviceBuffer() for n in io}
-        self.graphs = _GraphCache(self._drv, check) if cuda_graph else None
+
+    def _new_context(self, flavour: str, cuda_graph: bool):
+        """The execution context, and the graph cache when this runtime must capture graphs itself.
+
+        TensorRT-RTX JIT-specializes kernels per shape after the first runs, so a graph captured by hand
+        could hold the fallback kernels (and needs engines built for user allocation); its runtime config
+        captures whole graphs itself once the specialized kernels exist. Full TensorRT gets stream capture."""
+        engine, trt = self._engine, self._trt
+        if cuda_graph and flavour == "tensorrt-rtx" and hasattr(engine, "create_runtime_config"):
+            config = engine.create_runtime_config()
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            self.graph_mode = "tensorrt-rtx whole-graph capture"
+            return engine.create_execution_context(config), None
+        self.graph_mode = "stream capture" if cuda_graph else ""
+        return engine.create_execution_context(), (_GraphCache(self._drv, self._check) if cuda_graph else None)
 
     def new_kv_cache(self, geometry):
         """A KV cache in device memory that this engine (a decoder) reads by address."""
