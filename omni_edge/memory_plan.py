@@ -8,9 +8,10 @@ checkpoint is planned in milliseconds and refused before minutes of loading.
                  (the Thinker and the Talker have separate prefill and decode graphs, each with every weight)
     tables       token-embedding tables the runtime keeps as fp32 arrays (they are not in any graph)
     kv           2 (K, V) x layers x kv_heads x head_dim x max_seq_len x itemsize, Thinker and Talker caches
-    activations  the larger decoder's prefill at max_seq_len: its largest single intermediate, one of
-                 logits [S, vocab] fp32, attention scores [heads, S, S] fp32 or the MLP's gate and up
-                 [2, S, intermediate] fp32, plus the residual stream in and out (2 x [S, hidden] fp32).
+    activations  the larger decoder's prefill at max_seq_len: its largest single intermediate, either
+                 attention scores [heads, S, S] fp32 or the MLP's gate and up [2, S, intermediate] fp32,
+                 plus the residual stream in and out (2 x [S, hidden] fp32). The graphs compute logits for
+                 the last position only, so the [S, vocab] head output never exists.
                  Engines reuse activation memory layer by layer, so one layer's largest tensor (not the sum
                  over layers) sets the peak. The encoders, DiT and BigVGAN run on far smaller tensors.
 
@@ -86,7 +87,6 @@ class DecoderDims:
 
     def activation(self, seq: int) -> tuple[int, str]:
         candidates = [
-            (seq * self.vocab * 4, f"{self.name} prefill logits [{seq}, {self.vocab}] fp32"),
             (self.heads * seq * seq * 4, f"{self.name} attention scores [{self.heads}, {seq}, {seq}] fp32"),
             (2 * seq * self.intermediate * 4, f"{self.name} MLP [2, {seq}, {self.intermediate}] fp32"),
         ]

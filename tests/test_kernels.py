@@ -204,6 +204,34 @@ def test_plain_graphs_match_reference():
     np.testing.assert_array_equal(run(plain_graphs.stitch_graph(48, 72), {"window": window})[0], window[:, 48:120])
 
 
+
+def test_torch_baselines_match_reference():
+    """The micro-benchmark's PyTorch baselines compute what the kernels do (checked on the CPU)."""
+    torch = pytest.importorskip("torch")
+    from omni_edge.kernels import torch_baseline as T
+
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 4, 9, 128), dtype=np.float32)
+    k = rng.standard_normal((2, 2, 9, 128), dtype=np.float32)
+    pos = rng.integers(0, 20000, (3, 2, 9)).astype(np.int32)
+    got = T.tmrope(torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(pos), **ROPE_7B)
+    for a, b in zip(got, R.tmrope(q, k, pos, **ROPE_7B)):
+        # torch's and numpy's float32 cos/sin may differ by an ulp (measured 4.8e-7)
+        np.testing.assert_allclose(a.numpy(), b, atol=2e-6, rtol=0)
+    y = rng.standard_normal((144, 80), dtype=np.float32)
+    dit = rng.standard_normal((2, 144, 80), dtype=np.float32)
+    ks = rng.standard_normal((3, 144, 80), dtype=np.float32)
+    for stage in R.ODE_STAGES:
+        got = T.ode_step(torch.from_numpy(y), torch.from_numpy(dit), torch.from_numpy(ks), 0.07, 0.5, stage)
+        for a, b in zip(got, R.ode_step(y, dit, ks, np.float32(0.07), 0.5, stage)):
+            np.testing.assert_array_equal(a.numpy(), b)  # same ops in the same order
+    window = rng.standard_normal((80, 144), dtype=np.float32)
+    out = T.stitch(torch.zeros(80, 500), torch.from_numpy(window), 48, 100, 72)
+    np.testing.assert_array_equal(out.numpy(), R.stitch_window(np.zeros((80, 500), np.float32), window, 48, 100, 72))
+    with pytest.raises(KernelError, match="does not fit"):
+        T.stitch(torch.zeros(80, 500), torch.from_numpy(window), 100, 0, 72)
+
+
 # ---------------------------------------------------------------------------------------- nvcc
 
 

@@ -65,8 +65,9 @@ def test_memory_plan_counts_every_checkpoint_byte(tiny_checkpoint):
     assert by_name["thinker"].table_parameters == text["vocab_size"] * text["hidden_size"]
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     assert plan.kv_bytes["thinker"] == 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim * 1024 * 4
-    assert plan.activation_bytes == 1024 * text["vocab_size"] * 4 + 2 * 1024 * text["hidden_size"] * 4
-    assert "logits [1024, 151936]" in plan.activation_basis
+    scores, mlp = text["num_attention_heads"] * 1024 * 1024 * 4, 2 * 1024 * text["intermediate_size"] * 4
+    assert plan.activation_bytes == max(scores, mlp) + 2 * 1024 * text["hidden_size"] * 4
+    assert "logits" not in plan.activation_basis  # the graphs' head runs on the last position only
     assert plan.total_bytes == plan.weight_bytes + plan.table_bytes + sum(plan.kv_bytes.values()) + plan.activation_bytes
     check_fits(plan, TARGETS["cpu"])  # the tiny model fits the soft 16 GiB default
 
@@ -127,7 +128,7 @@ def test_seven_b_thinker_is_refused_for_orin_nano_with_numbers(tiny_checkpoint, 
     message = str(refused.value)
     for fragment in ("does not fit jetson-orin-nano", "and the target has 6 GiB", "7.69B params",
                      "int4-awq, head 545.00M fp16 x 2 graphs",
-                     "KV cache", "at --max-seq-len 4096", "logits [4096, 152064]", "Try:", "a bigger target"):
+                     "KV cache", "at --max-seq-len 4096", "attention scores [28, 4096, 4096]", "Try:", "a bigger target"):
         assert fragment in message, message
     assert f"needs {plan.total_bytes / GIB:.2f} GiB" in message
     check_fits(plan, TARGETS["jetson-orin"])  # 28 GiB: the same plan fits the bigger Orin

@@ -57,7 +57,8 @@ def _tensors(inputs: dict) -> dict:
 
 
 def _decoder(parts_of):
-    """A decoder (Thinker or Talker) over all new positions, head included, as the graphs compute it."""
+    """A decoder (Thinker or Talker) over all new positions, head on the last one, as the graphs compute it
+    (and as transformers' generate does, with logits_to_keep=1)."""
 
     def build(model, case: Case, inputs: dict):
         import torch
@@ -79,7 +80,7 @@ def _decoder(parts_of):
                 embeds = t["inputs_embeds"] if parts.input_proj is None else parts.input_proj(t["inputs_embeds"])
                 out = parts.text_model(inputs_embeds=embeds, position_ids=t["position_ids"],
                                        attention_mask=t["attention_mask"], cache=cache, use_cache=True)
-                return parts.head(out.last_hidden_state)
+                return parts.head(out.last_hidden_state[:, -1:])
 
         return run, setup
 

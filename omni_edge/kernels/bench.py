@@ -4,8 +4,9 @@
 
 Returns/prints plain dicts. Kernel figures come from CUDA events around one launch (`gpu_p50_ms`) and
 from wall time of launch + synchronize (`p50_ms`); the plain-op graph runs in ONNX Runtime's CUDA
-execution provider with device-resident I/O binding and is timed by wall time (`p50_ms`), so compare
-`p50_ms` with `p50_ms`. Without a GPU (or without onnxruntime-gpu for the plain side) the entry says why.
+execution provider with device-resident I/O binding (`plain`), and the same unfused ops run in PyTorch
+eager on the GPU (`torch`, torch_baseline.py), both timed by wall time (`p50_ms`), so compare `p50_ms`
+with `p50_ms`. Without a GPU (or without onnxruntime-gpu / CUDA PyTorch for a baseline) the entry says why.
 Shapes: Thinker-7B attention (28 q / 4 kv heads, head_dim 128) at decode (S=1) and prefill (S=512);
 one streaming DiT window (48 past + 72 chunk + 24 future = 144 mel frames x 80).
 """
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 
-from omni_edge.kernels import launch, plain_graphs
+from omni_edge.kernels import launch, plain_graphs, torch_baseline
 from omni_edge.kernels.errors import KernelError
 
 ROPE = dict(q_heads=28, k_heads=4, head_dim=128, mrope_section=(16, 24, 24), theta=1e6)
@@ -71,6 +72,20 @@ def _plain_entry(model, feeds: dict, iterations: int) -> dict:
     return {"p50_ms": _p50(wall), "iterations": iterations}
 
 
+def _torch_entry(fn, arrays: dict, iterations: int) -> dict:
+    """Time `fn(tensors)` in PyTorch on the GPU, `arrays` copied to the device once as `tensors`."""
+    try:
+        import torch
+    except ImportError:
+        return {"skipped": "PyTorch is not installed"}
+    if not torch.cuda.is_available():
+        return {"skipped": "PyTorch has no CUDA device"}
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).cuda() for name, a in arrays.items()}
+    with torch.inference_mode():
+        wall = _wall(lambda: fn(tensors), iterations, torch.cuda.synchronize)
+    return {"p50_ms": _p50(wall), "iterations": iterations, "torch": torch.__version__}
+
+
 def _bench_tmrope(seq: int, iterations: int) -> dict:
     from omni_edge.kernels.device import DeviceBuffer
 
@@ -88,7 +103,11 @@ def _bench_tmrope(seq: int, iterations: int) -> dict:
             b.free()
     graph = plain_graphs.tmrope_graph(ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"], ROPE["q_heads"],
                                       ROPE["k_heads"])
-    return {"kernel": kernel, "plain": _plain_entry(graph, {"q": q, "k": k, "positions": pos}, iterations)}
+    feeds = {"q": q, "k": k, "positions": pos}
+    return {"kernel": kernel, "plain": _plain_entry(graph, feeds, iterations),
+            "torch": _torch_entry(lambda t: torch_baseline.tmrope(t["q"], t["k"], t["positions"], ROPE["head_dim"],
+                                                                  ROPE["mrope_section"], ROPE["theta"]),
+                                  feeds, iterations)}
 
 
 def _bench_ode(iterations: int, stage: int = 4) -> dict:
@@ -106,7 +125,9 @@ def _bench_ode(iterations: int, stage: int = 4) -> dict:
         for b in bufs:
             b.free()
     feeds = {"y": y, "dit_out": dit, "ks": ks, "dt": np.array([0.1], np.float32)}
-    return {"kernel": kernel, "plain": _plain_entry(plain_graphs.ode_step_graph(stage, 0.5, MEL), feeds, iterations)}
+    return {"kernel": kernel, "plain": _plain_entry(plain_graphs.ode_step_graph(stage, 0.5, MEL), feeds, iterations),
+            "torch": _torch_entry(lambda t: torch_baseline.ode_step(t["y"], t["dit_out"], t["ks"], 0.1, 0.5, stage),
+                                  {"y": y, "dit_out": dit, "ks": ks}, iterations)}
 
 
 def _bench_stitch(iterations: int) -> dict:
@@ -122,8 +143,12 @@ def _bench_stitch(iterations: int) -> dict:
     finally:
         for b in bufs:
             b.free()
+    out = np.zeros((s["channels"], s["out_len"]), np.float32)
     return {"kernel": kernel,
-            "plain": _plain_entry(plain_graphs.stitch_graph(s["src"], s["length"]), {"window": window}, iterations)}
+            "plain": _plain_entry(plain_graphs.stitch_graph(s["src"], s["length"]), {"window": window}, iterations),
+            "torch": _torch_entry(lambda t: torch_baseline.stitch(t["out"], t["window"], s["src"], s["dst"],
+                                                                  s["length"]), {"window": window, "out": out},
+                                  iterations)}
 
 
 def bench_kernels(iterations: int = 100) -> dict:

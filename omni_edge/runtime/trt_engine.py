@@ -105,6 +105,25 @@ class _DeviceBuffer:
             self.ptr, self.capacity = 0, 0
 
 
+class ClosedWhenCollected:
+    """Device memory and streams are freed by close(), which also runs when the object is collected."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the driver may be gone already
+            pass
+
+
+def destroy_stream(drv, check, stream) -> None:
+    """Destroy a stream if there is one; returns None for the caller's handle."""
+    if stream is not None:
+        check(drv.cuStreamDestroy(stream))
+
+
 @dataclass(frozen=True)
 class DeviceTensor:
     """A tensor in device memory, fed to an engine or kept from one without a host copy."""
@@ -183,7 +202,7 @@ class _GraphCache:
         self._graphs.clear()
 
 
-class TrtEngine:
+class TrtEngine(ClosedWhenCollected):
     """One deserialized engine with its execution context, a CUDA stream and reusable device buffers."""
 
     def __init__(self, name: str, path: Path, info: TensorRTInfo | None, bundle_dir: Path | None = None,
@@ -218,7 +237,10 @@ class TrtEngine:
         could hold the fallback kernels (and needs engines built for user allocation); its runtime config
         captures whole graphs itself once the specialized kernels exist. Full TensorRT gets stream capture."""
         engine, trt = self._engine, self._trt
-        if cuda_graph and flavour == "tensorrt-rtx" and hasattr(engine, "create_runtime_config"):
+        if cuda_graph and flavour == "tensorrt-rtx":
+            if not (hasattr(engine, "create_runtime_config") and hasattr(trt, "CudaGraphStrategy")):
+                self.graph_mode = ""  # before TensorRT-RTX 1.2: no built-in capture, and hand capture is unsafe
+                return engine.create_execution_context(), None
             config = engine.create_runtime_config()
             config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
             self.graph_mode = "tensorrt-rtx whole-graph capture"
@@ -289,12 +311,4 @@ class TrtEngine:
             self.graphs.clear()
         for buffer in self._buffers.values():
             buffer.free(self._drv, self._check)
-        if self._stream is not None:
-            self._check(self._drv.cuStreamDestroy(self._stream))
-            self._stream = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the driver may be gone already
-            pass
+        self._stream = destroy_stream(self._drv, self._check, self._stream)

@@ -19,12 +19,12 @@ from omni_edge import naming
 from omni_edge.bundle import KVCacheGeometry
 from omni_edge.errors import BundleError
 from omni_edge.runtime.kv_cache import KVLength, attention_mask, choose_padded_length, present_split
-from omni_edge.runtime.trt_engine import DeviceTensor
+from omni_edge.runtime.trt_engine import ClosedWhenCollected, DeviceTensor, destroy_stream
 
 DEVICE_KV_BUCKET = 256  # tokens: the pitch grows in these steps; attention reads < bucket padding slots
 
 
-class DeviceKVCache(KVLength):
+class DeviceKVCache(KVLength, ClosedWhenCollected):
     def __init__(self, geometry: KVCacheGeometry, bucket: int = DEVICE_KV_BUCKET, batch: int = 1):
         from omni_edge.kernels.errors import KernelError
         from omni_edge.kernels.launch import check, driver
@@ -124,12 +124,4 @@ class DeviceKVCache(KVLength):
             if ptr:
                 self._check(self._drv.cuMemFree(ptr))
         self._ptrs, self._scratch = {}, 0
-        if self._stream is not None:
-            self._check(self._drv.cuStreamDestroy(self._stream))
-            self._stream = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the driver may be gone already
-            pass
+        self._stream = destroy_stream(self._drv, self._check, self._stream)
