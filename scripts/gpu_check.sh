@@ -38,10 +38,10 @@ echo "kernel bench exit $?" >> "$out/machine.txt"
 # so they only run where a TensorRT flavour imports.
 if "$py" -c "import tensorrt" 2>/dev/null || "$py" -c "import tensorrt_rtx" 2>/dev/null; then
   timeout 240 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_targets_engines.py \
-    -k "gpu or device_kv or cuda_graph" > "$out/trt-tests.txt" 2>&1
+    -k "trt_engine or gpu or device_kv or cuda_graph" > "$out/trt-tests.txt" 2>&1
   echo "trt tests exit $?" >> "$out/machine.txt"
 else
   echo "no TensorRT on this machine: the TensorRT runtime tests were not run" | tee "$out/trt-tests.txt" >> "$out/machine.txt"
 fi
 cat "$out/machine.txt"
-tail -3 "$out/kernel-tests.txt" "$out/trt-tests.txt"
+tail -n 3 "$out/kernel-tests.txt" "$out/trt-tests.txt"
