@@ -57,8 +57,9 @@ def _tqdm_progress(total: int, description: str):
               "png/jpg, mp4) and .txt files (one prompt per line), or `synthetic` for a built-in seeded set. "
               "The FP32 bundle answers these requests and every graph is calibrated on what it was fed.")
 @click.option("--plugins", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
-              help="TMRoPE as one TensorRT plugin node per layer instead of plain ops: auto uses it on the "
-              "full-TensorRT targets (Jetson, Hopper), which can load our plugins; off keeps plain ops.")
+              help="TMRoPE as one TensorRT plugin node per layer instead of plain ops. Only the full-TensorRT "
+              "targets (Jetson, Hopper) can load it; `on` opts in there. auto keeps plain ops for now (the "
+              "kernel has not been measured on a GPU yet); off always keeps plain ops.")
 @click.option("--no-engines", is_flag=True,
               help="Write the graphs and manifest only, e.g. on a workstation for a Jetson; build the engines "
               "on the device with `omni-build-engines BUNDLE`.")

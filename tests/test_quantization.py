@@ -281,11 +281,12 @@ def test_bad_calibration_input_fails_before_export(tmp_path, cache_dir):
 
 
 def test_orin_bundle_without_engines_carries_plugins_and_int4(tiny_checkpoint, cache_dir, tmp_path):
-    """A Jetson bundle made on this machine: Orin's defaults, TMRoPE plugin nodes, engines left to the device."""
+    """A Jetson bundle made on this machine: Orin's defaults, TMRoPE plugin nodes (opted in), engines left to the
+    device."""
     import onnx
 
     out = tmp_path / "orin"
-    proc = _cli("omni-export", "--model", "tiny", "--target", "jetson-orin", "--calib", "synthetic",
+    proc = _cli("omni-export", "--model", "tiny", "--target", "jetson-orin", "--calib", "synthetic", "--plugins", "on",
                 "--components", "thinker", "--no-engines", "--max-seq-len", "256", "--out", str(out),
                 cache_dir=cache_dir)
     assert proc.returncode == 0, proc.stderr

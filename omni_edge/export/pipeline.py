@@ -43,7 +43,7 @@ class ExportRequest:
     components: tuple[str, ...] = ()  # empty: every component this version exports
     memory_gib: float | None = None  # memory budget; None: the target's (a soft default for cpu)
     calib: str | None = None  # calibration data: a directory, "synthetic", or None (only fp32/fp16 then)
-    plugins: str = "auto"  # TMRoPE plugin nodes: auto (where the target loads them), on, off
+    plugins: str = "auto"  # TMRoPE plugin nodes: on (full-TensorRT targets only), off, auto (plain for now)
     engines: bool = True  # False: graphs and manifest only; `omni-build-engines` builds them on the device
 
 

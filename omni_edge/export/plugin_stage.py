@@ -2,7 +2,10 @@
 subgraphs for OmniEdgeTMRoPE plugin nodes, and say which in the manifest.
 
 Plain ops stay the default wherever the plugin is not needed: only full-TensorRT targets can load our
-plugins (`supports_plugins`), and `--plugins auto` uses them exactly there. The rewrite runs on the graphs
+plugins (`supports_plugins`), and the plain rotary ops build and run there too (TensorRT 10.3 included), so
+the plugin is a speed choice. Until its kernel has been measured on a GPU, for numerics and for speed against
+the plain ops (scripts/gpu_check.sh), `--plugins auto` keeps plain ops and `--plugins on` opts in; flip
+AUTO_USES_PLUGINS once those numbers are recorded. The rewrite runs on the graphs
 already in the bundle directory, after export and after any ModelOpt quantization, and replaces them in
 place. A graph where nothing was replaced is an error, never a silent fallback: a bundle labelled as using
 the plugin must not run the plain ops.
@@ -22,6 +25,7 @@ from omni_edge.kernels.errors import KernelError
 from omni_edge.kernels.graph_rewrite import RewriteReport, TmropeAttrs, rewrite_tmrope, supports_plugins
 
 PLUGIN_MODES = ("auto", "on", "off")
+AUTO_USES_PLUGINS = False  # see the module docstring: the kernels have not run on a GPU yet
 _ROTARY_OPS = ("Cos", "Sin")
 
 
@@ -34,7 +38,10 @@ def decide_plugins(target, mode: str) -> tuple[bool, str]:
     ok, why = supports_plugins(target)
     if mode == "on" and not ok:
         raise TargetError(f"--plugins on is not possible for target {target.name}: {why}. "
-                          "Use --plugins auto (plugins only where the target can load them) or --plugins off")
+                          "Use --plugins auto or --plugins off (plain ONNX ops)")
+    if mode == "auto" and ok and not AUTO_USES_PLUGINS:
+        return False, ("--plugins auto: plain ONNX ops; the TMRoPE plugin is opt-in (--plugins on) until its kernel "
+                       "is measured on a GPU")
     return ok, f"--plugins {mode}: {why}"
 
 
