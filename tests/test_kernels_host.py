@@ -5,8 +5,8 @@ __half / __nv_bfloat16 their host conversions) and runs each launch's grid one t
 cuLaunchKernel's calling convention. The launchers in omni_edge/kernels/launch.py (grid and block choice,
 argument packing, the TmropeParams struct) drive it exactly as they drive a GPU; only the driver call is
 swapped. That checks the kernels' indexing, section and stage logic, dtype conversions and the
-Python-to-kernel ABI here. It does not check the device compiler or the GPU's math library:
-test_kernels_gpu.py does, on a GPU.
+Python-to-kernel ABI here, and the TensorRT plugins' enqueue (tensor descs and raw pointers in). It does
+not check the device compiler or the GPU's math library: test_kernels_gpu.py does, on a GPU.
 """
 
 from __future__ import annotations
@@ -139,3 +139,61 @@ def test_stitch_kernel_on_host_matches_reference(host_kernels, dtype):
     launch.launch_stitch(_ptr(window), _ptr(out), 80, 144, 500, 48, 300, 72, itemsize=window.itemsize)
     want = R.stitch_window(np.full((80, 500), 7, dtype), window, 48, 300, 72)
     np.testing.assert_array_equal(out, want)
+
+
+# ------------------------------------------------------------------- the plugins' enqueue, on the host
+
+
+@pytest.fixture(scope="module")
+def plugin_types(host_kernels):
+    from omni_edge.kernels import plugins
+    from omni_edge.kernels.errors import KernelError
+
+    try:
+        trt = plugins.tensorrt()
+    except KernelError as exc:
+        pytest.skip(str(exc))
+    return trt, plugins.plugin_classes(trt)
+
+
+def _desc(trt, shape, dtype):
+    desc = trt.PluginTensorDesc()
+    desc.dims, desc.type = trt.Dims(list(shape)), dtype
+    return desc
+
+
+def test_tmrope_plugin_enqueue_on_host(plugin_types):
+    """What TensorRT hands enqueue (tensor descs, raw pointers) reaches the kernel as the layout it expects."""
+    trt, classes = plugin_types
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((2, 6, 5, ROPE["head_dim"]), dtype=np.float32).astype(np.float16)
+    k = rng.standard_normal((2, 2, 5, ROPE["head_dim"]), dtype=np.float32).astype(np.float16)
+    positions = rng.integers(0, 3000, (3, 2, 5)).astype(np.int32)
+    q_out, k_out = np.zeros_like(q), np.zeros_like(k)
+    plugin = classes["TMRoPEPlugin"](ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"])
+    half, i32 = trt.DataType.HALF, trt.DataType.INT32
+    inputs = [_desc(trt, q.shape, half), _desc(trt, k.shape, half), _desc(trt, positions.shape, i32)]
+    plugin.enqueue(inputs, [_desc(trt, q.shape, half), _desc(trt, k.shape, half)],
+                   [_ptr(q), _ptr(k), _ptr(positions)], [_ptr(q_out), _ptr(k_out)], 0, 0)
+    want_q, want_k = R.tmrope(q.astype(np.float32), k.astype(np.float32), positions, **ROPE)
+    np.testing.assert_allclose(q_out.astype(np.float32), want_q, atol=4e-3, rtol=0)
+    np.testing.assert_allclose(k_out.astype(np.float32), want_k, atol=4e-3, rtol=0)
+
+
+@pytest.mark.parametrize("stage", R.ODE_STAGES)
+def test_audio_decode_plugin_enqueue_on_host(plugin_types, stage):
+    trt, classes = plugin_types
+    rng = np.random.default_rng(stage + 20)
+    y = rng.standard_normal((24, 80), dtype=np.float32)
+    dit = rng.standard_normal((2, 24, 80), dtype=np.float32)
+    ks = rng.standard_normal((3, 24, 80), dtype=np.float32)
+    dt, stage_arg = np.array([0.05], np.float32), np.array([stage], np.int32)
+    out, ks_out = np.zeros_like(y), np.zeros_like(ks)
+    f32, i32 = trt.DataType.FLOAT, trt.DataType.INT32
+    inputs = [_desc(trt, a.shape, i32 if a is stage_arg else f32) for a in (y, dit, ks, dt, stage_arg)]
+    plugin = classes["AudioDecodeStepPlugin"](0.5)
+    plugin.enqueue(inputs, [_desc(trt, y.shape, f32), _desc(trt, ks.shape, f32)],
+                   [_ptr(a) for a in (y, dit, ks, dt, stage_arg)], [_ptr(out), _ptr(ks_out)], 0, 0)
+    want_out, want_ks = R.ode_step(y, dit, ks, np.float32(0.05), 0.5, stage)
+    np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=0)
+    np.testing.assert_array_equal(ks_out, want_ks)
