@@ -17,6 +17,10 @@ def present_value(layer: int) -> str:
     return f"present.{layer}.value"
 
 
+def is_present(name: str) -> bool:
+    return name.startswith("present.")
+
+
 def past_names(num_layers: int) -> list[str]:
     return [name for i in range(num_layers) for name in (past_key(i), past_value(i))]
 

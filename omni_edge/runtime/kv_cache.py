@@ -32,7 +32,7 @@ def choose_padded_length(current: int, lowest: int, highest: int, bucket: int) -
         raise ValueError(f"no padded length fits between {lowest} and {highest}")
     if lowest <= current <= highest:
         return current
-    return min(max(round_up(lowest, bucket), lowest), highest)
+    return min(round_up(lowest, bucket), highest)
 
 
 def attention_mask(length: int, padded: int, new_tokens: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def attention_mask(length: int, padded: int, new_tokens: int) -> np.ndarray:
 
 def present_split(outputs: dict) -> tuple[dict, dict]:
     """(everything but the new keys/values, the new keys/values)."""
-    present = {k: v for k, v in outputs.items() if k.startswith("present.")}
+    present = {k: v for k, v in outputs.items() if naming.is_present(k)}
     return {k: v for k, v in outputs.items() if k not in present}, present
 
 
