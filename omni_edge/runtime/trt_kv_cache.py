@@ -51,7 +51,7 @@ class DeviceKVCache(KVLength, ClosedWhenCollected):
             check(self._drv.cuStreamSynchronize(self._stream))
         except KernelError as exc:
             self.close()
-            total = (len(self._ptrs) + 1) * block
+            total = (2 * geometry.num_layers + 1) * block  # keys and values per layer, and the scratch block
             raise BundleError(
                 f"cannot allocate the KV cache on the GPU: {total / 2**30:.2f} GiB for {geometry.max_seq_len} "
                 f"tokens ({exc}); free GPU memory, or re-export with a smaller --max-seq-len"
