@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_kernels_gpu import _from_bf16_bits, _to_bf16_bits
 
 from omni_edge.kernels import launch
 from omni_edge.kernels import reference as R
@@ -71,21 +72,12 @@ def _ptr(array: np.ndarray) -> int:
     return array.ctypes.data
 
 
-def _bf16_bits(x: np.ndarray) -> np.ndarray:
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
-
-
-def _bf16_values(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 # dtype -> (store, load, tolerance vs the float32 reference on the stored inputs). Measured on 28+4 heads:
 # 4.8e-7 (float32: libm's sincosf vs numpy), 1.1e-3 and 1.2e-2 (the float16 / bfloat16 output rounding).
 DTYPES = {
     "float32": (lambda x: x.astype(np.float32), lambda x: x, 2e-6),
     "float16": (lambda x: x.astype(np.float16), lambda x: x.astype(np.float32), 4e-3),
-    "bfloat16": (_bf16_bits, _bf16_values, 3e-2),
+    "bfloat16": (_to_bf16_bits, _from_bf16_bits, 3e-2),
 }
 
 

@@ -49,8 +49,9 @@ def present_split(outputs: dict) -> tuple[dict, dict]:
     return {k: v for k, v in outputs.items() if k not in present}, present
 
 
-class KVLength:
-    """The length bookkeeping that every cache shares: capacity, room, truncation."""
+class KVCacheBase:
+    """What every cache shares: the step (`run`), capacity, room, truncation. A cache's storage provides
+    `past_feeds`, `append`, `_forward` (how an engine is called) and may move its slots in `_set_padded`."""
 
     def __init__(self, geometry: KVCacheGeometry, bucket: int = 0):
         self.geometry = geometry
@@ -80,23 +81,40 @@ class KVLength:
     def reset(self) -> None:
         self.length = self.padded = 0
 
+    def bind_past(self, new_tokens: int) -> int:
+        """The past length to feed with `new_tokens` more (the decode profile allows past + new <= capacity,
+        so near a full cache it may shrink); bucket 0 feeds the exact length."""
+        if self.bucket <= 0:
+            self._set_padded(self.length)
+        else:
+            self._set_padded(choose_padded_length(self.padded, self.length, self.capacity - new_tokens, self.bucket))
+        return self.padded
 
-class KVCache(KVLength):
+    def _set_padded(self, padded: int) -> None:
+        self.padded = padded
+
+    def run(self, prefill, decode, feeds: dict) -> dict:
+        """One forward of the new tokens in `feeds` after the cached ones; returns the graph's other outputs."""
+        new = feeds["inputs_embeds"].shape[1]
+        self.check_room(new)
+        if self.length == 0:
+            outputs = self._forward(prefill, {**feeds, "attention_mask": attention_mask(0, 0, new)})
+        else:
+            padded = self.bind_past(new)
+            mask = attention_mask(self.length, padded, new)
+            outputs = self._forward(decode, {**feeds, **self.past_feeds(padded), "attention_mask": mask})
+        rest, present = present_split(outputs)
+        self.append(present)
+        return rest
+
+
+class KVCache(KVCacheBase):
     """The cache in host memory, for engines that take numpy feeds (ONNX Runtime)."""
 
     def __init__(self, geometry: KVCacheGeometry, batch: int = 1, bucket: int = 0):
         super().__init__(geometry, bucket)
         shape = (geometry.num_layers, 2, batch, geometry.num_kv_heads, geometry.max_seq_len, geometry.head_dim)
         self._buffer = np.zeros(shape, dtype=np.dtype(geometry.dtype))
-
-    def bind_past(self, new_tokens: int) -> int:
-        """The past length to feed with `new_tokens` more (the decode profile allows past + new <= capacity);
-        bucket 0 feeds the exact length."""
-        if self.bucket <= 0:
-            self.padded = self.length
-        else:
-            self.padded = choose_padded_length(self.padded, self.length, self.capacity - new_tokens, self.bucket)
-        return self.padded
 
     def past_feeds(self, padded: int | None = None) -> dict[str, np.ndarray]:
         """Views of the first `padded` slots (default: the filled ones) as graph inputs; ORT copies
@@ -117,21 +135,11 @@ class KVCache(KVLength):
             self._buffer[layer, 1, :, :, self.length : end] = outputs[naming.present_value(layer)]
         self.length = end
 
-    def run(self, prefill, decode, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One forward of the new tokens in `feeds` after the cached ones; returns the graph's other outputs."""
-        new = feeds["inputs_embeds"].shape[1]
-        self.check_room(new)
-        if self.length == 0:
-            outputs = prefill.run({**feeds, "attention_mask": attention_mask(0, 0, new)})
-        else:
-            padded = self.bind_past(new)
-            past = self.past_feeds(padded)
-            outputs = decode.run({**feeds, **past, "attention_mask": attention_mask(self.length, padded, new)})
-        self.append(outputs)
-        return present_split(outputs)[0]
+    def _forward(self, engine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return engine.run(feeds)
 
 
-def cache_for(decode, geometry: KVCacheGeometry) -> KVLength:
+def cache_for(decode, geometry: KVCacheGeometry) -> KVCacheBase:
     """The cache that lives where `decode` computes: an engine may bring its own (TensorRT keeps it on the
     device), anything else gets host memory."""
     make = getattr(decode, "new_kv_cache", None)

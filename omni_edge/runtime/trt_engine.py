@@ -132,10 +132,6 @@ class DeviceTensor:
     shape: tuple[int, ...]
     dtype: np.dtype
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
 
 MAX_GRAPHS_PER_ENGINE = 4  # bindings (shapes + addresses) an engine keeps a captured CUDA graph for
 

@@ -18,13 +18,13 @@ import numpy as np
 from omni_edge import naming
 from omni_edge.bundle import KVCacheGeometry
 from omni_edge.errors import BundleError
-from omni_edge.runtime.kv_cache import KVLength, attention_mask, choose_padded_length, present_split
+from omni_edge.runtime.kv_cache import KVCacheBase, choose_padded_length
 from omni_edge.runtime.trt_engine import ClosedWhenCollected, DeviceTensor, destroy_stream
 
 DEVICE_KV_BUCKET = 256  # tokens: the pitch grows in these steps; attention reads < bucket padding slots
 
 
-class DeviceKVCache(KVLength, ClosedWhenCollected):
+class DeviceKVCache(KVCacheBase, ClosedWhenCollected):
     def __init__(self, geometry: KVCacheGeometry, bucket: int = DEVICE_KV_BUCKET, batch: int = 1):
         from omni_edge.kernels.errors import KernelError
         from omni_edge.kernels.launch import check, driver
@@ -57,7 +57,6 @@ class DeviceKVCache(KVLength, ClosedWhenCollected):
                 f"tokens ({exc}); free GPU memory, or re-export with a smaller --max-seq-len"
             ) from None
 
-    # -- device copies -----------------------------------------------------------------------------
     def _copy_rows(self, dst: int, dst_tokens: int, src: int, src_tokens: int, tokens: int) -> None:
         """Copy `tokens` tokens of every (batch, head) row between two packed layouts of those pitches."""
         drv = self._drv
@@ -72,7 +71,7 @@ class DeviceKVCache(KVLength, ClosedWhenCollected):
         copy.Height = self._rows
         self._check(drv.cuMemcpy2DAsync(copy, self._stream))
 
-    def _relayout(self, pitch: int) -> None:
+    def _set_padded(self, pitch: int) -> None:
         """Re-lay the filled slots out at a new row pitch (scratch first: source and target overlap)."""
         if pitch != self.padded and self.length:
             for ptr in self._ptrs.values():
@@ -82,8 +81,11 @@ class DeviceKVCache(KVLength, ClosedWhenCollected):
             self._check(self._drv.cuStreamSynchronize(self._stream))
         self.padded = pitch
 
-    def _write(self, present: dict[str, DeviceTensor], new: int) -> None:
+    def append(self, present: dict[str, DeviceTensor]) -> None:
         """The new tokens' keys/values (the engine's packed outputs) into slots [length, length + new)."""
+        new = present[naming.present_key(0)].shape[2]
+        self.check_room(new)
+        self._set_padded(choose_padded_length(self.padded, self.length + new, self.capacity, self.bucket))
         for layer in range(self.geometry.num_layers):
             for past, out in ((naming.past_key(layer), naming.present_key(layer)),
                               (naming.past_value(layer), naming.present_value(layer))):
@@ -96,28 +98,16 @@ class DeviceKVCache(KVLength, ClosedWhenCollected):
                 dst = self._ptrs[past] + self.length * self._token_bytes
                 self._copy_rows(dst, self.padded, tensor.ptr, new, new)
         self._check(self._drv.cuStreamSynchronize(self._stream))
+        self.length += new
 
-    def _past(self) -> dict[str, DeviceTensor]:
-        shape = (*self._row_shape, self.padded, self.geometry.head_dim)
+    def past_feeds(self, padded: int) -> dict[str, DeviceTensor]:
+        """Every layer's block bound by address; `padded` is the current pitch (bind_past set it)."""
+        shape = (*self._row_shape, padded, self.geometry.head_dim)
         return {name: DeviceTensor(ptr, shape, self._dtype) for name, ptr in self._ptrs.items()}
 
-    # -- the step ---------------------------------------------------------------------------------
-    def run(self, prefill, decode, feeds: dict) -> dict[str, np.ndarray]:
-        new = feeds["inputs_embeds"].shape[1]
-        self.check_room(new)
-        keep = naming.present_names(self.geometry.num_layers)
-        if self.length == 0:
-            outputs = prefill.run_mixed({**feeds, "attention_mask": attention_mask(0, 0, new)}, keep)
-        else:
-            # The decode profile takes past + new <= capacity, so near a full cache the pitch may shrink.
-            self._relayout(choose_padded_length(self.padded, self.length, self.capacity - new, self.bucket))
-            mask = attention_mask(self.length, self.padded, new)
-            outputs = decode.run_mixed({**feeds, **self._past(), "attention_mask": mask}, keep)
-        rest, present = present_split(outputs)
-        self._relayout(choose_padded_length(self.padded, self.length + new, self.capacity, self.bucket))
-        self._write(present, new)
-        self.length += new
-        return rest
+    def _forward(self, engine, feeds: dict) -> dict:
+        # The new keys/values stay on the device; append copies them into their slots.
+        return engine.run_mixed(feeds, naming.present_names(self.geometry.num_layers))
 
     def close(self) -> None:
         for ptr in [*self._ptrs.values(), self._scratch]:
