@@ -162,7 +162,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
 
     @staticmethod
-    def from_dict(data: dict) -> "Manifest":
+    def from_dict(data: dict) -> Manifest:
         comps = {
             name: ComponentRecord(
                 **{
@@ -183,8 +183,9 @@ class Manifest:
                 "token2wav": Token2WavInfo(**data["token2wav"]) if data.get("token2wav") else None,
                 "tensorrt": TensorRTInfo(**data["tensorrt"]) if data.get("tensorrt") else None,
                 "memory_plan": MemoryPlan.from_dict(data["memory_plan"]) if data.get("memory_plan") else None,
-                "quantization": (QuantizationReport.from_dict(data["quantization"]) if data.get("quantization")
-                                 else None),
+                "quantization": (
+                    QuantizationReport.from_dict(data["quantization"]) if data.get("quantization") else None
+                ),
                 "plugins": PluginChoice(**data["plugins"]) if data.get("plugins") else None,
                 "components": comps,
             }

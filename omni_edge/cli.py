@@ -42,37 +42,80 @@ def _tqdm_progress(total: int, description: str):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--model", required=True, help="Local Hugging Face checkpoint directory, a hub id "
-              "(e.g. Qwen/Qwen2.5-Omni-3B), `tiny` (generated tiny random-weight model) or `medium` (real 3B "
-              "widths, 2 layers: CPU numbers that say something about real models).")
-@click.option("--target", default="cpu", show_default=True, type=click.Choice(list(TARGETS)),
-              help="Hardware the bundle is for; sets precisions and the runtime backend.")
+@click.option(
+    "--model",
+    required=True,
+    help="Local Hugging Face checkpoint directory, a hub id "
+    "(e.g. Qwen/Qwen2.5-Omni-3B), `tiny` (generated tiny random-weight model) or `medium` (real 3B "
+    "widths, 2 layers: CPU numbers that say something about real models).",
+)
+@click.option(
+    "--target",
+    default="cpu",
+    show_default=True,
+    type=click.Choice(list(TARGETS)),
+    help="Hardware the bundle is for; sets precisions and the runtime backend.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
-@click.option("--precision", default="auto", show_default=True, metavar="SPEC",
-              help=f"auto (the target's default per component), one of {', '.join(PRECISIONS)} for every "
-              "component, or component=precision pairs over the defaults, e.g. thinker=int8,dit=fp32. "
-              "int8, fp8 and int4-awq need --calib.")
-@click.option("--calib", default=None, metavar="DIR|synthetic",
-              help="Calibration data for int8/fp8/int4-awq: a directory of your own media (wav/flac/mp3, "
-              "png/jpg, mp4) and .txt files (one prompt per line), or `synthetic` for a built-in seeded set. "
-              "The FP32 bundle answers these requests and every graph is calibrated on what it was fed.")
-@click.option("--plugins", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
-              help="TMRoPE as one TensorRT plugin node per layer instead of plain ops. Only the full-TensorRT "
-              "targets (Jetson, Hopper) can load it; `on` opts in there. auto keeps plain ops for now (the "
-              "kernel has not been measured on a GPU yet); off always keeps plain ops.")
-@click.option("--no-engines", is_flag=True,
-              help="Write the graphs and manifest only, e.g. on a workstation for a Jetson; build the engines "
-              "on the device with `omni-build-engines BUNDLE`.")
-@click.option("--max-seq-len", default=4096, show_default=True, type=int,
-              help="KV-cache length the runtime preallocates (prompt + reply + earlier turns).")
-@click.option("--components", default="", help="Comma-separated subset of: thinker, audio_encoder, "
-              "vision_encoder (default: all; the Thinker is always included).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (kept until the new one is complete).")
-@click.option("--memory-gib", type=float, default=None, help="Memory the bundle may use (default: the target's; "
-              "16 GiB for cpu). The export refuses, with numbers, a bundle whose memory plan exceeds it.")
+@click.option(
+    "--precision",
+    default="auto",
+    show_default=True,
+    metavar="SPEC",
+    help=f"auto (the target's default per component), one of {', '.join(PRECISIONS)} for every "
+    "component, or component=precision pairs over the defaults, e.g. thinker=int8,dit=fp32. "
+    "int8, fp8 and int4-awq need --calib.",
+)
+@click.option(
+    "--calib",
+    default=None,
+    metavar="DIR|synthetic",
+    help="Calibration data for int8/fp8/int4-awq: a directory of your own media (wav/flac/mp3, "
+    "png/jpg, mp4) and .txt files (one prompt per line), or `synthetic` for a built-in seeded set. "
+    "The FP32 bundle answers these requests and every graph is calibrated on what it was fed.",
+)
+@click.option(
+    "--plugins",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "on", "off"]),
+    help="TMRoPE as one TensorRT plugin node per layer instead of plain ops. Only the full-TensorRT "
+    "targets (Jetson, Hopper) can load it; `on` opts in there. auto keeps plain ops for now (the "
+    "kernel has not been measured on a GPU yet); off always keeps plain ops.",
+)
+@click.option(
+    "--no-engines",
+    is_flag=True,
+    help="Write the graphs and manifest only, e.g. on a workstation for a Jetson; build the engines "
+    "on the device with `omni-build-engines BUNDLE`.",
+)
+@click.option(
+    "--max-seq-len",
+    default=4096,
+    show_default=True,
+    type=int,
+    help="KV-cache length the runtime preallocates (prompt + reply + earlier turns).",
+)
+@click.option(
+    "--components",
+    default="",
+    help="Comma-separated subset of: thinker, audio_encoder, "
+    "vision_encoder (default: all; the Thinker is always included).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing bundle at --out (kept until the new one is complete)."
+)
+@click.option(
+    "--memory-gib",
+    type=float,
+    default=None,
+    help="Memory the bundle may use (default: the target's; "
+    "16 GiB for cpu). The export refuses, with numbers, a bundle whose memory plan exceeds it.",
+)
 @_one_line_errors
-def export_main(model, target, out, precision, calib, plugins, no_engines, max_seq_len, components, overwrite,
-                memory_gib):
+def export_main(
+    model, target, out, precision, calib, plugins, no_engines, max_seq_len, components, overwrite, memory_gib
+):
     """Export a Qwen2.5-Omni checkpoint into a deployable bundle.
 
     Each graph is verified against transformers before the bundle is written; the manifest is written
@@ -89,8 +132,19 @@ def export_main(model, target, out, precision, calib, plugins, no_engines, max_s
     from omni_edge.export.pipeline import ExportRequest, export_bundle
 
     wanted = tuple(c.strip() for c in components.split(",") if c.strip())
-    request = ExportRequest(model, target, out, precision, max_seq_len, overwrite, wanted, memory_gib, calib,
-                            plugins, engines=not no_engines)
+    request = ExportRequest(
+        model,
+        target,
+        out,
+        precision,
+        max_seq_len,
+        overwrite,
+        wanted,
+        memory_gib,
+        calib,
+        plugins,
+        engines=not no_engines,
+    )
     bundle = export_bundle(request, _tqdm_progress)
     from omni_edge.bundle import load_manifest
 
@@ -133,23 +187,62 @@ def build_engines_main(bundle):
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--prompt", default="", help="User message (text after any media).")
-@click.option("--audio", "audio", multiple=True, type=click.Path(path_type=Path),
-              help="wav/flac/ogg file (any rate, resampled to 16 kHz mono; up to 300 s). Repeatable.")
-@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
-              help="Image file (png/jpg/...; larger than 12.8 MP is downscaled). Repeatable.")
-@click.option("--video", "videos", multiple=True, type=click.Path(path_type=Path),
-              help="Video file, sampled at 2 fps. Repeatable.")
-@click.option("--audio-in-video/--no-audio-in-video", "use_audio_in_video", default=False,
-              help="Also hear each --video's sound track, interleaved with its frames every 2 s.")
-@click.option("--out-wav", type=click.Path(path_type=Path), default=None,
-              help="Also speak the reply: write 24 kHz audio here (streamed to disk chunk by chunk).")
-@click.option("--speaker", default="Chelsie", show_default=True, help="Voice for --out-wav (from the bundle's spk_dict).")
-@click.option("--max-codec-tokens", default=2048, show_default=True, type=int,
-              help="Upper bound on speech length (50 codec tokens per second).")
-@click.option("--ode-solver", default="rk4", show_default=True, type=click.Choice(["rk4", "euler"]),
-              help="Flow-matching solver for speech: rk4 (reference, 36 DiT calls per window) or euler (9).")
-@click.option("--system", default=None, help="System prompt (default: the model's standard one; with "
-              "--out-wav, the speech prompt the model was trained with).")
+@click.option(
+    "--audio",
+    "audio",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="wav/flac/ogg file (any rate, resampled to 16 kHz mono; up to 300 s). Repeatable.",
+)
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Image file (png/jpg/...; larger than 12.8 MP is downscaled). Repeatable.",
+)
+@click.option(
+    "--video",
+    "videos",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Video file, sampled at 2 fps. Repeatable.",
+)
+@click.option(
+    "--audio-in-video/--no-audio-in-video",
+    "use_audio_in_video",
+    default=False,
+    help="Also hear each --video's sound track, interleaved with its frames every 2 s.",
+)
+@click.option(
+    "--out-wav",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also speak the reply: write 24 kHz audio here (streamed to disk chunk by chunk).",
+)
+@click.option(
+    "--speaker", default="Chelsie", show_default=True, help="Voice for --out-wav (from the bundle's spk_dict)."
+)
+@click.option(
+    "--max-codec-tokens",
+    default=2048,
+    show_default=True,
+    type=int,
+    help="Upper bound on speech length (50 codec tokens per second).",
+)
+@click.option(
+    "--ode-solver",
+    default="rk4",
+    show_default=True,
+    type=click.Choice(["rk4", "euler"]),
+    help="Flow-matching solver for speech: rk4 (reference, 36 DiT calls per window) or euler (9).",
+)
+@click.option(
+    "--system",
+    default=None,
+    help="System prompt (default: the model's standard one; with "
+    "--out-wav, the speech prompt the model was trained with).",
+)
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
 @click.option("--greedy", is_flag=True, help="Deterministic argmax decoding (ignores temperature/top-k/top-p).")
 @click.option("--temperature", default=1.0, show_default=True, type=float)
@@ -160,9 +253,28 @@ def build_engines_main(bundle):
 @click.option("--threads", default=0, type=int, help="CPU threads for ONNX Runtime (0: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, token ids and timings.")
 @_one_line_errors
-def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, out_wav, speaker, max_codec_tokens,
-             ode_solver, system, max_new_tokens, greedy, temperature, top_k, top_p, repetition_penalty, seed,
-             threads, as_json):
+def run_main(
+    bundle,
+    prompt,
+    audio,
+    images,
+    videos,
+    use_audio_in_video,
+    out_wav,
+    speaker,
+    max_codec_tokens,
+    ode_solver,
+    system,
+    max_new_tokens,
+    greedy,
+    temperature,
+    top_k,
+    top_p,
+    repetition_penalty,
+    seed,
+    threads,
+    as_json,
+):
     """Run a bundle: stream the reply to PROMPT as it is generated.
 
     \b
@@ -173,10 +285,9 @@ def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, out_wav,
       omni-run build/tiny --video clip.mp4 --audio-in-video --prompt "What happens?"
       omni-run build/tiny --prompt "Say hello" --out-wav reply.wav --speaker Ethan
     """
+    from omni_edge.runtime.chat import SPEECH_SYSTEM_PROMPT
     from omni_edge.runtime.sampling import SamplingConfig
     from omni_edge.runtime.session import Done, Session, TextDelta
-
-    from omni_edge.runtime.chat import SPEECH_SYSTEM_PROMPT
     from omni_edge.runtime.speech import AudioChunk, SpeechOptions
     from omni_edge.runtime.talker import DEFAULT_TALKER_SAMPLING, GREEDY_TALKER_SAMPLING
     from omni_edge.runtime.wav_writer import WavWriter
@@ -186,15 +297,30 @@ def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, out_wav,
     session = Session(bundle, threads=threads)
     speech = None
     if out_wav is not None:
-        speech = SpeechOptions(speaker, GREEDY_TALKER_SAMPLING if greedy else DEFAULT_TALKER_SAMPLING,
-                               max_codec_tokens, ode_solver, seed or 0)
+        speech = SpeechOptions(
+            speaker,
+            GREEDY_TALKER_SAMPLING if greedy else DEFAULT_TALKER_SAMPLING,
+            max_codec_tokens,
+            ode_solver,
+            seed or 0,
+        )
         session.speech().check(speech)
         system = system or SPEECH_SYSTEM_PROMPT
     result = None
     # Opened before generation: an unwritable path fails now, not after a minute of work.
     with WavWriter(out_wav, session.manifest.token2wav.sample_rate if speech else 24000) as wav:
-        turn = session.generate(prompt, max_new_tokens, sampling, seed, system, audio=audio, images=images,
-                                videos=videos, use_audio_in_video=use_audio_in_video, speech=speech)
+        turn = session.generate(
+            prompt,
+            max_new_tokens,
+            sampling,
+            seed,
+            system,
+            audio=audio,
+            images=images,
+            videos=videos,
+            use_audio_in_video=use_audio_in_video,
+            speech=speech,
+        )
         for event in turn:
             if isinstance(event, TextDelta) and not as_json:
                 click.echo(event.text, nl=False)
@@ -207,12 +333,18 @@ def run_main(bundle, prompt, audio, images, videos, use_audio_in_video, out_wav,
         click.echo(json.dumps(run_report(result)))
     else:
         click.echo()
-        click.echo(f"[{len(result.text_token_ids)} tokens, ttft {result.ttft_ms:.1f} ms, "
-                   f"{result.decode_tokens_per_s:.1f} tok/s, {result.finish_reason}]", err=True)
+        click.echo(
+            f"[{len(result.text_token_ids)} tokens, ttft {result.ttft_ms:.1f} ms, "
+            f"{result.decode_tokens_per_s:.1f} tok/s, {result.finish_reason}]",
+            err=True,
+        )
         if speech:
-            click.echo(f"[{result.audio_seconds:.2f} s of speech in {out_wav}, first audio "
-                       f"{result.first_audio_ms or 0:.0f} ms, rtf {result.rtf or 0:.2f}, talker stop: "
-                       f"{result.talker_stop_reason}]", err=True)
+            click.echo(
+                f"[{result.audio_seconds:.2f} s of speech in {out_wav}, first audio "
+                f"{result.first_audio_ms or 0:.0f} ms, rtf {result.rtf or 0:.2f}, talker stop: "
+                f"{result.talker_stop_reason}]",
+                err=True,
+            )
 
 
 def run_report(result) -> dict:
@@ -237,20 +369,45 @@ def run_report(result) -> dict:
 @click.option("--engine", "engines", multiple=True, help="Only these engines (repeatable); end to end always runs.")
 @click.option("--iterations", default=20, show_default=True, type=int, help="Timed runs per row, after warm-up.")
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs per row first.")
-@click.option("--max-seconds", default=0.0, type=float,
-              help="Per row, stop timing after this many seconds (never below 3 runs); 0: no limit.")
-@click.option("--threads", default=0, type=int,
-              help="CPU threads for ONNX Runtime and for the PyTorch reference (0: every usable core).")
+@click.option(
+    "--max-seconds",
+    default=0.0,
+    type=float,
+    help="Per row, stop timing after this many seconds (never below 3 runs); 0: no limit.",
+)
+@click.option(
+    "--threads",
+    default=0,
+    type=int,
+    help="CPU threads for ONNX Runtime and for the PyTorch reference (0: every usable core).",
+)
 @click.option("--new-tokens", default=32, show_default=True, type=int, help="Tokens per end-to-end reply.")
 @click.option("--e2e-iterations", default=0, type=int, help="Timed replies per prompt (0: max(3, iterations/4)).")
-@click.option("--speech-codec-tokens", default=100, show_default=True, type=int,
-              help="Cap of the spoken reply in codec tokens (50 per second of audio).")
+@click.option(
+    "--speech-codec-tokens",
+    default=100,
+    show_default=True,
+    type=int,
+    help="Cap of the spoken reply in codec tokens (50 per second of audio).",
+)
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch (transformers) reference.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG: latency per engine, ratio vs reference.")
 @_one_line_errors
-def bench_main(bundle, engines, iterations, warmup, max_seconds, threads, new_tokens, e2e_iterations,
-               speech_codec_tokens, no_reference, as_json, plot):
+def bench_main(
+    bundle,
+    engines,
+    iterations,
+    warmup,
+    max_seconds,
+    threads,
+    new_tokens,
+    e2e_iterations,
+    speech_codec_tokens,
+    no_reference,
+    as_json,
+    plot,
+):
     """Measure every engine of a bundle (p50/p90/p99, throughput, peak RSS), end-to-end latency on fixed
     text/audio/image prompts, the same for the PyTorch reference, and decode against the bandwidth roofline.
 
@@ -264,11 +421,20 @@ def bench_main(bundle, engines, iterations, warmup, max_seconds, threads, new_to
     from omni_edge.bench import BenchConfig, format_report, run_bench, write_plot
 
     if min(iterations, new_tokens, speech_codec_tokens) < 1 or warmup < 0:
-        raise click.BadParameter("--iterations, --new-tokens and --speech-codec-tokens must be at least 1, "
-                                 "--warmup at least 0")
-    config = BenchConfig(engines=tuple(engines), iterations=iterations, warmup=warmup, threads=threads,
-                         max_seconds=max_seconds, e2e_new_tokens=new_tokens, e2e_iterations=e2e_iterations,
-                         speech_codec_tokens=speech_codec_tokens, reference=not no_reference)
+        raise click.BadParameter(
+            "--iterations, --new-tokens and --speech-codec-tokens must be at least 1, --warmup at least 0"
+        )
+    config = BenchConfig(
+        engines=tuple(engines),
+        iterations=iterations,
+        warmup=warmup,
+        threads=threads,
+        max_seconds=max_seconds,
+        e2e_new_tokens=new_tokens,
+        e2e_iterations=e2e_iterations,
+        speech_codec_tokens=speech_codec_tokens,
+        reference=not no_reference,
+    )
     report = run_bench(bundle, config, progress=lambda line: click.echo(line, err=True))
     report["command"] = shlex.join(["omni-bench", *sys.argv[1:]])
     if plot:

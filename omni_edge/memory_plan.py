@@ -48,8 +48,10 @@ GROUPS = (
     ("thinker", ("thinker.",)),
 )
 # Embedding tables the runtime reads into numpy: not part of any graph, always fp32 on the host.
-TABLES = {"thinker": ("thinker.model.embed_tokens.", "thinker.model.language_model.embed_tokens."),
-          "talker": ("talker.model.embed_tokens.",)}
+TABLES = {
+    "thinker": ("thinker.model.embed_tokens.", "thinker.model.language_model.embed_tokens."),
+    "talker": ("talker.model.embed_tokens.",),
+}
 GRAPH_COPIES = {"thinker": 2, "talker": 2}  # prefill and decode graphs each hold the weights
 # Output heads: quantization leaves them in high precision (their outputs pick the tokens).
 HEADS = {"thinker": ("thinker.lm_head.",), "talker": ("talker.codec_head.",)}
@@ -115,19 +117,26 @@ class MemoryPlan:
     def total_bytes(self) -> int:
         return self.weight_bytes + self.table_bytes + sum(self.kv_bytes.values()) + self.activation_bytes
 
-    def at_seq_len(self, seq: int) -> "MemoryPlan":
+    def at_seq_len(self, seq: int) -> MemoryPlan:
         """The same bundle with another --max-seq-len (weights do not change)."""
         return _with_sequence(replace(self, max_seq_len=seq))
 
     def summary(self) -> str:
-        return (f"{_gib(self.total_bytes)} in all: weights {_gib(self.weight_bytes)}, tables {_gib(self.table_bytes)}, "
-                f"KV cache {_gib(sum(self.kv_bytes.values()))} at --max-seq-len {self.max_seq_len}, "
-                f"activations {_gib(self.activation_bytes)} ({self.activation_basis})")
+        return (
+            f"{_gib(self.total_bytes)} in all: weights {_gib(self.weight_bytes)}, tables {_gib(self.table_bytes)}, "
+            f"KV cache {_gib(sum(self.kv_bytes.values()))} at --max-seq-len {self.max_seq_len}, "
+            f"activations {_gib(self.activation_bytes)} ({self.activation_basis})"
+        )
 
     @staticmethod
-    def from_dict(data: dict) -> "MemoryPlan":
-        return MemoryPlan(**{**data, "parts": tuple(PartPlan(**p) for p in data["parts"]),
-                             "decoders": tuple(DecoderDims(**d) for d in data["decoders"])})
+    def from_dict(data: dict) -> MemoryPlan:
+        return MemoryPlan(
+            **{
+                **data,
+                "parts": tuple(PartPlan(**p) for p in data["parts"]),
+                "decoders": tuple(DecoderDims(**d) for d in data["decoders"]),
+            }
+        )
 
 
 def _gib(n: int) -> str:
@@ -205,22 +214,39 @@ def _decoder(name: str, config: dict) -> DecoderDims:
 def _part(component: str, precision: str, counts: ParameterCounts, high_precision: str) -> PartPlan:
     params, head = counts.graphs.get(component, 0), counts.heads.get(component, 0)
     head_precision = high_precision if precision in CALIBRATED and head else precision
-    per_graph = (math.ceil((params - head) * BYTES_PER_PARAMETER[precision])
-                 + math.ceil(head * BYTES_PER_PARAMETER[head_precision]))
+    per_graph = math.ceil((params - head) * BYTES_PER_PARAMETER[precision]) + math.ceil(
+        head * BYTES_PER_PARAMETER[head_precision]
+    )
     copies = GRAPH_COPIES.get(component, 1)
     tables = counts.tables.get(component, 0)
-    return PartPlan(component, precision, params, copies, per_graph * copies, tables, tables * 4, head,
-                    head_precision if head_precision != precision else "")
+    return PartPlan(
+        component,
+        precision,
+        params,
+        copies,
+        per_graph * copies,
+        tables,
+        tables * 4,
+        head,
+        head_precision if head_precision != precision else "",
+    )
 
 
-def plan_memory(checkpoint: Path, precisions: dict[str, str], max_seq_len: int,
-                components: tuple[str, ...] | list[str], high_precision: str = "fp16") -> MemoryPlan:
+def plan_memory(
+    checkpoint: Path,
+    precisions: dict[str, str],
+    max_seq_len: int,
+    components: tuple[str, ...] | list[str],
+    high_precision: str = "fp16",
+) -> MemoryPlan:
     """The plan for a bundle of `components` (names as in targets.COMPONENTS) at the given precisions;
     `high_precision` is what a quantized component's unquantized head runs in (Target.high_precision)."""
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     counts = count_parameters(checkpoint)
-    parts = [_part(component, precisions.get(component, "fp32"), counts, high_precision)
-             for component in [*components, *(["other"] if counts.graphs.get("other") else [])]]
+    parts = [
+        _part(component, precisions.get(component, "fp32"), counts, high_precision)
+        for component in [*components, *(["other"] if counts.graphs.get("other") else [])]
+    ]
     decoders = [_decoder("thinker", config["thinker_config"]["text_config"])]
     if "talker" in components and "talker_config" in config:
         decoders.append(_decoder("talker", config["talker_config"]))
@@ -231,8 +257,12 @@ def _with_sequence(plan: MemoryPlan) -> MemoryPlan:
     seq = plan.max_seq_len
     activations = [d.activation(seq) for d in plan.decoders]
     activation, basis = max(activations) if activations else (0, "no decoder")
-    return replace(plan, kv_bytes={d.name: d.kv_bytes(seq) for d in plan.decoders},
-                   activation_bytes=activation, activation_basis=basis)
+    return replace(
+        plan,
+        kv_bytes={d.name: d.kv_bytes(seq) for d in plan.decoders},
+        activation_bytes=activation,
+        activation_basis=basis,
+    )
 
 
 def largest_fitting_seq_len(plan: MemoryPlan, budget_bytes: float, floor: int = 16) -> int | None:
@@ -253,8 +283,10 @@ def check_fits(plan: MemoryPlan, target: Target, budget_gib: float | None = None
     weights = ", ".join(
         f"{p.component} {_gib(p.weight_bytes)} ({_count(p.parameters)} params {p.precision}"
         + (f", head {_count(p.head_parameters)} {p.head_precision}" if p.head_precision else "")
-        + (f" x {p.copies} graphs" if p.copies > 1 else "") + ")"
-        for p in plan.parts if p.weight_bytes
+        + (f" x {p.copies} graphs" if p.copies > 1 else "")
+        + ")"
+        for p in plan.parts
+        if p.weight_bytes
     )
     kv = ", ".join(f"{name} {_gib(b)}" for name, b in plan.kv_bytes.items())
     fixes = []
@@ -278,4 +310,3 @@ def check_fits(plan: MemoryPlan, target: Target, budget_gib: float | None = None
         f"KV cache {_gib(sum(plan.kv_bytes.values()))} ({kv}) at --max-seq-len {plan.max_seq_len}; "
         f"activations {_gib(plan.activation_bytes)}, {plan.activation_basis}). Try: " + "; ".join(fixes)
     )
-

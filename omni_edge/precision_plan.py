@@ -1,8 +1,8 @@
 """`--precision` -> a precision per component and per graph, checked against the target.
 
-    auto                       the target's defaults (Orin: Thinker int4-awq, encoders int8, DiT/BigVGAN fp16)
-    int8                       every component in int8
-    thinker=int4-awq,dit=fp32  the target's defaults, with these components changed
+auto                       the target's defaults (Orin: Thinker int4-awq, encoders int8, DiT/BigVGAN fp16)
+int8                       every component in int8
+thinker=int4-awq,dit=fp32  the target's defaults, with these components changed
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def component_precisions(target: Target, precision: str) -> dict[str, str]:
         for item in filter(None, (part.strip() for part in text.split(","))):
             component, _, value = item.partition("=")
             if component.strip() not in COMPONENTS:
-                raise TargetError(f"--precision {item}: unknown component {component.strip()!r}; "
-                                  f"components: {', '.join(COMPONENTS)}")
+                raise TargetError(
+                    f"--precision {item}: unknown component {component.strip()!r}; components: {', '.join(COMPONENTS)}"
+                )
             chosen[component.strip()] = _checked(target, value.strip())
     for component, value in chosen.items():
         if value not in target.precisions:  # a default the target cannot run would be a preset bug
@@ -53,9 +54,13 @@ def needs_calibration(components: dict[str, str]) -> list[str]:
 
 def _checked(target: Target, value: str) -> str:
     if value not in PRECISIONS:
-        raise TargetError(f"unknown precision {value!r}; choose auto, one of {', '.join(PRECISIONS)}, or "
-                          "component=precision pairs such as thinker=int4-awq,dit=fp16")
+        raise TargetError(
+            f"unknown precision {value!r}; choose auto, one of {', '.join(PRECISIONS)}, or "
+            "component=precision pairs such as thinker=int4-awq,dit=fp16"
+        )
     if value not in target.precisions:
-        raise TargetError(f"target {target.name} cannot run {value} (it supports {', '.join(target.precisions)}); "
-                          "pick one of those or --precision auto")
+        raise TargetError(
+            f"target {target.name} cannot run {value} (it supports {', '.join(target.precisions)}); "
+            "pick one of those or --precision auto"
+        )
     return value

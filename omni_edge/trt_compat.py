@@ -46,7 +46,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 
 def rtx_compute_capability(trt, capability: str):
-    """"8.9" -> trt.ComputeCapability.SM89, or None when this TensorRT-RTX cannot build for it."""
+    """ "8.9" -> trt.ComputeCapability.SM89, or None when this TensorRT-RTX cannot build for it."""
     return getattr(trt.ComputeCapability, "SM" + capability.replace(".", ""), None)
 
 

@@ -26,9 +26,7 @@ NUMPY_ATOL = 1e-6
 
 @pytest.fixture(scope="module")
 def extractor():
-    return WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=SR, hop_length=160, n_fft=400, chunk_length=300
-    )
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=SR, hop_length=160, n_fft=400, chunk_length=300)
 
 
 def _reference(extractor, wave):

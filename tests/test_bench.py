@@ -17,8 +17,9 @@ from omni_edge.bench.run import decode_weight_bytes
 from omni_edge.bundle import load_manifest
 
 HAS_TORCH = all(importlib.util.find_spec(name) for name in ("torch", "transformers"))
-QUICK = dict(iterations=1, warmup=0, e2e_iterations=1, e2e_new_tokens=4, speech_codec_tokens=60, bandwidth_mib=32,
-             threads=1)
+QUICK = dict(
+    iterations=1, warmup=0, e2e_iterations=1, e2e_new_tokens=4, speech_codec_tokens=60, bandwidth_mib=32, threads=1
+)
 SPEECH_ENGINES = {"talker_prefill", "talker_decode", "dit_window", "bigvgan_window"}
 
 
@@ -102,10 +103,27 @@ def test_plot_is_a_png(report, tmp_path):
 def test_cli_json_plot_engine_filter_and_no_reference(cpu_bundle, tmp_path):
     from omni_edge.cli import bench_main
 
-    args = [str(cpu_bundle), "--engine", "thinker_decode", "--iterations", "1", "--warmup", "0",
-            "--e2e-iterations", "1", "--new-tokens", "2", "--speech-codec-tokens", "4", "--threads", "1",
-            "--no-reference", "--json",
-            "--plot", str(tmp_path / "b.png")]
+    args = [
+        str(cpu_bundle),
+        "--engine",
+        "thinker_decode",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--e2e-iterations",
+        "1",
+        "--new-tokens",
+        "2",
+        "--speech-codec-tokens",
+        "4",
+        "--threads",
+        "1",
+        "--no-reference",
+        "--json",
+        "--plot",
+        str(tmp_path / "b.png"),
+    ]
     result = CliRunner().invoke(bench_main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -132,8 +150,11 @@ def test_medium_preset_has_real_widths_and_tiny_is_unchanged():
     assert tiny_checkpoint_key(TINY_SEED) == "bfbae9576b00"
     assert checkpoint_key("medium", TINY_SEED) != tiny_checkpoint_key(TINY_SEED)
     config = Qwen2_5OmniConfig(**PRESETS["medium"]())
-    text, audio, vision = (config.thinker_config.text_config, config.thinker_config.audio_config,
-                           config.thinker_config.vision_config)
+    text, audio, vision = (
+        config.thinker_config.text_config,
+        config.thinker_config.audio_config,
+        config.thinker_config.vision_config,
+    )
     assert (text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (2048, 16, 2)
     assert (text.intermediate_size, text.vocab_size, text.num_hidden_layers) == (11008, 151936, 2)
     assert sum(text.rope_parameters["mrope_section"]) * 2 == text.hidden_size // text.num_attention_heads

@@ -29,8 +29,9 @@ def test_render_chat_matches_checkpoint_template(tiny_checkpoint, messages):
     config = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text())
     hf = PreTrainedTokenizerFast(tokenizer_file=str(tiny_checkpoint / "tokenizer.json"))
     as_dicts = [{"role": m.role, "content": m.content} for m in messages]
-    expected = hf.apply_chat_template(as_dicts, chat_template=config["chat_template"], tokenize=False,
-                                      add_generation_prompt=True)
+    expected = hf.apply_chat_template(
+        as_dicts, chat_template=config["chat_template"], tokenize=False, add_generation_prompt=True
+    )
     assert render_chat(messages) == expected
     ours = TextTokenizer(tiny_checkpoint / "tokenizer.json").encode(render_chat(messages))
     assert ours == hf(expected, add_special_tokens=False)["input_ids"]
@@ -108,7 +109,9 @@ def _steps(cache, prefill, decode, hidden, garbage=None):
             position -= 3
             continue
         if garbage is not None and cache.length:  # slots past the filled ones hold stale, finite values
-            cache._buffer[:, :, :, :, cache.length:] = garbage.standard_normal(cache._buffer[..., cache.length:, :].shape)
+            cache._buffer[:, :, :, :, cache.length :] = garbage.standard_normal(
+                cache._buffer[..., cache.length :, :].shape
+            )
         embeds = np.random.default_rng(position).standard_normal((1, count, hidden)).astype(np.float32)
         outputs = cache.run(prefill, decode, {"inputs_embeds": embeds, "position_ids": text_positions(position, count)})
         logits.append(outputs["logits"])
@@ -119,9 +122,9 @@ def _steps(cache, prefill, decode, hidden, garbage=None):
 def test_padded_past_matches_the_exact_past(cpu_bundle):
     """The device cache feeds the past padded to a bucket, padding masked out; the decoder graphs must give
     the exact-length answer for it, whatever the padding slots hold."""
+    from omni_edge import naming
     from omni_edge.bundle import load_manifest
     from omni_edge.runtime.engine import OrtEngine
-    from omni_edge import naming
 
     manifest = load_manifest(cpu_bundle)
     prefill = OrtEngine("prefill", cpu_bundle / manifest.components[naming.THINKER_PREFILL].file)

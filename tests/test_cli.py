@@ -34,8 +34,20 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
     out = tmp_path / "bundle"
     # Thinker only: the full export is covered by the session bundle; this checks the command itself.
-    proc = cli("omni-export", "--model", "tiny", "--target", "cpu", "--out", str(out), "--max-seq-len", "256",
-               "--components", "thinker", cache_dir=cache_dir)
+    proc = cli(
+        "omni-export",
+        "--model",
+        "tiny",
+        "--target",
+        "cpu",
+        "--out",
+        str(out),
+        "--max-seq-len",
+        "256",
+        "--components",
+        "thinker",
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"omni-run {out}" in proc.stderr  # the next command is printed
     manifest = json.loads((out / "manifest.json").read_text())
@@ -47,8 +59,16 @@ def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
     run = cli("omni-run", str(out), "--prompt", "Hello", "--greedy", "--max-new-tokens", "12", "--json")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    for key in ("text", "prompt_token_ids", "text_token_ids", "codec_token_ids", "audio_seconds", "ttft_ms",
-                "first_audio_ms", "rtf"):
+    for key in (
+        "text",
+        "prompt_token_ids",
+        "text_token_ids",
+        "codec_token_ids",
+        "audio_seconds",
+        "ttft_ms",
+        "first_audio_ms",
+        "rtf",
+    ):
         assert key in report
     assert len(report["text_token_ids"]) == 12 and report["text"]
     assert report["prompt_token_ids"][0] == 151644  # <|im_start|>
@@ -87,7 +107,9 @@ def test_directory_that_is_not_a_checkpoint(tmp_path):
 def test_offline_hub_id_fails_clearly(tmp_path):
     env_proc = subprocess.run(
         [str(BIN / "omni-export"), "--model", "Qwen/Qwen2.5-Omni-3B", "--out", str(tmp_path / "b")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
     assert_one_line_error(env_proc, "Qwen/Qwen2.5-Omni-3B", "offline")
@@ -96,8 +118,9 @@ def test_offline_hub_id_fails_clearly(tmp_path):
 def test_unknown_target_and_bad_precision(tmp_path):
     proc = cli("omni-export", "--model", "tiny", "--target", "toaster", "--out", str(tmp_path / "b"))
     assert proc.returncode == 2 and "toaster" in proc.stderr and "jetson-orin" in proc.stderr
-    proc = cli("omni-export", "--model", "tiny", "--target", "jetson-orin", "--precision", "fp8",
-               "--out", str(tmp_path / "b"))
+    proc = cli(
+        "omni-export", "--model", "tiny", "--target", "jetson-orin", "--precision", "fp8", "--out", str(tmp_path / "b")
+    )
     assert_one_line_error(proc, "jetson-orin cannot run fp8")
 
 
@@ -171,8 +194,24 @@ def test_prompt_longer_than_kv_cache(cpu_bundle):
 
 def test_bench_reports_every_thinker_engine(cpu_bundle):
     # The reference and speech rows are covered by tests/test_bench.py; this checks the command quickly.
-    proc = cli("omni-bench", str(cpu_bundle), "--iterations", "2", "--warmup", "1", "--json", "--no-reference",
-               "--e2e-iterations", "1", "--new-tokens", "4", "--speech-codec-tokens", "8", "--threads", "1")
+    proc = cli(
+        "omni-bench",
+        str(cpu_bundle),
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        "--no-reference",
+        "--e2e-iterations",
+        "1",
+        "--new-tokens",
+        "4",
+        "--speech-codec-tokens",
+        "8",
+        "--threads",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     shapes = {row["shape"] for row in report["engines"]}
@@ -202,9 +241,23 @@ def test_run_with_audio_image_and_video_files(cpu_bundle, tmp_path):
     sf.write(tmp_path / "q.wav", np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1) * 0.3, 44_100)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     write_video(tmp_path / "v.mp4", seconds=3, rate=10, audio=True, size=(56, 84))
-    proc = cli("omni-run", str(cpu_bundle), "--audio", str(tmp_path / "q.wav"), "--image", str(tmp_path / "x.png"),
-               "--video", str(tmp_path / "v.mp4"), "--audio-in-video", "--prompt", "What is this?",
-               "--greedy", "--max-new-tokens", "6", "--json")
+    proc = cli(
+        "omni-run",
+        str(cpu_bundle),
+        "--audio",
+        str(tmp_path / "q.wav"),
+        "--image",
+        str(tmp_path / "x.png"),
+        "--video",
+        str(tmp_path / "v.mp4"),
+        "--audio-in-video",
+        "--prompt",
+        "What is this?",
+        "--greedy",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     ids = json.loads(proc.stdout)["prompt_token_ids"]
     for placeholder in (151646, 151655, 151656):  # <|AUDIO|>, <|IMAGE|>, <|VIDEO|>
@@ -229,8 +282,22 @@ def test_run_speaks_into_a_wav_file(cpu_bundle, tmp_path):
     import soundfile as sf
 
     wav = tmp_path / "reply.wav"
-    proc = cli("omni-run", str(cpu_bundle), "--prompt", "Say hi", "--greedy", "--max-new-tokens", "8",
-               "--out-wav", str(wav), "--speaker", "Ethan", "--max-codec-tokens", "100", "--json")
+    proc = cli(
+        "omni-run",
+        str(cpu_bundle),
+        "--prompt",
+        "Say hi",
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+        "--out-wav",
+        str(wav),
+        "--speaker",
+        "Ethan",
+        "--max-codec-tokens",
+        "100",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     audio, rate = sf.read(wav)

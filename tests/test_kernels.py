@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from omni_edge.kernels import build as kbuild
-from omni_edge.kernels import plain_graphs, reference as R
+from omni_edge.kernels import plain_graphs
+from omni_edge.kernels import reference as R
 from omni_edge.kernels.errors import KernelError
 
 ROPE_7B = dict(head_dim=128, mrope_section=(16, 24, 24), theta=1e6)
@@ -38,8 +39,13 @@ def _text_configs():
     from omni_edge.export.tiny import tiny_config_dict
 
     tiny = tiny_config_dict()["thinker_config"]["text_config"]
-    seven_b_like = dict(tiny, hidden_size=256, num_attention_heads=2, num_key_value_heads=1,
-                        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+    seven_b_like = dict(
+        tiny,
+        hidden_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+    )
     return {"tiny": tiny, "7b_rope": seven_b_like}
 
 
@@ -120,12 +126,12 @@ def test_rk4_reference_matches_transformers_solver():
 
     grid = _time_grid()
     expected = RungeKutta4ODESolver(ode_function, torch.from_numpy(y0)).integrate(torch.from_numpy(grid))[-1]
-    np.testing.assert_allclose(_integrate_with_kernel_semantics(y0, grid, scale), expected.numpy(),
-                               atol=2e-6, rtol=0)
+    np.testing.assert_allclose(_integrate_with_kernel_semantics(y0, grid, scale), expected.numpy(), atol=2e-6, rtol=0)
 
 
 def test_rk4_reference_matches_direct_numpy_rk4():
     """Against a textbook 3/8-rule RK4 in float64 over a toy f with a known solution (y' = -y)."""
+
     def f(t, y):
         return np.stack([-y, np.zeros_like(y)])  # cond = -y, uncond = 0 -> v = -y * (1 + scale)
 
@@ -196,13 +202,14 @@ def test_plain_graphs_match_reference():
     dit = rng.standard_normal((2, 144, 80), dtype=np.float32)
     ks = rng.standard_normal((3, 144, 80), dtype=np.float32)
     for stage in R.ODE_STAGES:
-        got = run(plain_graphs.ode_step_graph(stage, 0.5), {"y": y, "dit_out": dit, "ks": ks,
-                                                             "dt": np.array([0.07], np.float32)})
+        got = run(
+            plain_graphs.ode_step_graph(stage, 0.5),
+            {"y": y, "dit_out": dit, "ks": ks, "dt": np.array([0.07], np.float32)},
+        )
         for a, b in zip(got, R.ode_step(y, dit, ks, np.float32(0.07), 0.5, stage)):
             np.testing.assert_array_equal(a, b)
     window = rng.standard_normal((80, 144), dtype=np.float32)
     np.testing.assert_array_equal(run(plain_graphs.stitch_graph(48, 72), {"window": window})[0], window[:, 48:120])
-
 
 
 def test_torch_baselines_match_reference():
@@ -238,8 +245,10 @@ def test_torch_baselines_match_reference():
 @pytest.fixture(scope="session")
 def kernel_build(tmp_path_factory):
     """One build per session; $OMNI_EDGE_KERNEL_CACHE lets CI reuse it across runs."""
-    if shutil.which("nvcc") is None and not (kbuild.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
-                                             / "bin" / "nvcc").exists():
+    if (
+        shutil.which("nvcc") is None
+        and not (kbuild.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc").exists()
+    ):
         pytest.skip("nvcc not found (install the CUDA toolkit to compile the kernels)")
     out = os.environ.get("OMNI_EDGE_KERNEL_CACHE") or tmp_path_factory.mktemp("kernels")
     start = time.perf_counter()
@@ -248,8 +257,10 @@ def kernel_build(tmp_path_factory):
     return result
 
 
-ENTRY_POINTS = {"tmrope": ("tmrope_f32", "tmrope_f16", "tmrope_bf16"),
-                "audio_decode": ("ode_step_f32", "ode_step_dev_f32", "ode_euler_f32", "stitch_f32", "stitch_b16")}
+ENTRY_POINTS = {
+    "tmrope": ("tmrope_f32", "tmrope_f16", "tmrope_bf16"),
+    "audio_decode": ("ode_step_f32", "ode_step_dev_f32", "ode_euler_f32", "stitch_f32", "stitch_b16"),
+}
 
 
 def test_nvcc_compiles_every_kernel_for_every_architecture(kernel_build):

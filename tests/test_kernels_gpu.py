@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omni_edge.kernels import launch, reference as R
+from omni_edge.kernels import launch
+from omni_edge.kernels import reference as R
 from omni_edge.kernels.errors import KernelError
 
 ROPE = dict(head_dim=128, mrope_section=(16, 24, 24), theta=1e6)
@@ -50,8 +51,13 @@ def test_tmrope_kernel_matches_reference(gpu, dtype, atol, batch, seq):
         q_dev, k_dev = q, k
     bufs = [DeviceBuffer(a) for a in (q_dev, k_dev, pos, np.zeros_like(q_dev), np.zeros_like(k_dev))]
     try:
-        launch.launch_tmrope(*(b.ptr for b in bufs), launch.TmropeShape(batch, 4, 2, seq, ROPE["head_dim"]),
-                             ROPE["mrope_section"], ROPE["theta"], dtype)
+        launch.launch_tmrope(
+            *(b.ptr for b in bufs),
+            launch.TmropeShape(batch, 4, 2, seq, ROPE["head_dim"]),
+            ROPE["mrope_section"],
+            ROPE["theta"],
+            dtype,
+        )
         q_out, k_out = bufs[3].numpy(), bufs[4].numpy()
     finally:
         for b in bufs:
@@ -73,8 +79,18 @@ def test_ode_step_kernel_matches_reference(gpu, stage, device_scalars):
     dit = rng.standard_normal((2, 144, 80)).astype(np.float32)
     ks = rng.standard_normal((3, 144, 80)).astype(np.float32)
     dt = np.float32(0.0731)
-    bufs = [DeviceBuffer(a) for a in (y, dit, ks, np.zeros_like(ks), np.zeros_like(y),
-                                      np.array([dt], np.float32), np.array([stage], np.int32))]
+    bufs = [
+        DeviceBuffer(a)
+        for a in (
+            y,
+            dit,
+            ks,
+            np.zeros_like(ks),
+            np.zeros_like(y),
+            np.array([dt], np.float32),
+            np.array([stage], np.int32),
+        )
+    ]
     try:
         args = [b.ptr for b in bufs[:5]] + [y.size]
         if device_scalars:
@@ -185,21 +201,33 @@ def test_plugins_register_and_round_trip_their_fields(trt):
     assert [f.name for f in rope_creator.field_names] == ["head_dim", "mrope_section", "theta"]
     assert [f.name for f in ode_creator.field_names] == ["guidance_scale"]
 
-    fc = _fields(trt, head_dim=np.array([128], np.int32), mrope_section=np.array([16, 24, 24], np.int32),
-                 theta=np.array([1e6], np.float32))
+    fc = _fields(
+        trt,
+        head_dim=np.array([128], np.int32),
+        mrope_section=np.array([16, 24, 24], np.int32),
+        theta=np.array([1e6], np.float32),
+    )
     rope = rope_creator.create_plugin("rope", fc, trt.TensorRTPhase.BUILD)
     assert (rope.head_dim, rope.mrope_section, rope.theta, rope.num_outputs) == (128, [16, 24, 24], 1e6, 2)
     # What an engine stores and hands back at deserialization must rebuild the same plugin.
     again = rope_creator.create_plugin("rope", rope.get_fields_to_serialize(), trt.TensorRTPhase.RUNTIME)
     assert (again.head_dim, again.mrope_section, again.theta) == (128, [16, 24, 24], 1e6)
     assert rope.clone().mrope_section == [16, 24, 24]
-    ode = ode_creator.create_plugin("ode", _fields(trt, guidance_scale=np.array([0.5], np.float32)),
-                                    trt.TensorRTPhase.BUILD)
+    ode = ode_creator.create_plugin(
+        "ode", _fields(trt, guidance_scale=np.array([0.5], np.float32)), trt.TensorRTPhase.BUILD
+    )
     assert ode.guidance_scale == 0.5
     with pytest.raises(KernelError, match="mrope_section"):
-        rope_creator.create_plugin("bad", _fields(trt, head_dim=np.array([128], np.int32),
-                                                  mrope_section=np.array([16, 24, 20], np.int32),
-                                                  theta=np.array([1e6], np.float32)), trt.TensorRTPhase.BUILD)
+        rope_creator.create_plugin(
+            "bad",
+            _fields(
+                trt,
+                head_dim=np.array([128], np.int32),
+                mrope_section=np.array([16, 24, 20], np.int32),
+                theta=np.array([1e6], np.float32),
+            ),
+            trt.TensorRTPhase.BUILD,
+        )
 
 
 def _desc(trt, dtype, fmt=None):
@@ -234,10 +262,15 @@ def _single_node_model(op: str, inputs: list, outputs: list, **attrs):
     from omni_edge.kernels.graph_rewrite import PLUGIN_DOMAIN
 
     node = helper.make_node(op, [i[0] for i in inputs], [o[0] for o in outputs], domain=PLUGIN_DOMAIN, **attrs)
-    graph = helper.make_graph([node], op, [helper.make_tensor_value_info(*i) for i in inputs],
-                              [helper.make_tensor_value_info(*o) for o in outputs])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                   helper.make_opsetid(PLUGIN_DOMAIN, 1)]).SerializeToString()
+    graph = helper.make_graph(
+        [node],
+        op,
+        [helper.make_tensor_value_info(*i) for i in inputs],
+        [helper.make_tensor_value_info(*o) for o in outputs],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(PLUGIN_DOMAIN, 1)]
+    ).SerializeToString()
 
 
 def _run_engine(trt, model: bytes, feeds: dict) -> dict:
@@ -286,10 +319,18 @@ def test_tmrope_plugin_engine_matches_reference(full_trt):
     q = rng.standard_normal((1, 4, 8, 128)).astype(np.float32)
     k = rng.standard_normal((1, 2, 8, 128)).astype(np.float32)
     pos = rng.integers(0, 30000, (3, 1, 8)).astype(np.int32)
-    model = _single_node_model("OmniEdgeTMRoPE", [("q", TensorProto.FLOAT, q.shape), ("k", TensorProto.FLOAT, k.shape),
-                                                  ("positions", TensorProto.INT32, pos.shape)],
-                               [("q_out", TensorProto.FLOAT, q.shape), ("k_out", TensorProto.FLOAT, k.shape)],
-                               head_dim=128, mrope_section=[16, 24, 24], theta=1e6)
+    model = _single_node_model(
+        "OmniEdgeTMRoPE",
+        [
+            ("q", TensorProto.FLOAT, q.shape),
+            ("k", TensorProto.FLOAT, k.shape),
+            ("positions", TensorProto.INT32, pos.shape),
+        ],
+        [("q_out", TensorProto.FLOAT, q.shape), ("k_out", TensorProto.FLOAT, k.shape)],
+        head_dim=128,
+        mrope_section=[16, 24, 24],
+        theta=1e6,
+    )
     out = _run_engine(full_trt, model, {"q": q, "k": k, "positions": pos})
     q_ref, k_ref = R.tmrope(q, k, pos, **ROPE)
     np.testing.assert_allclose(out["q_out"], q_ref, atol=2e-5, rtol=0)
@@ -301,15 +342,20 @@ def test_audio_decode_plugin_engine_matches_reference(full_trt, stage):
     from onnx import TensorProto
 
     rng = np.random.default_rng(stage)
-    feeds = {"y": rng.standard_normal((144, 80)).astype(np.float32),
-             "dit_out": rng.standard_normal((2, 144, 80)).astype(np.float32),
-             "ks": rng.standard_normal((3, 144, 80)).astype(np.float32),
-             "dt": np.array([0.05], np.float32), "stage": np.array([stage], np.int32)}
+    feeds = {
+        "y": rng.standard_normal((144, 80)).astype(np.float32),
+        "dit_out": rng.standard_normal((2, 144, 80)).astype(np.float32),
+        "ks": rng.standard_normal((3, 144, 80)).astype(np.float32),
+        "dt": np.array([0.05], np.float32),
+        "stage": np.array([stage], np.int32),
+    }
     types = {"stage": TensorProto.INT32}
-    model = _single_node_model("OmniEdgeAudioDecodeStep",
-                               [(n, types.get(n, TensorProto.FLOAT), v.shape) for n, v in feeds.items()],
-                               [("y_next", TensorProto.FLOAT, (144, 80)), ("ks_next", TensorProto.FLOAT, (3, 144, 80))],
-                               guidance_scale=0.5)
+    model = _single_node_model(
+        "OmniEdgeAudioDecodeStep",
+        [(n, types.get(n, TensorProto.FLOAT), v.shape) for n, v in feeds.items()],
+        [("y_next", TensorProto.FLOAT, (144, 80)), ("ks_next", TensorProto.FLOAT, (3, 144, 80))],
+        guidance_scale=0.5,
+    )
     out = _run_engine(full_trt, model, feeds)
     ref_y, ref_ks = R.ode_step(feeds["y"], feeds["dit_out"], feeds["ks"], feeds["dt"][0], 0.5, stage)
     np.testing.assert_allclose(out["y_next"], ref_y, atol=1e-6, rtol=1e-6)

@@ -45,9 +45,21 @@ def host_kernels(tmp_path_factory, monkeypatch_module):
     if compiler is None or include is None:
         pytest.skip("needs a host C++ compiler and the CUDA headers (cuda_fp16.h) to build the kernels for the CPU")
     lib_path = tmp_path_factory.mktemp("host_kernels") / "kernels.so"
-    command = [compiler, "-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off", "-include",
-               str(HARNESS / "shim.h"), f"-I{include}", f"-I{KERNEL_DIR}", str(HARNESS / "harness.cpp"),
-               "-o", str(lib_path)]
+    command = [
+        compiler,
+        "-std=c++17",
+        "-O1",
+        "-shared",
+        "-fPIC",
+        "-ffp-contract=off",
+        "-include",
+        str(HARNESS / "shim.h"),
+        f"-I{include}",
+        f"-I{KERNEL_DIR}",
+        str(HARNESS / "harness.cpp"),
+        "-o",
+        str(lib_path),
+    ]
     built = subprocess.run(command, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     lib = ctypes.CDLL(str(lib_path))
@@ -91,8 +103,9 @@ def test_tmrope_kernel_on_host_matches_reference(host_kernels, dtype, batch, q_h
     positions = rng.integers(0, 30000, (3, batch, seq)).astype(np.int32)  # t, h, w differ: sections matter
     q_out, k_out = np.zeros_like(q), np.zeros_like(k)
     shape = launch.TmropeShape(batch, q_heads, k_heads, seq, ROPE["head_dim"])
-    launch.launch_tmrope(_ptr(q), _ptr(k), _ptr(positions), _ptr(q_out), _ptr(k_out), shape,
-                         ROPE["mrope_section"], ROPE["theta"], dtype)
+    launch.launch_tmrope(
+        _ptr(q), _ptr(k), _ptr(positions), _ptr(q_out), _ptr(k_out), shape, ROPE["mrope_section"], ROPE["theta"], dtype
+    )
     want_q, want_k = R.tmrope(load(q), load(k), positions, **ROPE)
     np.testing.assert_allclose(load(q_out), want_q, atol=atol, rtol=0)
     np.testing.assert_allclose(load(k_out), want_k, atol=atol, rtol=0)
@@ -114,8 +127,9 @@ def test_ode_kernels_on_host_match_reference(host_kernels, stage):
     # device scalars, ks updated in place (as the runtime's own ODE loop does)
     dt, stage_arg = np.array([0.07], np.float32), np.array([stage], np.int32)
     in_place, out = ks.copy(), np.zeros_like(y)
-    launch.launch_ode_step_dev(_ptr(y), _ptr(dit), _ptr(in_place), _ptr(in_place), _ptr(out), y.size, _ptr(dt), 0.5,
-                               _ptr(stage_arg))
+    launch.launch_ode_step_dev(
+        _ptr(y), _ptr(dit), _ptr(in_place), _ptr(in_place), _ptr(out), y.size, _ptr(dt), 0.5, _ptr(stage_arg)
+    )
     np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=0)
     np.testing.assert_array_equal(in_place, want_ks)
     if stage == 0:
@@ -165,8 +179,14 @@ def test_tmrope_plugin_enqueue_on_host(plugin_types):
     plugin = classes["TMRoPEPlugin"](ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"])
     half, i32 = trt.DataType.HALF, trt.DataType.INT32
     inputs = [_desc(trt, q.shape, half), _desc(trt, k.shape, half), _desc(trt, positions.shape, i32)]
-    plugin.enqueue(inputs, [_desc(trt, q.shape, half), _desc(trt, k.shape, half)],
-                   [_ptr(q), _ptr(k), _ptr(positions)], [_ptr(q_out), _ptr(k_out)], 0, 0)
+    plugin.enqueue(
+        inputs,
+        [_desc(trt, q.shape, half), _desc(trt, k.shape, half)],
+        [_ptr(q), _ptr(k), _ptr(positions)],
+        [_ptr(q_out), _ptr(k_out)],
+        0,
+        0,
+    )
     want_q, want_k = R.tmrope(q.astype(np.float32), k.astype(np.float32), positions, **ROPE)
     np.testing.assert_allclose(q_out.astype(np.float32), want_q, atol=4e-3, rtol=0)
     np.testing.assert_allclose(k_out.astype(np.float32), want_k, atol=4e-3, rtol=0)
@@ -184,8 +204,14 @@ def test_audio_decode_plugin_enqueue_on_host(plugin_types, stage):
     f32, i32 = trt.DataType.FLOAT, trt.DataType.INT32
     inputs = [_desc(trt, a.shape, i32 if a is stage_arg else f32) for a in (y, dit, ks, dt, stage_arg)]
     plugin = classes["AudioDecodeStepPlugin"](0.5)
-    plugin.enqueue(inputs, [_desc(trt, y.shape, f32), _desc(trt, ks.shape, f32)],
-                   [_ptr(a) for a in (y, dit, ks, dt, stage_arg)], [_ptr(out), _ptr(ks_out)], 0, 0)
+    plugin.enqueue(
+        inputs,
+        [_desc(trt, y.shape, f32), _desc(trt, ks.shape, f32)],
+        [_ptr(a) for a in (y, dit, ks, dt, stage_arg)],
+        [_ptr(out), _ptr(ks_out)],
+        0,
+        0,
+    )
     want_out, want_ks = R.ode_step(y, dit, ks, np.float32(0.05), 0.5, stage)
     np.testing.assert_allclose(out, want_out, atol=2e-6, rtol=0)
     np.testing.assert_array_equal(ks_out, want_ks)

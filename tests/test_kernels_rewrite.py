@@ -17,8 +17,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from omni_edge.kernels.graph_rewrite import (  # noqa: E402
-    PLUGIN_DOMAIN, TmropeAttrs, rewrite_tmrope, supports_plugins)
+from omni_edge.kernels.graph_rewrite import PLUGIN_DOMAIN, TmropeAttrs, rewrite_tmrope, supports_plugins  # noqa: E402
 from omni_edge.kernels.plugins import TMROPE_PLUGIN  # noqa: E402
 
 
@@ -32,8 +31,7 @@ def _text_config() -> dict:
 def rope_onnx(tmp_path_factory):
     """Two 'layers' of transformers' rotary code sharing one cos/sin, exported the way the Thinker is."""
     from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniTextConfig
-    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import (
-        Qwen2_5OmniRotaryEmbedding, apply_rotary_pos_emb)
+    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniRotaryEmbedding, apply_rotary_pos_emb
 
     config = Qwen2_5OmniTextConfig(**_text_config())
 
@@ -54,8 +52,15 @@ def rope_onnx(tmp_path_factory):
     seq = torch.export.Dim("seq")
     args = (torch.randn(1, 2, 5, 16), torch.randn(1, 1, 5, 16), torch.arange(5).expand(3, 1, 5).clone())
     path = tmp_path_factory.mktemp("rope") / "rope.onnx"
-    torch.onnx.export(TwoLayers().eval(), args, str(path), dynamo=True, input_names=["q", "k", "position_ids"],
-                      output_names=["q_out", "k_out"], dynamic_shapes=({2: seq}, {2: seq}, {2: seq}))
+    torch.onnx.export(
+        TwoLayers().eval(),
+        args,
+        str(path),
+        dynamo=True,
+        input_names=["q", "k", "position_ids"],
+        output_names=["q_out", "k_out"],
+        dynamic_shapes=({2: seq}, {2: seq}, {2: seq}),
+    )
     return onnx.load(str(path))
 
 
@@ -100,9 +105,11 @@ def test_rewritten_graph_matches_plain_graph(rope_onnx):
     rewritten, _ = rewrite_tmrope(rope_onnx, _attrs())
     rng = np.random.default_rng(0)
     seq = 13
-    feeds = {"q": rng.standard_normal((1, 2, seq, 16), dtype=np.float32),
-             "k": rng.standard_normal((1, 1, seq, 16), dtype=np.float32),
-             "position_ids": rng.integers(0, 20000, (3, 1, seq))}
+    feeds = {
+        "q": rng.standard_normal((1, 2, seq, 16), dtype=np.float32),
+        "k": rng.standard_normal((1, 1, seq, 16), dtype=np.float32),
+        "position_ids": rng.integers(0, 20000, (3, 1, seq)),
+    }
     plain = ort.InferenceSession(rope_onnx.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     fused = ReferenceEvaluator(rewritten, new_ops=[_PluginOp.make()]).run(None, feeds)
     for a, b in zip(fused, plain):
@@ -132,8 +139,17 @@ def test_rewrite_leaves_graphs_without_rotary_unchanged():
     assert [n.op_type for n in rewritten.graph.node] == ["Slice"]
 
 
-@pytest.mark.parametrize("target,expected", [("cpu", False), ("rtx-ada", False), ("rtx-blackwell", False),
-                                             ("jetson-orin", True), ("jetson-thor", True), ("hopper", True)])
+@pytest.mark.parametrize(
+    "target,expected",
+    [
+        ("cpu", False),
+        ("rtx-ada", False),
+        ("rtx-blackwell", False),
+        ("jetson-orin", True),
+        ("jetson-thor", True),
+        ("hopper", True),
+    ],
+)
 def test_plugin_path_is_only_offered_where_it_can_run(target, expected):
     from omni_edge.targets import get_target
 
@@ -154,8 +170,11 @@ def test_rewrite_on_the_exported_thinker_prefill(cpu_bundle):
     rng = np.random.default_rng(1)
     seq = 6
     hidden = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-    feeds = {"inputs_embeds": rng.standard_normal((1, seq, hidden), dtype=np.float32),
-             "position_ids": rng.integers(0, 300, (3, 1, seq)), "attention_mask": np.ones((1, seq), np.int64)}
+    feeds = {
+        "inputs_embeds": rng.standard_normal((1, seq, hidden), dtype=np.float32),
+        "position_ids": rng.integers(0, 300, (3, 1, seq)),
+        "attention_mask": np.ones((1, seq), np.int64),
+    }
     names = ["last_hidden_state", "present.0.key"]
     plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, feeds)
     fused = ReferenceEvaluator(rewritten, new_ops=[_PluginOp.make()]).run(names, feeds)

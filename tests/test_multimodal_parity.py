@@ -43,23 +43,32 @@ def hf_inputs(audio=(), images=(), videos=(), use_audio_in_video=False) -> dict:
         kwargs.update(input_features=torch.tensor(features), feature_attention_mask=torch.tensor(mask))
     if images:
         done = [preprocess_image(i) for i in images]
-        kwargs.update(pixel_values=torch.tensor(np.concatenate([p for p, _ in done])),
-                      image_grid_thw=torch.tensor(np.concatenate([g for _, g in done])))
+        kwargs.update(
+            pixel_values=torch.tensor(np.concatenate([p for p, _ in done])),
+            image_grid_thw=torch.tensor(np.concatenate([g for _, g in done])),
+        )
     if videos:
         done = [preprocess_video(frames, fps) for frames, fps, *_ in videos]
-        kwargs.update(pixel_values_videos=torch.tensor(np.concatenate([p for p, _, _ in done])),
-                      video_grid_thw=torch.tensor(np.concatenate([g for _, g, _ in done])),
-                      video_second_per_grid=torch.tensor([s for _, _, s in done]))
+        kwargs.update(
+            pixel_values_videos=torch.tensor(np.concatenate([p for p, _, _ in done])),
+            video_grid_thw=torch.tensor(np.concatenate([g for _, g, _ in done])),
+            video_second_per_grid=torch.tensor([s for _, _, s in done]),
+        )
     return kwargs
 
 
 def hf_greedy(hf_model, ids, new_tokens, media: dict, use_audio_in_video: bool) -> list[int]:
     input_ids = torch.tensor([ids])
     with torch.no_grad():
-        out = hf_model.thinker.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                        max_new_tokens=new_tokens, do_sample=False,
-                                        use_audio_in_video=use_audio_in_video, **media)
-    return out[0, len(ids):].tolist()
+        out = hf_model.thinker.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            use_audio_in_video=use_audio_in_video,
+            **media,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 CASES = {
@@ -103,8 +112,9 @@ def test_audio_encoder_graph_matches_module(session, hf_model, seconds):
     ours = session.media.encode_audio(wave).embeds
     mel = log_mel(wave)
     with torch.no_grad():
-        ref = hf_model.thinker.model.audio_tower(input_features=torch.tensor(mel),
-                                                 feature_lens=torch.tensor([mel.shape[1]])).last_hidden_state
+        ref = hf_model.thinker.model.audio_tower(
+            input_features=torch.tensor(mel), feature_lens=torch.tensor([mel.shape[1]])
+        ).last_hidden_state
     np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4, rtol=1e-4)
 
 

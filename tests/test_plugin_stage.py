@@ -22,11 +22,11 @@ pytest.importorskip("onnx_graphsurgeon", reason="onnx-graphsurgeon is not instal
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from omni_edge.export.plugin_stage import (  # noqa: E402
-    PluginChoice, apply_plugins, decide_plugins, tmrope_attrs_for)
+from test_kernels_rewrite import _PluginOp  # noqa: E402
+
+from omni_edge.export.plugin_stage import PluginChoice, apply_plugins, decide_plugins, tmrope_attrs_for  # noqa: E402
 from omni_edge.kernels.graph_rewrite import PLUGIN_DOMAIN, TmropeAttrs  # noqa: E402
 from omni_edge.kernels.plugins import TMROPE_PLUGIN  # noqa: E402
-from test_kernels_rewrite import _PluginOp  # noqa: E402
 
 FULL_TENSORRT = {"jetson-orin", "jetson-orin-nano", "jetson-thor", "hopper"}
 DECODERS = (naming.THINKER_PREFILL, naming.THINKER_DECODE, naming.TALKER_PREFILL, naming.TALKER_DECODE)
@@ -72,8 +72,12 @@ def test_unknown_mode_is_refused():
 def _num_layers(bundle: Path) -> dict[str, int]:
     manifest = json.loads((bundle / naming.MANIFEST_FILE).read_text())
     thinker, talker = manifest["kv_cache"]["num_layers"], manifest["talker"]["kv_cache"]["num_layers"]
-    return {naming.THINKER_PREFILL: thinker, naming.THINKER_DECODE: thinker,
-            naming.TALKER_PREFILL: talker, naming.TALKER_DECODE: talker}
+    return {
+        naming.THINKER_PREFILL: thinker,
+        naming.THINKER_DECODE: thinker,
+        naming.TALKER_PREFILL: talker,
+        naming.TALKER_DECODE: talker,
+    }
 
 
 def _copy_graphs(bundle: Path, out: Path, names=DECODERS) -> dict[str, str]:
@@ -132,9 +136,11 @@ def test_rewritten_files_compute_what_the_plain_graph_did(cpu_bundle, hf_model, 
     kv, hidden = manifest["kv_cache"], manifest["thinker"]["hidden_size"]
     rng = np.random.default_rng(3)
     seq, past = 3, 7
-    feeds = {"inputs_embeds": rng.standard_normal((1, seq, hidden), dtype=np.float32),
-             "position_ids": np.tile(np.arange(past, past + seq), (3, 1, 1)),
-             "attention_mask": np.ones((1, past + seq), np.int64)}
+    feeds = {
+        "inputs_embeds": rng.standard_normal((1, seq, hidden), dtype=np.float32),
+        "position_ids": np.tile(np.arange(past, past + seq), (3, 1, 1)),
+        "attention_mask": np.ones((1, past + seq), np.int64),
+    }
     for cache_name in naming.past_names(layers):
         feeds[cache_name] = rng.standard_normal((1, kv["num_kv_heads"], past, kv["head_dim"]), dtype=np.float32)
     outputs = ["last_hidden_state", *naming.present_names(layers)]
@@ -158,8 +164,9 @@ def test_a_graph_without_rotary_is_an_error_not_a_plain_graph_labelled_plugin(hf
     onnx.save(stitch_graph(48, 72), str(tmp_path / "thinker_prefill.onnx"))
     before = (tmp_path / "thinker_prefill.onnx").read_bytes()
     with pytest.raises(KernelError, match="rotary pattern was not found"):
-        apply_plugins(tmp_path, {naming.THINKER_PREFILL: "thinker_prefill.onnx"}, tmrope_attrs_for(hf_model),
-                      True, "test")
+        apply_plugins(
+            tmp_path, {naming.THINKER_PREFILL: "thinker_prefill.onnx"}, tmrope_attrs_for(hf_model), True, "test"
+        )
     assert (tmp_path / "thinker_prefill.onnx").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thinker_prefill.onnx"]  # no scratch left behind
 
@@ -172,9 +179,14 @@ class _Calibration:
 
     def __init__(self, hidden: int, lengths=(5, 8, 12)):
         rng = np.random.default_rng(0)
-        self.feeds = [{"inputs_embeds": rng.standard_normal((1, s, hidden), dtype=np.float32),
-                       "position_ids": np.tile(np.arange(s, dtype=np.int64), (3, 1, 1)),
-                       "attention_mask": np.ones((1, s), np.int64)} for s in lengths]
+        self.feeds = [
+            {
+                "inputs_embeds": rng.standard_normal((1, s, hidden), dtype=np.float32),
+                "position_ids": np.tile(np.arange(s, dtype=np.int64), (3, 1, 1)),
+                "attention_mask": np.ones((1, s), np.int64),
+            }
+            for s in lengths
+        ]
         self.index = 0
 
     def get_next(self):
@@ -198,21 +210,27 @@ def _dq_fed_matmuls(model) -> set[str]:
 def test_int8_quantized_thinker_prefill_is_rewritten_too(cpu_bundle, hf_model, tmp_path):
     """ModelOpt's int8 PTQ puts Q/DQ pairs on every input of the rotation's Mul and Add ops; the matcher looks
     through them, and the attention MatMuls keep their own Q/DQ."""
-    mq = pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt is not installed "
-                                                                    "(pip install 'omni-edge[quant]')")
+    mq = pytest.importorskip(
+        "modelopt.onnx.quantization", reason="nvidia-modelopt is not installed (pip install 'omni-edge[quant]')"
+    )
     source = tmp_path / "fp32"
     source.mkdir()
     _copy_graphs(cpu_bundle, source, [naming.THINKER_PREFILL])  # ModelOpt rewrites its input file too
     manifest = json.loads((cpu_bundle / naming.MANIFEST_FILE).read_text())
     quantized = tmp_path / "thinker_prefill.onnx"
-    mq.quantize(str(source / "thinker_prefill.onnx"), quantize_mode="int8",
-                calibration_data_reader=_Calibration(manifest["thinker"]["hidden_size"]), calibration_eps=["cpu"],
-                output_path=str(quantized), high_precision_dtype="fp32", log_level="WARNING")
+    mq.quantize(
+        str(source / "thinker_prefill.onnx"),
+        quantize_mode="int8",
+        calibration_data_reader=_Calibration(manifest["thinker"]["hidden_size"]),
+        calibration_eps=["cpu"],
+        output_path=str(quantized),
+        high_precision_dtype="fp32",
+        log_level="WARNING",
+    )
     before = onnx.load(str(quantized), load_external_data=False)
     assert Counter(n.op_type for n in before.graph.node)["QuantizeLinear"] > 0
 
-    choice = apply_plugins(tmp_path, {naming.THINKER_PREFILL: quantized.name}, tmrope_attrs_for(hf_model), True,
-                           "test")
+    choice = apply_plugins(tmp_path, {naming.THINKER_PREFILL: quantized.name}, tmrope_attrs_for(hf_model), True, "test")
     layers = _num_layers(cpu_bundle)[naming.THINKER_PREFILL]
     report = choice.graphs[naming.THINKER_PREFILL]
     assert (report["replaced"], report["left_plain"]) == (layers, 0)

@@ -19,13 +19,13 @@ import pytest
 
 pytest.importorskip("modelopt.onnx.quantization", reason="quantization needs omni-edge[quant] (NVIDIA ModelOpt)")
 
-from omni_edge import naming  # noqa: E402
-from omni_edge.bundle import Manifest, load_manifest  # noqa: E402
-from omni_edge.calibration.calib_set import synthetic_calibration_set  # noqa: E402
-from omni_edge.calibration.report import QuantizationReport  # noqa: E402
-from omni_edge.calibration.stage import reduce_bundle  # noqa: E402
-from omni_edge.precision_plan import component_precisions, graph_precisions  # noqa: E402
-from omni_edge.targets import get_target  # noqa: E402
+from omni_edge import naming
+from omni_edge.bundle import Manifest, load_manifest
+from omni_edge.calibration.calib_set import synthetic_calibration_set
+from omni_edge.calibration.report import QuantizationReport
+from omni_edge.calibration.stage import reduce_bundle
+from omni_edge.precision_plan import component_precisions, graph_precisions
+from omni_edge.targets import get_target
 
 # int4-awq on the tiny model: random weights give nearly flat logits, and the minimum over outputs is the
 # last-position logits (measured cosine 0.898); a real checkpoint is measured by its own report.
@@ -48,8 +48,9 @@ def _reduce(cpu_bundle: Path, out: Path, target: str, precision: str = "auto") -
     t = get_target(target)
     precisions = graph_precisions(component_precisions(t, precision), manifest.components)
     out.mkdir()
-    reduced, report = reduce_bundle(cpu_bundle, out, manifest, precisions, t.high_precision,
-                                    synthetic_calibration_set())
+    reduced, report = reduce_bundle(
+        cpu_bundle, out, manifest, precisions, t.high_precision, synthetic_calibration_set()
+    )
     return Reduced(out, precisions, reduced, report)
 
 
@@ -182,9 +183,11 @@ def test_fp16_keeps_rotary_angles_in_fp32_for_long_contexts(cpu_bundle, tmp_path
     to_fp16(cpu_bundle / name, tmp_path / name)
     hidden = load_manifest(cpu_bundle, verify_files=False).thinker.hidden_size
     rng = np.random.default_rng(0)
-    feed = {"inputs_embeds": (rng.standard_normal((1, 8, hidden)) * 0.02).astype(np.float32),
-            "position_ids": np.tile(np.arange(3000, 3008), (3, 1, 1)).astype(np.int64),
-            "attention_mask": np.ones((1, 8), np.int64)}
+    feed = {
+        "inputs_embeds": (rng.standard_normal((1, 8, hidden)) * 0.02).astype(np.float32),
+        "position_ids": np.tile(np.arange(3000, 3008), (3, 1, 1)).astype(np.int64),
+        "attention_mask": np.ones((1, 8), np.int64),
+    }
     expected = ort_session(cpu_bundle / name, False).run(["present.0.key"], feed)[0]
     got = ort_session(tmp_path / name, False).run(["present.0.key"], feed)[0]
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 2e-3
@@ -212,8 +215,24 @@ def _cli(*args, cache_dir):
 
 def test_cli_int8_export_prints_and_records_accuracy(tiny_checkpoint, cache_dir, tmp_path):
     out = tmp_path / "int8"
-    proc = _cli("omni-export", "--model", "tiny", "--target", "cpu", "--precision", "int8", "--calib", "synthetic",
-                "--components", "thinker", "--max-seq-len", "256", "--out", str(out), cache_dir=cache_dir)
+    proc = _cli(
+        "omni-export",
+        "--model",
+        "tiny",
+        "--target",
+        "cpu",
+        "--precision",
+        "int8",
+        "--calib",
+        "synthetic",
+        "--components",
+        "thinker",
+        "--max-seq-len",
+        "256",
+        "--out",
+        str(out),
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "accuracy vs fp32:" in proc.stderr and "thinker_decode" in proc.stderr
     assert "text tokens agree" in proc.stderr
@@ -223,8 +242,9 @@ def test_cli_int8_export_prints_and_records_accuracy(tiny_checkpoint, cache_dir,
     assert set(manifest.quantization.graphs) == {naming.THINKER_PREFILL, naming.THINKER_DECODE}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or fp32 twin left
 
-    run = _cli("omni-run", str(out), "--prompt", "Hello", "--greedy", "--max-new-tokens", "6", "--json",
-               cache_dir=cache_dir)
+    run = _cli(
+        "omni-run", str(out), "--prompt", "Hello", "--greedy", "--max-new-tokens", "6", "--json", cache_dir=cache_dir
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -246,9 +266,24 @@ def test_cli_calibration_from_a_directory_of_user_media(tiny_checkpoint, cache_d
     assert calib.samples[0].prompt == "What time is it?"
 
     out = tmp_path / "bundle"
-    proc = _cli("omni-export", "--model", "tiny", "--target", "cpu", "--precision", "thinker=int8",
-                "--calib", str(media), "--components", "thinker,audio_encoder", "--max-seq-len", "256",
-                "--out", str(out), cache_dir=cache_dir)
+    proc = _cli(
+        "omni-export",
+        "--model",
+        "tiny",
+        "--target",
+        "cpu",
+        "--precision",
+        "thinker=int8",
+        "--calib",
+        str(media),
+        "--components",
+        "thinker,audio_encoder",
+        "--max-seq-len",
+        "256",
+        "--out",
+        str(out),
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = load_manifest(out)
     assert manifest.components[naming.AUDIO_ENCODER].precision == "fp32"  # cpu default for the encoder
@@ -260,22 +295,35 @@ def test_bad_calibration_input_fails_before_export(tmp_path, cache_dir):
     from test_cli import assert_one_line_error
 
     def export(*args):
-        return _cli("omni-export", "--model", "tiny", "--target", "cpu", "--out", str(tmp_path / "b"), *args,
-                    cache_dir=cache_dir)
+        return _cli(
+            "omni-export",
+            "--model",
+            "tiny",
+            "--target",
+            "cpu",
+            "--out",
+            str(tmp_path / "b"),
+            *args,
+            cache_dir=cache_dir,
+        )
 
     assert_one_line_error(export("--precision", "int8"), "needs calibration data", "--calib synthetic")
     assert_one_line_error(export("--precision", "int8", "--calib", str(tmp_path / "none")), "no such directory")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "x.md").write_text("nothing usable")
-    assert_one_line_error(export("--precision", "int8", "--calib", str(tmp_path / "empty")),
-                          "no usable calibration files")
+    assert_one_line_error(
+        export("--precision", "int8", "--calib", str(tmp_path / "empty")), "no usable calibration files"
+    )
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "clip.wav").write_bytes(b"RIFF not really a wav")
     assert_one_line_error(export("--precision", "int8", "--calib", str(tmp_path / "broken")), "clip.wav")
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "p.txt").write_text("Hello there\n")
-    assert_one_line_error(export("--precision", "int8", "--calib", str(tmp_path / "text")),
-                          "no audio files", "audio_encoder (int8) cannot be calibrated")
+    assert_one_line_error(
+        export("--precision", "int8", "--calib", str(tmp_path / "text")),
+        "no audio files",
+        "audio_encoder (int8) cannot be calibrated",
+    )
     assert_one_line_error(export("--plugins", "on"), "--plugins on is not possible for target cpu")
     assert not (tmp_path / "b").exists()
 
@@ -286,16 +334,31 @@ def test_orin_bundle_without_engines_carries_plugins_and_int4(tiny_checkpoint, c
     import onnx
 
     out = tmp_path / "orin"
-    proc = _cli("omni-export", "--model", "tiny", "--target", "jetson-orin", "--calib", "synthetic", "--plugins", "on",
-                "--components", "thinker", "--no-engines", "--max-seq-len", "256", "--out", str(out),
-                cache_dir=cache_dir)
+    proc = _cli(
+        "omni-export",
+        "--model",
+        "tiny",
+        "--target",
+        "jetson-orin",
+        "--calib",
+        "synthetic",
+        "--plugins",
+        "on",
+        "--components",
+        "thinker",
+        "--no-engines",
+        "--max-seq-len",
+        "256",
+        "--out",
+        str(out),
+        cache_dir=cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "omni-build-engines" in proc.stderr
     manifest = load_manifest(out)
     assert manifest.backend == "tensorrt" and manifest.tensorrt is None
     assert {r.precision for r in manifest.components.values()} == {"int4-awq"}
-    assert manifest.plugins.enabled and set(manifest.plugins.graphs) == {naming.THINKER_PREFILL,
-                                                                         naming.THINKER_DECODE}
+    assert manifest.plugins.enabled and set(manifest.plugins.graphs) == {naming.THINKER_PREFILL, naming.THINKER_DECODE}
     for name, rewrite in manifest.plugins.graphs.items():
         assert rewrite["replaced"] == manifest.kv_cache.num_layers and rewrite["left_plain"] == 0
         ops = [n.op_type for n in onnx.load(str(out / f"{name}.onnx"), load_external_data=False).graph.node]

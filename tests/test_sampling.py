@@ -30,7 +30,9 @@ def _logits(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(VOCAB) * 3
 
 
-@given(seed=st.integers(0, 10_000), penalty=st.floats(0.5, 2.0), history=st.lists(st.integers(0, VOCAB - 1), max_size=20))
+@given(
+    seed=st.integers(0, 10_000), penalty=st.floats(0.5, 2.0), history=st.lists(st.integers(0, VOCAB - 1), max_size=20)
+)
 @settings(max_examples=50, deadline=None)
 def test_repetition_penalty_matches_transformers(seed, penalty, history):
     logits = _logits(seed)
@@ -82,7 +84,12 @@ def test_sampling_only_draws_kept_tokens():
 
 @pytest.mark.parametrize(
     "config",
-    [SamplingConfig(temperature=0), SamplingConfig(top_k=-1), SamplingConfig(top_p=0), SamplingConfig(repetition_penalty=0)],
+    [
+        SamplingConfig(temperature=0),
+        SamplingConfig(top_k=-1),
+        SamplingConfig(top_p=0),
+        SamplingConfig(repetition_penalty=0),
+    ],
 )
 def test_bad_sampling_options_are_refused(config):
     with pytest.raises(InputError):

@@ -27,6 +27,7 @@ RTOL, ATOL = 1e-4, 1e-5
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def prefill_feed(bundle: Path, token_ids: np.ndarray) -> dict[str, np.ndarray]:
     """thinker_prefill inputs for real embedding rows, so activations look like the runtime's."""
     from safetensors.numpy import load_file
@@ -58,8 +59,13 @@ def assert_same_outputs(original: Path, smoothed: Path, feeds: list[dict[str, np
 
 
 def save_model(path: Path, nodes, inputs, outputs, initializers) -> Path:
-    graph = helper.make_graph(nodes, "g", inputs, outputs,
-                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in initializers.items()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        inputs,
+        outputs,
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in initializers.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.checker.check_model(model)
@@ -84,6 +90,7 @@ def flatness(channel_max: np.ndarray) -> float:
 
 
 # -- the real tiny thinker -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def smoothed_prefill(cpu_bundle, tmp_path_factory):
@@ -140,13 +147,16 @@ def test_thinker_groups_are_the_norms_and_the_head_is_left_alone(smoothed_prefil
 
 # -- hand-built graphs -----------------------------------------------------------------------------
 
+
 def outlier_model(path: Path, rng) -> Path:
     """x -> Mul(x, gamma) -> MatMul(W) -> Relu -> y, the activation with one channel 50x the rest."""
     gamma = rng.uniform(0.5, 1.5, 8)
     w = rng.normal(size=(8, 6))
-    nodes = [helper.make_node("Mul", ["x", "gamma"], ["h"]),
-             helper.make_node("MatMul", ["h", "w"], ["z"]),
-             helper.make_node("Relu", ["z"], ["y"])]
+    nodes = [
+        helper.make_node("Mul", ["x", "gamma"], ["h"]),
+        helper.make_node("MatMul", ["h", "w"], ["z"]),
+        helper.make_node("Relu", ["z"], ["y"]),
+    ]
     return save_model(path, nodes, [x_input(8)], [y_output()], {"gamma": gamma, "w": w})
 
 
@@ -190,11 +200,19 @@ def test_norm_feeding_a_head_or_a_non_matmul_is_skipped(tmp_path, case):
     nodes = [helper.make_node("Mul", ["gamma", "x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["z"])]
     outputs = [y_output("z")]  # "head": the MatMul writes a graph output, ModelOpt keeps it unquantized
     if case == "residual":  # h also feeds an Add, which cannot absorb the 1/s
-        nodes += [helper.make_node("Add", ["h", "h"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["q"]),
-                  helper.make_node("Relu", ["z"], ["y"])]
+        nodes += [
+            helper.make_node("Add", ["h", "h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w"], ["q"]),
+            helper.make_node("Relu", ["z"], ["y"]),
+        ]
         outputs = [y_output("y"), y_output("q")]
-    original = save_model(tmp_path / "m.onnx", nodes, [x_input(4)], outputs,
-                          {"gamma": rng.uniform(0.5, 1.5, 4), "w": rng.normal(size=(4, 4))})
+    original = save_model(
+        tmp_path / "m.onnx",
+        nodes,
+        [x_input(4)],
+        outputs,
+        {"gamma": rng.uniform(0.5, 1.5, 4), "w": rng.normal(size=(4, 4))},
+    )
     report = smooth_model(original, tmp_path / "s.onnx", [{"x": rng.normal(size=(1, 3, 4)).astype(np.float32)}])
     assert report.smoothed_groups == 0
     assert report.skipped_matmuls == (1 if case == "head" else 2)
@@ -205,16 +223,22 @@ def test_norm_feeding_a_head_or_a_non_matmul_is_skipped(tmp_path, case):
 def test_shared_initializers_are_copied_before_rescaling(tmp_path):
     """gamma also scales an unsmoothed graph output; W is also used by a MatMul on the raw input."""
     rng = np.random.default_rng(5)
-    nodes = [helper.make_node("Mul", ["x", "gamma"], ["h"]),
-             helper.make_node("MatMul", ["h", "w"], ["a"]),
-             helper.make_node("MatMul", ["h", "v"], ["b"]),
-             helper.make_node("Add", ["a", "b"], ["y"]),
-             helper.make_node("Mul", ["x", "gamma"], ["g"]),  # same gamma, output visible to the caller
-             helper.make_node("MatMul", ["x", "w"], ["u"]),   # same W, nothing foldable in front
-             helper.make_node("Relu", ["u"], ["p"])]
-    original = save_model(tmp_path / "m.onnx", nodes, [x_input(8)], [y_output("y"), y_output("g"), y_output("p")],
-                          {"gamma": rng.uniform(0.5, 1.5, 8), "w": rng.normal(size=(8, 5)),
-                           "v": rng.normal(size=(8, 5))})
+    nodes = [
+        helper.make_node("Mul", ["x", "gamma"], ["h"]),
+        helper.make_node("MatMul", ["h", "w"], ["a"]),
+        helper.make_node("MatMul", ["h", "v"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+        helper.make_node("Mul", ["x", "gamma"], ["g"]),  # same gamma, output visible to the caller
+        helper.make_node("MatMul", ["x", "w"], ["u"]),  # same W, nothing foldable in front
+        helper.make_node("Relu", ["u"], ["p"]),
+    ]
+    original = save_model(
+        tmp_path / "m.onnx",
+        nodes,
+        [x_input(8)],
+        [y_output("y"), y_output("g"), y_output("p")],
+        {"gamma": rng.uniform(0.5, 1.5, 8), "w": rng.normal(size=(8, 5)), "v": rng.normal(size=(8, 5))},
+    )
     calibration = [outlier_feed(rng) for _ in range(2)]
     report = smooth_model(original, tmp_path / "s.onnx", calibration)
     assert report == SmoothQuantReport(alpha=0.5, smoothed_groups=1, smoothed_matmuls=2, skipped_matmuls=1)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from omni_edge.runtime.sampling import SamplingConfig
-from omni_edge.runtime.session import Done
 from omni_edge.runtime.speech import AudioChunk, SpeechOptions
 from omni_edge.runtime.token2wav import Token2WavStream, full_token2wav, windowed_token2wav
 
@@ -33,7 +32,7 @@ def hf_talker_codes(hf_model, prompt_ids, text_tokens, codec_tokens, speaker, me
 
     def capture(*args, **kwargs):
         out = real_generate(*args, **kwargs)
-        captured["codes"] = out[0, kwargs["input_ids"].shape[1]:].tolist()
+        captured["codes"] = out[0, kwargs["input_ids"].shape[1] :].tolist()
         raise _TalkerCaptured
 
     # Pixel inputs are Thinker-only; the top-level generate hands unprefixed kwargs to the Talker too.
@@ -44,10 +43,17 @@ def hf_talker_codes(hf_model, prompt_ids, text_tokens, codec_tokens, speaker, me
         mask = torch.ones_like(input_ids)
         mask[0, 0] = 0
         with torch.no_grad(), pytest.raises(_TalkerCaptured):
-            hf_model.generate(input_ids=input_ids, attention_mask=mask, speaker=speaker,
-                              thinker_max_new_tokens=text_tokens, thinker_do_sample=False,
-                              talker_do_sample=False, talker_max_new_tokens=codec_tokens,
-                              use_audio_in_video=use_audio_in_video, **media)
+            hf_model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                speaker=speaker,
+                thinker_max_new_tokens=text_tokens,
+                thinker_do_sample=False,
+                talker_do_sample=False,
+                talker_max_new_tokens=codec_tokens,
+                use_audio_in_video=use_audio_in_video,
+                **media,
+            )
     finally:
         hf_model.talker.generate = real_generate
     codes = captured["codes"]
@@ -64,7 +70,7 @@ def speak(session, prompt, text_tokens, codec_tokens, speaker="Chelsie", **media
 
 @pytest.mark.parametrize("speaker,prompt", [("Chelsie", "Say something nice."), ("Ethan", "Count to three.")])
 def test_talker_codes_match_transformers(session, hf_model, speaker, prompt):
-    events, result = speak(session, prompt, 12, 80, speaker)
+    _events, result = speak(session, prompt, 12, 80, speaker)
     assert len(result.codec_token_ids) > 0
     expected = hf_talker_codes(hf_model, result.prompt_token_ids, 12, 80, speaker)
     assert result.codec_token_ids == expected
@@ -74,7 +80,7 @@ def test_talker_codes_match_transformers_with_an_image(session, hf_model):
     from test_multimodal_parity import CASES, hf_inputs
 
     media = CASES["image-only"]
-    events, result = speak(session, "Describe it.", 8, 60, **media)
+    _events, result = speak(session, "Describe it.", 8, 60, **media)
     expected = hf_talker_codes(hf_model, result.prompt_token_ids, 8, 60, "Chelsie", hf_inputs(**media))
     assert result.codec_token_ids == expected
 
@@ -107,8 +113,15 @@ def test_full_token2wav_matches_transformers(session, hf_model, count):
     noise = torch.randn([1, count * 2, 80])
     torch.manual_seed(123)
     with torch.no_grad():
-        ref = hf_model.token2wav(torch.tensor(codes)[None], conditioning=torch.tensor(speaker.cond),
-                                 reference_mel=torch.tensor(speaker.reference_mel)).reshape(-1).numpy()
+        ref = (
+            hf_model.token2wav(
+                torch.tensor(codes)[None],
+                conditioning=torch.tensor(speaker.cond),
+                reference_mel=torch.tensor(speaker.reference_mel),
+            )
+            .reshape(-1)
+            .numpy()
+        )
     ours = full_token2wav(speech.dit, speech.bigvgan, codes, speaker, noise[0].numpy(), 8193)
     assert ours.shape == ref.shape == (count * 2 * 240,)
     # 36 DiT evaluations and the vocoder in fp32; measured ~1e-5 on the tiny model.

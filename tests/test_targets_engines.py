@@ -68,7 +68,9 @@ def test_memory_plan_counts_every_checkpoint_byte(tiny_checkpoint):
     scores, mlp = text["num_attention_heads"] * 1024 * 1024 * 4, 2 * 1024 * text["intermediate_size"] * 4
     assert plan.activation_bytes == max(scores, mlp) + 2 * 1024 * text["hidden_size"] * 4
     assert "logits" not in plan.activation_basis  # the graphs' head runs on the last position only
-    assert plan.total_bytes == plan.weight_bytes + plan.table_bytes + sum(plan.kv_bytes.values()) + plan.activation_bytes
+    assert (
+        plan.total_bytes == plan.weight_bytes + plan.table_bytes + sum(plan.kv_bytes.values()) + plan.activation_bytes
+    )
     check_fits(plan, TARGETS["cpu"])  # the tiny model fits the soft 16 GiB default
 
 
@@ -81,7 +83,9 @@ def test_memory_plan_scales_with_precision_and_components(tiny_checkpoint):
     head = config["vocab_size"] * config["hidden_size"]  # lm_head stays fp16 (the default high precision)
     assert int4.parts[0].head_parameters == head and int4.parts[0].head_precision == "fp16"
     assert int4.parts[0].weight_bytes == (math.ceil((params - head) * BYTES_PER_PARAMETER["int4-awq"]) + head * 2) * 2
-    on_cpu = plan_memory(tiny_checkpoint, {**ALL_FP32, "thinker": "int8"}, 512, ["thinker"], TARGETS["cpu"].high_precision)
+    on_cpu = plan_memory(
+        tiny_checkpoint, {**ALL_FP32, "thinker": "int8"}, 512, ["thinker"], TARGETS["cpu"].high_precision
+    )
     assert on_cpu.parts[0].weight_bytes == ((params - head) + head * 4) * 2
     assert fp32.parts[0].head_precision == ""  # an unquantized head is priced with the rest
     assert int4.kv_bytes["thinker"] == fp32.kv_bytes["thinker"]  # quantized graphs keep fp32 KV inputs
@@ -104,8 +108,14 @@ def _seven_b_checkpoint(tiny_checkpoint: Path, out: Path) -> Path:
     out.mkdir()
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     config["thinker_config"]["text_config"].update(
-        hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
-        intermediate_size=18944, vocab_size=152064)
+        hidden_size=3584,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        head_dim=128,
+        intermediate_size=18944,
+        vocab_size=152064,
+    )
     (out / "config.json").write_text(json.dumps(config))
     for name in ("spk_dict.pt", "tokenizer.json"):
         shutil.copyfile(tiny_checkpoint / name, out / name)
@@ -119,16 +129,27 @@ def _seven_b_checkpoint(tiny_checkpoint: Path, out: Path) -> Path:
 
 def test_seven_b_thinker_is_refused_for_orin_nano_with_numbers(tiny_checkpoint, tmp_path):
     ckpt = _seven_b_checkpoint(tiny_checkpoint, tmp_path / "fake7b")
-    assert read_safetensors_header(ckpt / "model-00001-of-00002.safetensors")["thinker.lm_head.weight"]["shape"] == [152064, 3584]
+    assert read_safetensors_header(ckpt / "model-00001-of-00002.safetensors")["thinker.lm_head.weight"]["shape"] == [
+        152064,
+        3584,
+    ]
     plan = plan_memory(ckpt, {**ALL_FP32, "thinker": "int4-awq"}, 4096, ["thinker"])
     thinker = plan.parts[0]
     assert 7.6e9 < thinker.parameters < 7.8e9
     with pytest.raises(TargetError) as refused:
         check_fits(plan, TARGETS["jetson-orin-nano"])
     message = str(refused.value)
-    for fragment in ("does not fit jetson-orin-nano", "and the target has 6 GiB", "7.69B params",
-                     "int4-awq, head 545.00M fp16 x 2 graphs",
-                     "KV cache", "at --max-seq-len 4096", "attention scores [28, 4096, 4096]", "Try:", "a bigger target"):
+    for fragment in (
+        "does not fit jetson-orin-nano",
+        "and the target has 6 GiB",
+        "7.69B params",
+        "int4-awq, head 545.00M fp16 x 2 graphs",
+        "KV cache",
+        "at --max-seq-len 4096",
+        "attention scores [28, 4096, 4096]",
+        "Try:",
+        "a bigger target",
+    ):
         assert fragment in message, message
     assert f"needs {plan.total_bytes / GIB:.2f} GiB" in message
     check_fits(plan, TARGETS["jetson-orin"])  # 28 GiB: the same plan fits the bigger Orin
@@ -137,8 +158,9 @@ def test_seven_b_thinker_is_refused_for_orin_nano_with_numbers(tiny_checkpoint, 
 def test_export_refuses_an_oversized_model_before_loading_it(tiny_checkpoint, tmp_path):
     ckpt = _seven_b_checkpoint(tiny_checkpoint, tmp_path / "fake7b")
     started = time.perf_counter()
-    proc = cli("omni-export", "--model", str(ckpt), "--target", "cpu", "--components", "thinker",
-               "--out", str(tmp_path / "b"))
+    proc = cli(
+        "omni-export", "--model", str(ckpt), "--target", "cpu", "--components", "thinker", "--out", str(tmp_path / "b")
+    )
     assert_one_line_error(proc, "does not fit cpu", "16 GiB", "x 2 graphs", "--memory-gib", "--max-seq-len")
     assert time.perf_counter() - started < 60  # headers only: loading 7B weights would take far longer
     assert not (tmp_path / "b").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -172,14 +194,17 @@ def _request(target: str, precision: str = "auto", tmp: Path | None = None):
     return ExportRequest(model="tiny", target=target, out=(tmp or Path("/nonexistent")) / "b", precision=precision)
 
 
-@pytest.mark.parametrize("target,precision,fragment", [
-    ("jetson-orin", "fp8", "jetson-orin cannot run fp8"),  # Orin has no FP8 tensor cores
-    ("jetson-orin-nano", "fp8", "jetson-orin-nano cannot run fp8"),
-    ("cpu", "fp16", "cpu cannot run fp16"),
-    ("cpu", "thinker=fp8", "cpu cannot run fp8"),
-    ("rtx-ada", "thinker=int3", "unknown precision 'int3'"),
-    ("rtx-ada", "tinker=int8", "unknown component 'tinker'"),
-])
+@pytest.mark.parametrize(
+    "target,precision,fragment",
+    [
+        ("jetson-orin", "fp8", "jetson-orin cannot run fp8"),  # Orin has no FP8 tensor cores
+        ("jetson-orin-nano", "fp8", "jetson-orin-nano cannot run fp8"),
+        ("cpu", "fp16", "cpu cannot run fp16"),
+        ("cpu", "thinker=fp8", "cpu cannot run fp8"),
+        ("rtx-ada", "thinker=int3", "unknown precision 'int3'"),
+        ("rtx-ada", "tinker=int8", "unknown component 'tinker'"),
+    ],
+)
 def test_precisions_the_target_cannot_run(target, precision, fragment):
     from omni_edge.export.pipeline import check_request
 
@@ -258,8 +283,21 @@ def rtx_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     _rtx()
     out = tmp_path_factory.mktemp("rtx") / "bundle"
     # fp32: these engines are compared with ONNX Runtime on a GPU; reduced rtx bundles: test_quantization
-    proc = cli("omni-export", "--model", str(tiny_checkpoint), "--target", "rtx-ada", "--components", "thinker",
-               "--precision", "fp32", "--max-seq-len", "256", "--out", str(out))
+    proc = cli(
+        "omni-export",
+        "--model",
+        str(tiny_checkpoint),
+        "--target",
+        "rtx-ada",
+        "--components",
+        "thinker",
+        "--precision",
+        "fp32",
+        "--max-seq-len",
+        "256",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "memory plan:" in proc.stderr
     return out
@@ -271,17 +309,26 @@ def test_rtx_export_records_engines_and_tensorrt(rtx_bundle):
     assert manifest.backend == "tensorrt" and manifest.target == "rtx-ada"
     info = manifest.tensorrt
     assert (info.flavour, info.version, info.compute_capability, info.built_on) == (
-        "tensorrt-rtx", trt.__version__, "8.9", "cpu")
+        "tensorrt-rtx",
+        trt.__version__,
+        "8.9",
+        "cpu",
+    )
     assert info.timing_cache is None and not (rtx_bundle / naming.TIMING_CACHE_FILE).exists()  # no-op in RTX
     assert manifest.tools["tensorrt-rtx"] == trt.__version__
     for name in (naming.THINKER_PREFILL, naming.THINKER_DECODE):
         record = manifest.components[name]
         assert record.engine_file == f"{name}.engine" and (rtx_bundle / record.engine_file).stat().st_size > 0
-        assert record.engine_sha256 == manifest.files[record.engine_file] == sha256_file(rtx_bundle / record.engine_file)
+        assert (
+            record.engine_sha256 == manifest.files[record.engine_file] == sha256_file(rtx_bundle / record.engine_file)
+        )
         assert record.file in manifest.files  # the verified graph stays, so the engine can be rebuilt on a device
     assert manifest.components[naming.THINKER_PREFILL].profile == {"seq": [1, 256, 256]}
-    assert manifest.components[naming.THINKER_DECODE].profile == {"seq": [1, 1, 255], "past": [1, 128, 255],
-                                                                  "total": [2, 129, 256]}
+    assert manifest.components[naming.THINKER_DECODE].profile == {
+        "seq": [1, 1, 255],
+        "past": [1, 128, 255],
+        "total": [2, 129, 256],
+    }
     assert manifest.memory_plan.max_seq_len == 256 and manifest.kv_cache.max_seq_len == 256
 
 
@@ -292,18 +339,28 @@ def test_rtx_engines_for_every_other_graph(cpu_bundle, tmp_path):
 
     manifest = load_manifest(cpu_bundle, verify_files=False)
     names = [n for n in manifest.components if not n.startswith("thinker_")]
-    assert set(names) == {naming.AUDIO_ENCODER, naming.VISION_ENCODER, naming.TALKER_PREFILL, naming.TALKER_DECODE,
-                          naming.DIT_WINDOW, naming.BIGVGAN_WINDOW}
+    assert set(names) == {
+        naming.AUDIO_ENCODER,
+        naming.VISION_ENCODER,
+        naming.TALKER_PREFILL,
+        naming.TALKER_DECODE,
+        naming.DIT_WINDOW,
+        naming.BIGVGAN_WINDOW,
+    }
     for name in names:
-        for file in (cpu_bundle / manifest.components[name].file, cpu_bundle / (manifest.components[name].file + ".data")):
+        for file in (
+            cpu_bundle / manifest.components[name].file,
+            cpu_bundle / (manifest.components[name].file + ".data"),
+        ):
             if file.exists():
                 shutil.copyfile(file, tmp_path / file.name)
     records, info = build_engines(tmp_path, {n: manifest.components[n] for n in names}, TARGETS["rtx-ada"])
     assert all((tmp_path / r.engine_file).stat().st_size > 0 for r in records.values())
     assert info.compute_capability == "8.9"
     # Blackwell RTX (sm_120) from the same graph, so both rtx presets are known to build.
-    _, info = build_engines(tmp_path, {naming.AUDIO_ENCODER: manifest.components[naming.AUDIO_ENCODER]},
-                            TARGETS["rtx-blackwell"])
+    _, info = build_engines(
+        tmp_path, {naming.AUDIO_ENCODER: manifest.components[naming.AUDIO_ENCODER]}, TARGETS["rtx-blackwell"]
+    )
     assert info.compute_capability == "12.0"
 
 
@@ -329,8 +386,13 @@ def test_engines_from_another_tensorrt_version_are_refused(rtx_copy):
     data["tensorrt"]["version"] = "1.0.0.21"
     path.write_text(json.dumps(data))  # the manifest is not hashed; the engines still match theirs
     proc = cli("omni-run", str(rtx_copy), "--prompt", "hi")
-    assert_one_line_error(proc, "TensorRT-RTX 1.0.0.21", f"TensorRT-RTX {installed} is installed",
-                          "pip install tensorrt-rtx==1.0.0.21", "--target rtx-ada")
+    assert_one_line_error(
+        proc,
+        "TensorRT-RTX 1.0.0.21",
+        f"TensorRT-RTX {installed} is installed",
+        "pip install tensorrt-rtx==1.0.0.21",
+        "--target rtx-ada",
+    )
 
 
 def test_engines_for_another_gpu_are_refused(rtx_bundle, monkeypatch):
@@ -382,8 +444,17 @@ def gpu_bundle(cpu_bundle, tmp_path_factory) -> Path:
     thinker = {n: r for n, r in manifest.components.items() if n.startswith("thinker_")}
     records, info = build_engines(out, thinker, target)
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != naming.MANIFEST_FILE}
-    write_manifest(out, replace(manifest, target=target.name, backend="tensorrt", tensorrt=info, files=files,
-                                components={**manifest.components, **records}))
+    write_manifest(
+        out,
+        replace(
+            manifest,
+            target=target.name,
+            backend="tensorrt",
+            tensorrt=info,
+            files=files,
+            components={**manifest.components, **records},
+        ),
+    )
     return out
 
 
@@ -395,9 +466,11 @@ def test_trt_engine_matches_onnxruntime(gpu_bundle):
     rng = np.random.default_rng(0)
     hidden, geo = manifest.thinker.hidden_size, manifest.kv_cache
     new, past = 5, 7
-    feeds = {"inputs_embeds": rng.standard_normal((1, new, hidden)).astype(np.float32),
-             "position_ids": np.broadcast_to(np.arange(past, past + new), (3, 1, new)).astype(np.int64),
-             "attention_mask": np.ones((1, past + new), np.int64)}
+    feeds = {
+        "inputs_embeds": rng.standard_normal((1, new, hidden)).astype(np.float32),
+        "position_ids": np.broadcast_to(np.arange(past, past + new), (3, 1, new)).astype(np.int64),
+        "attention_mask": np.ones((1, past + new), np.int64),
+    }
     for i in range(geo.num_layers):
         for name in (naming.past_key(i), naming.past_value(i)):
             feeds[name] = rng.standard_normal((1, geo.num_kv_heads, past, geo.head_dim)).astype(np.float32)
@@ -420,13 +493,14 @@ def test_session_on_gpu_generates_the_cpu_tokens(gpu_bundle, session):
     assert tokens(Session(gpu_bundle)).text_token_ids == tokens(session).text_token_ids
 
 
-
 def _thinker_pair(bundle: Path):
     from omni_edge.runtime.trt_engine import TrtEngine
 
     manifest = load_manifest(bundle)
-    opened = [TrtEngine(n, bundle / manifest.components[n].engine_file, manifest.tensorrt, bundle, manifest.target)
-              for n in (naming.THINKER_PREFILL, naming.THINKER_DECODE)]
+    opened = [
+        TrtEngine(n, bundle / manifest.components[n].engine_file, manifest.tensorrt, bundle, manifest.target)
+        for n in (naming.THINKER_PREFILL, naming.THINKER_DECODE)
+    ]
     return manifest, *opened
 
 
@@ -441,8 +515,9 @@ def test_device_kv_cache_matches_the_host_cache(gpu_bundle, cpu_bundle):
     manifest, prefill, decode = _thinker_pair(gpu_bundle)
     host = KVCache(manifest.kv_cache)
     device = DeviceKVCache(manifest.kv_cache, bucket=4)
-    ort = [OrtEngine(n, cpu_bundle / manifest.components[n].file) for n in (naming.THINKER_PREFILL,
-                                                                             naming.THINKER_DECODE)]
+    ort = [
+        OrtEngine(n, cpu_bundle / manifest.components[n].file) for n in (naming.THINKER_PREFILL, naming.THINKER_DECODE)
+    ]
     record, position, pitches = manifest.components[naming.THINKER_DECODE], 0, set()
     for count in (6, 1, 1, 1, 3, -5, 1, 2, 1, 1, 1):
         if count < 0:
@@ -472,9 +547,11 @@ def test_cuda_graph_replays_with_fresh_inputs(gpu_bundle):
     graphed = TrtEngine("graphed", path, manifest.tensorrt, gpu_bundle, manifest.target, cuda_graph=True)
     for seed in range(4):  # run 1 plain, run 2 captures, runs 3-4 replay
         embeds = np.random.default_rng(seed).standard_normal((1, 5, manifest.thinker.hidden_size))
-        feeds = {"inputs_embeds": embeds.astype(np.float32),
-                 "position_ids": np.broadcast_to(np.arange(5), (3, 1, 5)).astype(np.int64),
-                 "attention_mask": np.ones((1, 5), np.int64)}
+        feeds = {
+            "inputs_embeds": embeds.astype(np.float32),
+            "position_ids": np.broadcast_to(np.arange(5), (3, 1, 5)).astype(np.int64),
+            "attention_mask": np.ones((1, 5), np.int64),
+        }
         got, want = graphed.run(feeds), plain.run(feeds)
         for name in want:  # same engine, same kernels: only a non-deterministic tactic could differ at all
             np.testing.assert_allclose(got[name], want[name], atol=1e-6, rtol=1e-6)

@@ -28,7 +28,7 @@ def hf_greedy(hf_model, ids: list[int], new_tokens: int) -> list[int]:
             max_new_tokens=new_tokens,
             do_sample=False,
         )
-    return out[0, len(ids):].tolist()
+    return out[0, len(ids) :].tolist()
 
 
 def run_turn(session, prompt, new_tokens=NEW_TOKENS):

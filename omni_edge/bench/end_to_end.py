@@ -26,8 +26,11 @@ def _run(session: Session, prompt: Prompt, new_tokens: int, speech: SpeechOption
     media = prompt.media()
     session.reset()
     start = time.perf_counter()
-    result = next(e.result for e in session.generate(prompt.text, new_tokens, GREEDY, speech=speech, **media)
-                  if isinstance(e, Done))
+    result = next(
+        e.result
+        for e in session.generate(prompt.text, new_tokens, GREEDY, speech=speech, **media)
+        if isinstance(e, Done)
+    )
     wall_ms = 1000 * (time.perf_counter() - start)
     session.reset()
     # result.* timings start when the token loop starts; add what ran before it (front ends, encoders).
@@ -54,8 +57,9 @@ def run_prompt(session: Session, prompt: Prompt, new_tokens: int, policy: Policy
     }
 
 
-def run_speech(session: Session, prompt: Prompt, new_tokens: int, codec_tokens: int, policy: Policy,
-               repeats: int) -> dict:
+def run_speech(
+    session: Session, prompt: Prompt, new_tokens: int, codec_tokens: int, policy: Policy, repeats: int
+) -> dict:
     """A spoken reply (default speaker, greedy Talker, RK4 token2wav), streamed as the runtime does it."""
     options = SpeechOptions(max_codec_tokens=codec_tokens)
     ttft, first_audio, rtf, codec_rate = [], [], [], []

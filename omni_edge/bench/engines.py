@@ -8,8 +8,8 @@ yet is reported as "no benchmark yet", never silently skipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -72,14 +72,20 @@ class BundleEngines:
 # -- Thinker and Talker ---------------------------------------------------------------------------
 def _prefill_cases(manifest: Manifest) -> list[Case]:
     limit = manifest.kv_cache.max_seq_len
-    return [Case(naming.THINKER_PREFILL, f"prefill {n} tokens", n, "tokens", {"new": n, "past": 0})
-            for n in PREFILL_LENGTHS if n <= limit]
+    return [
+        Case(naming.THINKER_PREFILL, f"prefill {n} tokens", n, "tokens", {"new": n, "past": 0})
+        for n in PREFILL_LENGTHS
+        if n <= limit
+    ]
 
 
 def _decode_cases(manifest: Manifest) -> list[Case]:
     limit = manifest.kv_cache.max_seq_len
-    return [Case(naming.THINKER_DECODE, f"decode 1 token at context {n}", 1, "tokens", {"new": 1, "past": n})
-            for n in DECODE_CONTEXTS if n < limit]
+    return [
+        Case(naming.THINKER_DECODE, f"decode 1 token at context {n}", 1, "tokens", {"new": 1, "past": n})
+        for n in DECODE_CONTEXTS
+        if n < limit
+    ]
 
 
 def _thinker_inputs(ctx: BundleEngines, case: Case) -> dict:
@@ -89,14 +95,20 @@ def _thinker_inputs(ctx: BundleEngines, case: Case) -> dict:
 
 def _talker_prefill_cases(manifest: Manifest) -> list[Case]:
     limit = manifest.talker.kv_cache.max_seq_len
-    return [Case(naming.TALKER_PREFILL, f"prefill {n} rows", n, "tokens", {"new": n, "past": 0})
-            for n in TALKER_PREFILL_LENGTHS if n <= limit]
+    return [
+        Case(naming.TALKER_PREFILL, f"prefill {n} rows", n, "tokens", {"new": n, "past": 0})
+        for n in TALKER_PREFILL_LENGTHS
+        if n <= limit
+    ]
 
 
 def _talker_decode_cases(manifest: Manifest) -> list[Case]:
     limit = manifest.talker.kv_cache.max_seq_len
-    return [Case(naming.TALKER_DECODE, f"decode 1 codec token at context {n}", 1, "tokens", {"new": 1, "past": n})
-            for n in DECODE_CONTEXTS if n < limit]
+    return [
+        Case(naming.TALKER_DECODE, f"decode 1 codec token at context {n}", 1, "tokens", {"new": 1, "past": n})
+        for n in DECODE_CONTEXTS
+        if n < limit
+    ]
 
 
 def _talker_inputs(ctx: BundleEngines, case: Case) -> dict:
@@ -147,14 +159,16 @@ def _vision_ours(ctx: BundleEngines, case: Case, inputs: dict):
 
     def run():
         idx = vision_indices(grid, info.spatial_merge_size, info.window_size, info.patch_size)
-        return engine.run({
-            "pixel_patches": inputs["patches"],
-            "patch_positions": idx.patch_positions,
-            "window_index": idx.window_index,
-            "reverse_index": idx.reverse_index,
-            "window_segments": idx.window_segments,
-            "frame_segments": idx.frame_segments,
-        })
+        return engine.run(
+            {
+                "pixel_patches": inputs["patches"],
+                "patch_positions": idx.patch_positions,
+                "window_index": idx.window_index,
+                "reverse_index": idx.reverse_index,
+                "window_segments": idx.window_segments,
+                "frame_segments": idx.frame_segments,
+            }
+        )
 
     return run
 
@@ -162,9 +176,16 @@ def _vision_ours(ctx: BundleEngines, case: Case, inputs: dict):
 # -- token2wav --------------------------------------------------------------------------------------
 def _dit_cases(manifest: Manifest) -> list[Case]:
     frames = DIT_WINDOW_FRAMES
-    return [Case(naming.DIT_WINDOW, f"{frames}-frame window, 1 evaluation", 1, "evaluations", {"frames": frames}),
-            Case(naming.DIT_WINDOW, f"{frames}-frame window, RK4 solve (36 evals)", KEPT_SECONDS, "audio s",
-                 {"frames": frames, "solve": "rk4"})]
+    return [
+        Case(naming.DIT_WINDOW, f"{frames}-frame window, 1 evaluation", 1, "evaluations", {"frames": frames}),
+        Case(
+            naming.DIT_WINDOW,
+            f"{frames}-frame window, RK4 solve (36 evals)",
+            KEPT_SECONDS,
+            "audio s",
+            {"frames": frames, "solve": "rk4"},
+        ),
+    ]
 
 
 def _speaker(ctx: BundleEngines):
@@ -198,8 +219,9 @@ def _dit_ours(ctx: BundleEngines, case: Case, inputs: dict):
 
 def _bigvgan_cases(manifest: Manifest) -> list[Case]:
     frames = BIGVGAN_WINDOW_FRAMES
-    return [Case(naming.BIGVGAN_WINDOW, f"{frames}-frame window (72 kept)", KEPT_SECONDS, "audio s",
-                 {"frames": frames})]
+    return [
+        Case(naming.BIGVGAN_WINDOW, f"{frames}-frame window (72 kept)", KEPT_SECONDS, "audio s", {"frames": frames})
+    ]
 
 
 def _bigvgan_inputs(ctx: BundleEngines, case: Case) -> dict:
@@ -213,8 +235,9 @@ ENGINES = (
     EngineBench(naming.AUDIO_ENCODER, "one 2 s audio block", _audio_cases, _audio_inputs, _graph),
     EngineBench(naming.VISION_ENCODER, "one 448x448 image", _vision_cases, _vision_inputs, _vision_ours),
     EngineBench(naming.TALKER_PREFILL, "prefill of 128/512 rows", _talker_prefill_cases, _talker_inputs, _graph),
-    EngineBench(naming.TALKER_DECODE, "one codec token at contexts 128/512/2048", _talker_decode_cases,
-                _talker_inputs, _graph),
+    EngineBench(
+        naming.TALKER_DECODE, "one codec token at contexts 128/512/2048", _talker_decode_cases, _talker_inputs, _graph
+    ),
     EngineBench(naming.DIT_WINDOW, "one streaming DiT window", _dit_cases, _dit_inputs, _dit_ours),
     EngineBench(naming.BIGVGAN_WINDOW, "one streaming BigVGAN window", _bigvgan_cases, _bigvgan_inputs, _graph),
 )

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -56,8 +56,12 @@ def measure(run: Callable, policy: Policy, setup: Callable | None = None) -> dic
 
 def percentiles(samples_s: list[float]) -> dict:
     ms = np.asarray(samples_s) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "iterations": len(ms)}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "iterations": len(ms),
+    }
 
 
 def _status_kib(field: str) -> int | None:

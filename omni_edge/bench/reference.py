@@ -44,9 +44,14 @@ def load_reference(manifest: Manifest, threads: int):
             "checkpoint the bundle was exported from; re-export the bundle, or pass --no-reference"
         )
     model = load_omni_model(source.path)
-    info = {"model_path": str(source.path), "checkpoint_sha256_matches": True, "dtype": "float32",
-            "torch": md.version("torch"), "transformers": md.version("transformers"),
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "model_path": str(source.path),
+        "checkpoint_sha256_matches": True,
+        "dtype": "float32",
+        "torch": md.version("torch"),
+        "transformers": md.version("transformers"),
+        "torch_threads": torch.get_num_threads(),
+    }
     return model, info
 
 
@@ -78,8 +83,13 @@ def _decoder(parts_of):
         def run(cache):
             with torch.inference_mode():
                 embeds = t["inputs_embeds"] if parts.input_proj is None else parts.input_proj(t["inputs_embeds"])
-                out = parts.text_model(inputs_embeds=embeds, position_ids=t["position_ids"],
-                                       attention_mask=t["attention_mask"], cache=cache, use_cache=True)
+                out = parts.text_model(
+                    inputs_embeds=embeds,
+                    position_ids=t["position_ids"],
+                    attention_mask=t["attention_mask"],
+                    cache=cache,
+                    use_cache=True,
+                )
                 return parts.head(out.last_hidden_state[:, -1:])
 
         return run, setup
@@ -125,14 +135,25 @@ def _dit(model, case: Case, inputs: dict):
 
     def evaluate():
         with torch.inference_mode():
-            return dit(hidden_states=t["noisy_mel"], condition_vector=t["reference_mel"],
-                       speaker_embedding=t["speaker_cond"].unsqueeze(1).expand(1, frames, -1),
-                       quantized_code=t["codes"], time_step=t["time"], apply_cfg=True)
+            return dit(
+                hidden_states=t["noisy_mel"],
+                condition_vector=t["reference_mel"],
+                speaker_embedding=t["speaker_cond"].unsqueeze(1).expand(1, frames, -1),
+                quantized_code=t["codes"],
+                time_step=t["time"],
+                apply_cfg=True,
+            )
 
     def solve():
         with torch.inference_mode():
-            return dit.sample(t["speaker_cond"], t["reference_mel"], t["codes"], num_steps=10, guidance_scale=0.5,
-                              sway_coefficient=-1.0)
+            return dit.sample(
+                t["speaker_cond"],
+                t["reference_mel"],
+                t["codes"],
+                num_steps=10,
+                guidance_scale=0.5,
+                sway_coefficient=-1.0,
+            )
 
     return (solve if case.params.get("solve") == "rk4" else evaluate), None
 
@@ -203,13 +224,14 @@ def _media_kwargs(media: dict) -> dict:
         kwargs.update(input_features=torch.from_numpy(features), feature_attention_mask=torch.from_numpy(mask))
     if media.get("images"):
         done = [preprocess_image(image) for image in media["images"]]
-        kwargs.update(pixel_values=torch.from_numpy(np.concatenate([p for p, _ in done])),
-                      image_grid_thw=torch.from_numpy(np.concatenate([g for _, g in done])))
+        kwargs.update(
+            pixel_values=torch.from_numpy(np.concatenate([p for p, _ in done])),
+            image_grid_thw=torch.from_numpy(np.concatenate([g for _, g in done])),
+        )
     return kwargs
 
 
-def end_to_end(model, prompt: Prompt, prompt_ids: list[int], new_tokens: int, policy: Policy,
-               repeats: int) -> dict:
+def end_to_end(model, prompt: Prompt, prompt_ids: list[int], new_tokens: int, policy: Policy, repeats: int) -> dict:
     """Greedy `thinker.generate` on our prompt ids; TTFT from the call (front ends included) to token one."""
     import torch
     from transformers.generation.streamers import BaseStreamer
@@ -238,9 +260,14 @@ def end_to_end(model, prompt: Prompt, prompt_ids: list[int], new_tokens: int, po
             streamer = FirstToken()
             start = time.perf_counter()
             with torch.inference_mode():
-                out = model.thinker.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                             max_new_tokens=new_tokens, do_sample=False, streamer=streamer,
-                                             **_media_kwargs(media))
+                out = model.thinker.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    streamer=streamer,
+                    **_media_kwargs(media),
+                )
             end = time.perf_counter()
             generated = out.shape[1] - ids.shape[1]
             if i >= policy.warmup:
@@ -248,8 +275,13 @@ def end_to_end(model, prompt: Prompt, prompt_ids: list[int], new_tokens: int, po
                 tps.append((generated - 1) / (end - streamer.at) if generated > 1 else 0.0)
     finally:
         hf_logging.set_verbosity(verbosity)
-    return {"new_tokens": int(generated), "iterations": repeats, "ttft_ms_p50": float(np.median(ttft)),
-            "ttft_ms_p90": float(np.percentile(ttft, 90)), "thinker_tokens_per_s_p50": float(np.median(tps))}
+    return {
+        "new_tokens": int(generated),
+        "iterations": repeats,
+        "ttft_ms_p50": float(np.median(ttft)),
+        "ttft_ms_p90": float(np.percentile(ttft, 90)),
+        "thinker_tokens_per_s_p50": float(np.median(tps)),
+    }
 
 
 def _known_codes_only(manifest: Manifest):
@@ -272,8 +304,16 @@ def _known_codes_only(manifest: Manifest):
     return LogitsProcessorList([KnownCodes()])
 
 
-def speech_end_to_end(model, manifest: Manifest, prompt_ids: list[int], new_tokens: int, codec_tokens: int,
-                      speaker: str, policy: Policy, repeats: int) -> dict:
+def speech_end_to_end(
+    model,
+    manifest: Manifest,
+    prompt_ids: list[int],
+    new_tokens: int,
+    codec_tokens: int,
+    speaker: str,
+    policy: Policy,
+    repeats: int,
+) -> dict:
     """transformers' full generate with audio: Thinker, then Talker, then token2wav over the whole utterance.
 
     The reference does not stream, so its first audio arrives with the last: first_audio_ms is the whole call.
@@ -291,10 +331,16 @@ def speech_end_to_end(model, manifest: Manifest, prompt_ids: list[int], new_toke
         for i in range(policy.warmup + repeats):
             start = time.perf_counter()
             with torch.inference_mode():
-                _, wav = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), speaker=speaker,
-                                        thinker_max_new_tokens=new_tokens, thinker_do_sample=False,
-                                        talker_do_sample=False, talker_max_new_tokens=codec_tokens,
-                                        talker_logits_processor=known_codes)
+                _, wav = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    speaker=speaker,
+                    thinker_max_new_tokens=new_tokens,
+                    thinker_do_sample=False,
+                    talker_do_sample=False,
+                    talker_max_new_tokens=codec_tokens,
+                    talker_logits_processor=known_codes,
+                )
             wall = time.perf_counter() - start
             seconds = wav.numel() / sample_rate
             if i >= policy.warmup:
@@ -303,5 +349,10 @@ def speech_end_to_end(model, manifest: Manifest, prompt_ids: list[int], new_toke
         hf_logging.set_verbosity(verbosity)
     wall = float(np.median(walls))
     codes = round(seconds * sample_rate / (manifest.token2wav.samples_per_frame * manifest.token2wav.repeats))
-    return {"codec_tokens": codes, "audio_seconds": seconds, "iterations": repeats, "first_audio_ms_p50": 1000 * wall,
-            "rtf_p50": wall / seconds if seconds else None}
+    return {
+        "codec_tokens": codes,
+        "audio_seconds": seconds,
+        "iterations": repeats,
+        "first_audio_ms_p50": 1000 * wall,
+        "rtf_p50": wall / seconds if seconds else None,
+    }

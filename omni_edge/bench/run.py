@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from omni_edge.bench import end_to_end
 from omni_edge.bench.engines import ENGINES, BundleEngines, EngineBench
@@ -55,8 +55,16 @@ def _selected(names: tuple[str, ...]) -> list[EngineBench]:
 
 def _row(case, stats: dict) -> dict:
     throughput = case.work / (stats["p50_ms"] / 1000)
-    return {"engine": case.engine, "shape": case.label, "params": case.params, **stats, "throughput": throughput,
-            "throughput_unit": f"{case.unit}/s", "reference": None, "latency_ratio": None}
+    return {
+        "engine": case.engine,
+        "shape": case.label,
+        "params": case.params,
+        **stats,
+        "throughput": throughput,
+        "throughput_unit": f"{case.unit}/s",
+        "reference": None,
+        "latency_ratio": None,
+    }
 
 
 def _engine_rows(ctx: BundleEngines, benches: list[EngineBench], policy: Policy, progress) -> tuple:
@@ -88,8 +96,9 @@ def _end_to_end(session, config: BenchConfig, policy: Policy, progress) -> tuple
         progress(f"end to end ({prompt.kind}): ttft {e2e[-1]['ttft_ms_p50']:.1f} ms")
     speech = _speech_status(manifest)
     if speech["status"] == "measured":
-        speech = end_to_end.run_speech(session, E2E_PROMPTS[0], config.e2e_new_tokens, config.speech_codec_tokens,
-                                       policy, config.e2e_repeats())
+        speech = end_to_end.run_speech(
+            session, E2E_PROMPTS[0], config.e2e_new_tokens, config.speech_codec_tokens, policy, config.e2e_repeats()
+        )
         progress(f"end to end (speech): first audio {speech['first_audio_ms_p50'] or 0:.1f} ms")
     return prompts, e2e, speech
 
@@ -122,19 +131,33 @@ def run_bench(bundle_dir: Path, config: BenchConfig, progress: Callable[[str], N
         "source_model": manifest.source_model,
         "target": manifest.target,
         "backend": manifest.backend,
-        "config": {"iterations": config.iterations, "warmup": config.warmup, "threads": threads,
-                   "max_seconds_per_row": config.max_seconds, "e2e_new_tokens": config.e2e_new_tokens,
-                   "e2e_iterations": config.e2e_repeats(), "speech_codec_tokens": config.speech_codec_tokens,
-                   "reference": config.reference},
+        "config": {
+            "iterations": config.iterations,
+            "warmup": config.warmup,
+            "threads": threads,
+            "max_seconds_per_row": config.max_seconds,
+            "e2e_new_tokens": config.e2e_new_tokens,
+            "e2e_iterations": config.e2e_repeats(),
+            "speech_codec_tokens": config.speech_codec_tokens,
+            "reference": config.reference,
+        },
         "machine": machine,
         "engines": rows,
         "engines_pending": pending,
         "end_to_end": e2e,
         "speech": speech,
         "reference": reference,
-        "roofline": roofline(Path(bundle_dir), manifest, rows, {
-            "copy_bandwidth_gb_s": max(bandwidth), "copy_bandwidth_samples_gb_s": bandwidth,
-            "array_mib": config.bandwidth_mib, "threads": threads}),
+        "roofline": roofline(
+            Path(bundle_dir),
+            manifest,
+            rows,
+            {
+                "copy_bandwidth_gb_s": max(bandwidth),
+                "copy_bandwidth_samples_gb_s": bandwidth,
+                "array_mib": config.bandwidth_mib,
+                "threads": threads,
+            },
+        ),
     }
 
 
@@ -159,16 +182,25 @@ def _run_reference(manifest: Manifest, threads, config, measured, prompts, e2e, 
         row["latency_ratio"] = row["p50_ms"] / stats["p50_ms"]
         progress(f"reference {case.engine} {case.label}: p50 {stats['p50_ms']:.2f} ms")
     for prompt, row in zip(prompts, e2e):
-        ref = reference.end_to_end(model, prompt, row["_prompt_token_ids"], config.e2e_new_tokens, policy,
-                                   config.e2e_repeats())
+        ref = reference.end_to_end(
+            model, prompt, row["_prompt_token_ids"], config.e2e_new_tokens, policy, config.e2e_repeats()
+        )
         row["reference"] = ref
         row["ttft_ratio"] = row["ttft_ms_p50"] / ref["ttft_ms_p50"]
         ref_tps = ref["thinker_tokens_per_s_p50"]
         row["tokens_per_s_ratio"] = row["thinker_tokens_per_s_p50"] / ref_tps if ref_tps else None
         progress(f"reference end to end ({prompt.kind}): ttft {ref['ttft_ms_p50']:.1f} ms")
     if speech["status"] == "measured":
-        ref = reference.speech_end_to_end(model, manifest, speech["_prompt_token_ids"], config.e2e_new_tokens,
-                                          config.speech_codec_tokens, speech["speaker"], policy, config.e2e_repeats())
+        ref = reference.speech_end_to_end(
+            model,
+            manifest,
+            speech["_prompt_token_ids"],
+            config.e2e_new_tokens,
+            config.speech_codec_tokens,
+            speech["speaker"],
+            policy,
+            config.e2e_repeats(),
+        )
         speech["reference"] = ref
         speech["first_audio_ratio"] = _ratio(speech["first_audio_ms_p50"], ref["first_audio_ms_p50"])
         speech["rtf_ratio"] = _ratio(speech["rtf_p50"], ref["rtf_p50"])
@@ -212,8 +244,13 @@ def roofline(bundle_dir: Path, manifest: Manifest, rows: list[dict], bandwidth: 
     weights, files = decode_weight_bytes(bundle_dir, manifest)
     bytes_per_s = bandwidth["copy_bandwidth_gb_s"] * 1e9
     kv_per_token = manifest.kv_cache.bytes_per_token()
-    out.update(decode_weight_bytes=weights, decode_weight_files=files, kv_bytes_per_context_token=kv_per_token,
-               roofline_tokens_per_s=bytes_per_s / weights, decode=[])
+    out.update(
+        decode_weight_bytes=weights,
+        decode_weight_files=files,
+        kv_bytes_per_context_token=kv_per_token,
+        roofline_tokens_per_s=bytes_per_s / weights,
+        decode=[],
+    )
     for row in rows:
         if row["engine"] != naming.THINKER_DECODE:
             continue
@@ -224,7 +261,13 @@ def roofline(bundle_dir: Path, manifest: Manifest, rows: list[dict], bandwidth: 
         reference = row.get("reference")
         if reference:
             row["reference_roofline_fraction"] = reference["throughput"] / bound
-        out["decode"].append({"context": context, "tokens_per_s": row["throughput"], "roofline_tokens_per_s": bound,
-                              "fraction": row["roofline_fraction"],
-                              "reference_fraction": row.get("reference_roofline_fraction")})
+        out["decode"].append(
+            {
+                "context": context,
+                "tokens_per_s": row["throughput"],
+                "roofline_tokens_per_s": bound,
+                "fraction": row["roofline_fraction"],
+                "reference_fraction": row.get("reference_roofline_fraction"),
+            }
+        )
     return out

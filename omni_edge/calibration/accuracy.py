@@ -30,8 +30,9 @@ def ort_session(path: Path, disable_optimizations: bool):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def compare_graphs(reference: Path, candidate: Path, feeds: list[dict[str, np.ndarray]], precision: str,
-                   method: str = "") -> GraphAccuracy:
+def compare_graphs(
+    reference: Path, candidate: Path, feeds: list[dict[str, np.ndarray]], precision: str, method: str = ""
+) -> GraphAccuracy:
     ref = ort_session(reference, disable_optimizations=False)
     test = ort_session(candidate, disable_optimizations=precision == "fp8")
     names = [o.name for o in ref.get_outputs()]
@@ -47,8 +48,9 @@ def compare_graphs(reference: Path, candidate: Path, feeds: list[dict[str, np.nd
             relative = max(relative, float(np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-30)))
             max_abs = max(max_abs, float(np.abs(g - e).max()))
             compared += 1
-    return GraphAccuracy(precision, round(cosine, 6), round(relative, 6), max_abs, len(feeds),
-                         compared // max(1, len(feeds)), method)
+    return GraphAccuracy(
+        precision, round(cosine, 6), round(relative, 6), max_abs, len(feeds), compared // max(1, len(feeds)), method
+    )
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,8 +69,9 @@ def token_agreement(reference: list[int], candidate: list[int]) -> float:
     return sum(a == b for a, b in zip(reference, candidate)) / longest
 
 
-def end_to_end(fp32_dir: Path, reduced_dir: Path, calib: CalibrationSet, reply_tokens: int, codec_tokens: int,
-               bar=None) -> EndToEndAccuracy:
+def end_to_end(
+    fp32_dir: Path, reduced_dir: Path, calib: CalibrationSet, reply_tokens: int, codec_tokens: int, bar=None
+) -> EndToEndAccuracy:
     from omni_edge.runtime.session import Session
 
     sessions = [Session(fp32_dir, verify=False), Session(reduced_dir, verify=False)]

@@ -74,11 +74,18 @@ def calibration_set_from_dir(directory: Path) -> CalibrationSet:
     from omni_edge.runtime.vision_frontend import load_image
 
     if not directory.is_dir():
-        raise InputError(f"--calib {directory}: no such directory; pass a directory of wav/png/jpg/mp4/txt "
-                         f"files, or --calib {SYNTHETIC}")
+        raise InputError(
+            f"--calib {directory}: no such directory; pass a directory of wav/png/jpg/mp4/txt "
+            f"files, or --calib {SYNTHETIC}"
+        )
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
-    prompts = [line.strip() for p in files if p.suffix.lower() in TEXT_SUFFIXES
-               for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    prompts = [
+        line.strip()
+        for p in files
+        if p.suffix.lower() in TEXT_SUFFIXES
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines()
+        if line.strip()
+    ]
     samples = [CalibrationSample(prompt, source="text") for prompt in prompts]
     for path in files:
         suffix = path.suffix.lower()
@@ -90,8 +97,10 @@ def calibration_set_from_dir(directory: Path) -> CalibrationSet:
             samples.append(CalibrationSample(MEDIA_PROMPTS[2], video=str(path), source=path.name))
     if not samples:
         known = sorted(AUDIO_SUFFIXES | IMAGE_SUFFIXES | VIDEO_SUFFIXES | TEXT_SUFFIXES)
-        raise InputError(f"--calib {directory} holds no usable calibration files (looked for {', '.join(known)}); "
-                         f"add some, or pass --calib {SYNTHETIC}")
+        raise InputError(
+            f"--calib {directory} holds no usable calibration files (looked for {', '.join(known)}); "
+            f"add some, or pass --calib {SYNTHETIC}"
+        )
     if len(samples) > MAX_SAMPLES:
         keep = np.linspace(0, len(samples) - 1, MAX_SAMPLES).round().astype(int)
         samples = [samples[i] for i in keep]
@@ -103,9 +112,10 @@ def synthetic_calibration_set(seed: int = 0) -> CalibrationSet:
     realistic ranges when the user has no data at hand. Seeded, so a bundle is reproducible."""
     rng = np.random.default_rng(seed)
     samples = [CalibrationSample(prompt) for prompt in SYNTHETIC_PROMPTS]
-    samples += [CalibrationSample(MEDIA_PROMPTS[0], audio=synthetic_speechlike(rng, seconds))
-                for seconds in (2.5, 4.0)]
-    samples += [CalibrationSample(MEDIA_PROMPTS[1], image=synthetic_image(rng, h, w)) for h, w in ((112, 112), (84, 140))]
+    samples += [CalibrationSample(MEDIA_PROMPTS[0], audio=synthetic_speechlike(rng, seconds)) for seconds in (2.5, 4.0)]
+    samples += [
+        CalibrationSample(MEDIA_PROMPTS[1], image=synthetic_image(rng, h, w)) for h, w in ((112, 112), (84, 140))
+    ]
     return CalibrationSet(SYNTHETIC, tuple(samples))
 
 

@@ -57,8 +57,14 @@ def save_graph(model, path: Path) -> None:
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # onnx refuses to append to an existing data file
     # Small tensors stay inline: ONNX Runtime's shape inference must read shape constants (Expand, Reshape).
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
-              size_threshold=1024)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
 
 
 def head_nodes(model) -> tuple[str, ...]:
@@ -75,8 +81,7 @@ def attention_matmuls(model) -> tuple[str, ...]:
     masked scores and the peaked probabilities do not fit one per-tensor scale."""
     constants = {t.name for t in model.graph.initializer}
     constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    return tuple(n.name for n in model.graph.node
-                 if n.op_type == "MatMul" and not any(i in constants for i in n.input))
+    return tuple(n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in constants for i in n.input))
 
 
 def int4_block_size(model) -> int:
@@ -90,8 +95,9 @@ def int4_block_size(model) -> int:
 
 def _matmul_weight_rows(model) -> list[int]:
     dims = {t.name: list(t.dims) for t in model.graph.initializer}
-    return [dims[n.input[1]][0] for n in model.graph.node
-            if n.op_type == "MatMul" and len(dims.get(n.input[1], [])) == 2]
+    return [
+        dims[n.input[1]][0] for n in model.graph.node if n.op_type == "MatMul" and len(dims.get(n.input[1], [])) == 2
+    ]
 
 
 def settings_for(src: Path, precision: str, high_precision: str) -> QuantizeSettings:
@@ -128,20 +134,30 @@ def fp16_graph(model, name: str):
     try:
         io_metadata = _capture_network_io_metadata(model, True)
         min_opset = max(19, onnx_utils.get_min_opset_for_precisions(onnx_utils.get_qdq_precisions(model)))
-        sanitizer = GraphSanitizer(model, min_opset=min_opset, trt_plugins=[],
-                                   max_ir_version=LATEST_IR_VERSION_SUPPORTED_BY_ORT)
+        sanitizer = GraphSanitizer(
+            model, min_opset=min_opset, trt_plugins=[], max_ir_version=LATEST_IR_VERSION_SUPPORTED_BY_ORT
+        )
         sanitizer.find_custom_nodes()
         sanitizer.convert_opset()
         sanitizer.ensure_graph_name_exists()
         sanitizer.convert_fp64_to_fp32()
         model = onnx_utils.infer_types(sanitizer.model, False, strict_mode=True)
         value_info, initializers, node_inits = autocast_utils.setup_mappings(model)
-        converter = PrecisionConverter(model, value_info, initializers, node_inits, keep_io_types=True,
-                                       low_precision_type="fp16", custom_ops=sanitizer.custom_ops,
-                                       original_network_io_metadata=io_metadata)
+        converter = PrecisionConverter(
+            model,
+            value_info,
+            initializers,
+            node_inits,
+            keep_io_types=True,
+            low_precision_type="fp16",
+            custom_ops=sanitizer.custom_ops,
+            original_network_io_metadata=io_metadata,
+        )
         keep = set(rotary_angle_nodes(model))
-        return converter.convert([n.name for n in model.graph.node if n.name in keep],
-                                 [n.name for n in model.graph.node if n.name not in keep])
+        return converter.convert(
+            [n.name for n in model.graph.node if n.name in keep],
+            [n.name for n in model.graph.node if n.name not in keep],
+        )
     except Exception as exc:  # ModelOpt's internals raise bare asserts
         raise QuantizationError(f"ModelOpt could not cast {name} to fp16: {type(exc).__name__}: {exc}") from exc
 
@@ -178,8 +194,10 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
     if settings.precision not in MODELOPT_MODES:
         raise QuantizationError(f"no quantization recipe for {settings.precision}")
     if not feeds:
-        raise QuantizationError(f"{src.name}: the calibration run never reached this graph, so it cannot be "
-                                "calibrated; add calibration data that exercises it (media for the encoders)")
+        raise QuantizationError(
+            f"{src.name}: the calibration run never reached this graph, so it cannot be "
+            "calibrated; add calibration data that exercises it (media for the encoders)"
+        )
     check_modelopt()
     import modelopt.onnx.quantization as mq
 
@@ -196,15 +214,23 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
         try:
             _quiet_modelopt()
             mq.quantize(
-                str(source), quantize_mode=mode, calibration_method=method,
-                calibration_data_reader=FeedReader(feeds), calibration_eps=["cpu"], output_path=str(out),
+                str(source),
+                quantize_mode=mode,
+                calibration_method=method,
+                calibration_data_reader=FeedReader(feeds),
+                calibration_eps=["cpu"],
+                output_path=str(out),
                 # fp32 here; the fp16 pass below keeps the rotary angles in fp32, which ModelOpt's cannot
-                high_precision_dtype="fp32", nodes_to_exclude=list(settings.excluded_nodes) or None,
-                use_external_data_format=True, log_level="ERROR", **extra,
+                high_precision_dtype="fp32",
+                nodes_to_exclude=list(settings.excluded_nodes) or None,
+                use_external_data_format=True,
+                log_level="ERROR",
+                **extra,
             )
         except Exception as exc:  # ModelOpt raises bare asserts and numpy errors from deep inside
-            raise QuantizationError(f"ModelOpt could not quantize {src.name} to {settings.precision}: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+            raise QuantizationError(
+                f"ModelOpt could not quantize {src.name} to {settings.precision}: {type(exc).__name__}: {exc}"
+            ) from exc
         if not out.is_file():
             raise QuantizationError(f"ModelOpt wrote no graph for {src.name} ({settings.precision})")
         model = onnx.load(str(out))

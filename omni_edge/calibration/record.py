@@ -64,8 +64,13 @@ class RecordingEngine:
         return self._engine.run(feeds)
 
 
-def record_feeds(bundle_dir: Path, calib: CalibrationSet, bar=None, reply_tokens: int = REPLY_TOKENS,
-                 codec_tokens: int = CODEC_TOKENS) -> dict[str, list[dict[str, np.ndarray]]]:
+def record_feeds(
+    bundle_dir: Path,
+    calib: CalibrationSet,
+    bar=None,
+    reply_tokens: int = REPLY_TOKENS,
+    codec_tokens: int = CODEC_TOKENS,
+) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every calibration request, answered in text and (when the bundle speaks) speech, greedily."""
     from omni_edge.runtime.sampling import SamplingConfig
     from omni_edge.runtime.session import Session

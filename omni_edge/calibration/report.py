@@ -40,7 +40,7 @@ class QuantizationReport:
     end_to_end: EndToEndAccuracy
 
     @staticmethod
-    def from_dict(data: dict) -> "QuantizationReport":
+    def from_dict(data: dict) -> QuantizationReport:
         return QuantizationReport(
             calibration=CalibrationInfo(**data["calibration"]),
             graphs={name: GraphAccuracy(**g) for name, g in data["graphs"].items()},
@@ -51,12 +51,18 @@ class QuantizationReport:
         kinds = ", ".join(f"{n} {k}" for k, n in self.calibration.requests.items() if n)
         lines = [f"calibration: {self.calibration.source} ({kinds} requests)"]
         for name, g in self.graphs.items():
-            lines.append(f"  {name:<16} {g.precision:<9} cosine {g.cosine:.4f}  rel.err {g.relative_error:.4f}  "
-                         f"({g.feeds} held-out feeds{'; ' + g.method if g.method else ''})")
+            lines.append(
+                f"  {name:<16} {g.precision:<9} cosine {g.cosine:.4f}  rel.err {g.relative_error:.4f}  "
+                f"({g.feeds} held-out feeds{'; ' + g.method if g.method else ''})"
+            )
         e = self.end_to_end
-        line = (f"end to end vs fp32 ({e.requests} requests): text tokens agree {e.text_token_agreement:.1%}, "
-                f"identical replies {e.text_exact_match:.0%}")
+        line = (
+            f"end to end vs fp32 ({e.requests} requests): text tokens agree {e.text_token_agreement:.1%}, "
+            f"identical replies {e.text_exact_match:.0%}"
+        )
         if e.codec_token_agreement is not None:
-            line += (f"; codec tokens agree {e.codec_token_agreement:.1%}; waveform rel.err "
-                     f"{e.waveform_relative_error:.4f} (SNR {e.waveform_snr_db:.1f} dB)")
+            line += (
+                f"; codec tokens agree {e.codec_token_agreement:.1%}; waveform rel.err "
+                f"{e.waveform_relative_error:.4f} (SNR {e.waveform_snr_db:.1f} dB)"
+            )
         return lines + [line]

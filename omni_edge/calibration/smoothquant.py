@@ -47,6 +47,7 @@ class SmoothGroup:
 
 # -- pure pieces ------------------------------------------------------------------------------------
 
+
 def smoothing_scales(act_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
     """Per-channel s for activation maxima and weight-row maxima (float64, same length)."""
     act_max = np.asarray(act_max, dtype=np.float64)
@@ -63,14 +64,16 @@ def channel_max(x: np.ndarray) -> np.ndarray:
     """max |x| per channel of the last axis, over every other axis."""
     x = np.asarray(x)
     if x.ndim == 0:
-        raise InputError("SmoothQuant needs tensors with a channel axis, got a scalar; pick a tensor "
-                         "whose last axis is the channel.")
+        raise InputError(
+            "SmoothQuant needs tensors with a channel axis, got a scalar; pick a tensor whose last axis is the channel."
+        )
     if x.size == 0:
         return np.zeros(x.shape[-1], dtype=np.float64)
     return np.abs(x.reshape(-1, x.shape[-1])).max(axis=0).astype(np.float64)
 
 
 # -- graph inspection -------------------------------------------------------------------------------
+
 
 def _subgraphs(node: onnx.NodeProto):
     for attr in node.attribute:
@@ -117,8 +120,7 @@ def _gamma_input(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], c
     """Which input of a Mul is a constant [channels] vector; None unless exactly one is."""
     if node.op_type != "Mul" or node.domain not in ("", "ai.onnx"):
         return None
-    hits = [i for i, name in enumerate(node.input)
-            if name in constants and list(constants[name].dims) == [channels]]
+    hits = [i for i, name in enumerate(node.input) if name in constants and list(constants[name].dims) == [channels]]
     return hits[0] if len(hits) == 1 else None
 
 
@@ -173,8 +175,10 @@ def _match_group(graph, x, matmuls, constants, producer, consumers, graph_output
 
 # -- measuring --------------------------------------------------------------------------------------
 
-def activation_channel_max(model_path: str | Path, feeds: list[dict[str, np.ndarray]],
-                           tensors: list[str]) -> dict[str, np.ndarray]:
+
+def activation_channel_max(
+    model_path: str | Path, feeds: list[dict[str, np.ndarray]], tensors: list[str]
+) -> dict[str, np.ndarray]:
     """Per-channel max |x| (last axis) of each named tensor, over all other axes and every feed.
 
     Runs onnxruntime on CPU on a copy of the model with the tensors added as graph outputs; maxima are
@@ -191,13 +195,16 @@ def activation_channel_max(model_path: str | Path, feeds: list[dict[str, np.ndar
     produced = {out for node in graph.node for out in node.output}
     unknown = [t for t in tensors if t not in produced and t not in inputs]
     if unknown:
-        raise InputError(f"{Path(model_path).name} has no tensors named {unknown}; use names of node outputs "
-                         f"or graph inputs.")
+        raise InputError(
+            f"{Path(model_path).name} has no tensors named {unknown}; use names of node outputs or graph inputs."
+        )
     for i, feed in enumerate(feeds):
         missing = [name for name in inputs if name not in feed]
         if missing:
-            raise InputError(f"calibration feed {i} lacks inputs {missing} of {Path(model_path).name}; "
-                             f"every feed must give all of {inputs}.")
+            raise InputError(
+                f"calibration feed {i} lacks inputs {missing} of {Path(model_path).name}; "
+                f"every feed must give all of {inputs}."
+            )
 
     existing = {out.name for out in graph.output}
     elem_types = {vi.name: vi.type.tensor_type.elem_type for vi in graph.value_info}
@@ -213,8 +220,9 @@ def activation_channel_max(model_path: str | Path, feeds: list[dict[str, np.ndar
     with tempfile.TemporaryDirectory(prefix="omni-edge-smoothquant-") as tmp:
         probe = Path(tmp) / "probe.onnx"
         # Saved with external data so graphs past protobuf's 2 GB limit load the same way.
-        onnx.save(model, str(probe), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=probe.name + ".data")
+        onnx.save(
+            model, str(probe), save_as_external_data=True, all_tensors_to_one_file=True, location=probe.name + ".data"
+        )
         del model, graph
         session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
         for feed in feeds:
@@ -229,8 +237,10 @@ def activation_channel_max(model_path: str | Path, feeds: list[dict[str, np.ndar
 
 # -- rewriting --------------------------------------------------------------------------------------
 
-def _private(graph: onnx.GraphProto, node: onnx.NodeProto, index: int, uses: Counter,
-             by_name: dict[str, onnx.TensorProto]) -> onnx.TensorProto:
+
+def _private(
+    graph: onnx.GraphProto, node: onnx.NodeProto, index: int, uses: Counter, by_name: dict[str, onnx.TensorProto]
+) -> onnx.TensorProto:
     """The initializer at node.input[index], copied under a new name first if anything else reads it.
 
     Exporters deduplicate equal constants: in the tiny checkpoint every RMSNorm gamma is all ones and
@@ -258,8 +268,9 @@ def _store(tensor: onnx.TensorProto, values: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(values.astype(dtype), tensor.name))
 
 
-def smooth_model(model_path: str | Path, out_path: str | Path, feeds: list[dict[str, np.ndarray]],
-                 alpha: float = 0.5) -> SmoothQuantReport:
+def smooth_model(
+    model_path: str | Path, out_path: str | Path, feeds: list[dict[str, np.ndarray]], alpha: float = 0.5
+) -> SmoothQuantReport:
     """Rescale every foldable norm -> MatMul group of the graph at model_path and save it to out_path.
 
     The saved graph computes the same function (up to fp32 rounding); its MatMul inputs have flatter
@@ -278,8 +289,9 @@ def smooth_model(model_path: str | Path, out_path: str | Path, feeds: list[dict[
         uses = _name_uses(graph)
         by_name = {t.name: t for t in graph.initializer}
         for group in groups:
-            weight_max = np.max([channel_max(numpy_helper.to_array(by_name[graph.node[i].input[1]]).T)
-                                 for i in group.matmuls], axis=0)
+            weight_max = np.max(
+                [channel_max(numpy_helper.to_array(by_name[graph.node[i].input[1]]).T) for i in group.matmuls], axis=0
+            )
             s = smoothing_scales(act_max[group.activation], weight_max, alpha)
             mul = graph.node[group.mul]
             gamma = _private(graph, mul, group.gamma_input, uses, by_name)
@@ -292,7 +304,10 @@ def smooth_model(model_path: str | Path, out_path: str | Path, feeds: list[dict[
     data = out_path.with_name(out_path.name + ".data")
     # onnx appends to an existing data file instead of replacing it; start from an empty one.
     data.unlink(missing_ok=True)
-    onnx.save(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=data.name)
-    return SmoothQuantReport(alpha=alpha, smoothed_groups=len(groups),
-                             smoothed_matmuls=sum(len(g.matmuls) for g in groups), skipped_matmuls=skipped)
+    onnx.save(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    return SmoothQuantReport(
+        alpha=alpha,
+        smoothed_groups=len(groups),
+        smoothed_matmuls=sum(len(g.matmuls) for g in groups),
+        skipped_matmuls=skipped,
+    )

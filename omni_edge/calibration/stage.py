@@ -1,8 +1,8 @@
 """The export's reduce-precision stage: FP32 bundle in, reduced bundle plus its accuracy report out.
 
-    record feeds (FP32 bundle answers the calibration requests)
-      -> per graph: quantize / cast on the calibration feeds, compare on the held-out feeds
-      -> the reduced bundle answers the same requests: end-to-end agreement with FP32
+record feeds (FP32 bundle answers the calibration requests)
+  -> per graph: quantize / cast on the calibration feeds, compare on the held-out feeds
+  -> the reduced bundle answers the same requests: end-to-end agreement with FP32
 """
 
 from __future__ import annotations
@@ -23,8 +23,15 @@ SMOOTHQUANT_ALPHA = 0.5
 SMOOTHQUANT_GRAPHS = (naming.THINKER_PREFILL, naming.THINKER_DECODE, naming.TALKER_PREFILL, naming.TALKER_DECODE)
 
 
-def reduce_bundle(fp32_dir: Path, out_dir: Path, fp32_manifest: Manifest, precisions: dict[str, str],
-                  high_precision: str, calib: CalibrationSet, bar=None) -> tuple[Manifest, QuantizationReport]:
+def reduce_bundle(
+    fp32_dir: Path,
+    out_dir: Path,
+    fp32_manifest: Manifest,
+    precisions: dict[str, str],
+    high_precision: str,
+    calib: CalibrationSet,
+    bar=None,
+) -> tuple[Manifest, QuantizationReport]:
     """Write the reduced bundle into out_dir (every payload file, and an interim manifest); return that
     manifest and the report. `precisions`: graph name -> precision; graphs left at fp32 are copied.
 
@@ -61,8 +68,9 @@ def reduce_bundle(fp32_dir: Path, out_dir: Path, fp32_manifest: Manifest, precis
     return manifest, QuantizationReport(info, accuracy, e2e)
 
 
-def reduce_graph(src: Path, dst: Path, precision: str, high_precision: str, calib_feeds: list,
-                 held_out: list) -> GraphAccuracy:
+def reduce_graph(
+    src: Path, dst: Path, precision: str, high_precision: str, calib_feeds: list, held_out: list
+) -> GraphAccuracy:
     """Quantize one graph and measure it; int8 decoders try SmoothQuant too and keep whichever is closer."""
     settings = settings_for(src, precision, high_precision)
     quantize_graph(src, dst, settings, calib_feeds)
@@ -87,8 +95,9 @@ def _try_smoothquant(src, dst, settings, calib_feeds, held_out, plain: GraphAccu
         method = f"{_method(settings.precision)} + SmoothQuant({SMOOTHQUANT_ALPHA})"
         candidate = compare_graphs(src, quantized, held_out, settings.precision, method)
         if candidate.relative_error >= plain.relative_error:
-            return replace(plain, method=f"{plain.method} (SmoothQuant tried: rel.err "
-                                         f"{candidate.relative_error:.4f}, not better)")
+            return replace(
+                plain, method=f"{plain.method} (SmoothQuant tried: rel.err {candidate.relative_error:.4f}, not better)"
+            )
         copy_graph(quantized, dst)
         return candidate
     finally:

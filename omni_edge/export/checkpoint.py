@@ -70,9 +70,7 @@ def check_checkpoint_dir(path: Path) -> None:
         )
     config = json.loads((path / "config.json").read_text())
     if "thinker_config" not in config:
-        raise ModelSourceError(
-            f"{path}/config.json has no thinker_config: this is not a Qwen2.5-Omni checkpoint"
-        )
+        raise ModelSourceError(f"{path}/config.json has no thinker_config: this is not a Qwen2.5-Omni checkpoint")
 
 
 def checkpoint_sha256(path: Path) -> str:

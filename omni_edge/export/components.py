@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from omni_edge.errors import OmniEdgeError
-from omni_edge.export.encoder_specs import audio_encoder_spec, vision_encoder_spec
 from omni_edge.export.decoder_specs import TALKER_GRAPHS, THINKER_GRAPHS, talker_specs, thinker_specs
+from omni_edge.export.encoder_specs import audio_encoder_spec, vision_encoder_spec
 from omni_edge.export.token2wav_specs import bigvgan_spec, dit_spec
 
 # component -> number of graphs it adds; the Thinker is always exported (every prompt needs it)
@@ -22,9 +22,7 @@ SPEECH = ("talker", "dit", "bigvgan")  # speech output needs all three
 def check_components(components: tuple[str, ...]) -> None:
     unknown = [c for c in components if c not in EXPORTABLE]
     if unknown:
-        raise OmniEdgeError(
-            f"unknown component(s) {', '.join(unknown)}; this version exports: {', '.join(EXPORTABLE)}"
-        )
+        raise OmniEdgeError(f"unknown component(s) {', '.join(unknown)}; this version exports: {', '.join(EXPORTABLE)}")
     speech = [c for c in SPEECH if c in components]
     if speech and len(speech) != len(SPEECH):
         raise OmniEdgeError(f"speech output needs all of {', '.join(SPEECH)} together; add the missing ones")

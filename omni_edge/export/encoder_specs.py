@@ -38,8 +38,10 @@ def audio_encoder_spec() -> ComponentSpec:
         input_names=("input_features", "block_lengths"),
         output_names=("audio_embeds",),
         example_inputs=lambda model: audio_encoder.dummy_inputs(_audio(model), [200, 200, 77]),
-        dynamic_shapes=lambda: ({0: torch.export.Dim("blocks", min=1, max=1024)},
-                                {0: torch.export.Dim("blocks", min=1, max=1024)}),
+        dynamic_shapes=lambda: (
+            {0: torch.export.Dim("blocks", min=1, max=1024)},
+            {0: torch.export.Dim("blocks", min=1, max=1024)},
+        ),
         check_inputs=lambda model: [
             audio_encoder.dummy_inputs(_audio(model), lengths, seed=i + 1)
             for i, lengths in enumerate(([200], [31], [200, 200, 200, 200, 5]))

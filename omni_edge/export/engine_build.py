@@ -51,8 +51,10 @@ def check_can_build(target: Target) -> None:
             )
         trt = _import(flavour)
         if trt_compat.rtx_compute_capability(trt, target.compute_capability) is None:
-            raise TargetError(f"TensorRT-RTX {trt.__version__} cannot build for compute capability "
-                              f"{target.compute_capability} ({target.name}); upgrade tensorrt-rtx")
+            raise TargetError(
+                f"TensorRT-RTX {trt.__version__} cannot build for compute capability "
+                f"{target.compute_capability} ({target.name}); upgrade tensorrt-rtx"
+            )
         return
     if flavour != "tensorrt":
         return
@@ -67,8 +69,10 @@ def check_can_build(target: Target) -> None:
 
     ok, device = cuda_device_status()
     if not ok:
-        raise TargetError(f"target {target.name} builds engines on its own GPU (compute capability "
-                          f"{target.compute_capability}), and this machine has none: {device}")
+        raise TargetError(
+            f"target {target.name} builds engines on its own GPU (compute capability "
+            f"{target.compute_capability}), and this machine has none: {device}"
+        )
     here = ".".join(map(str, compute_capability()))
     if here != target.compute_capability:
         raise TargetError(
@@ -77,8 +81,10 @@ def check_can_build(target: Target) -> None:
         )
     trt = _import(flavour)
     if trt_compat.version_tuple(trt.__version__)[:2] < trt_compat.OLDEST_FULL_TENSORRT:
-        raise TargetError(f"TensorRT {trt.__version__} is older than 10.3, the oldest omni-edge builds with; "
-                          "upgrade TensorRT (JetPack 6 or newer)")
+        raise TargetError(
+            f"TensorRT {trt.__version__} is older than 10.3, the oldest omni-edge builds with; "
+            "upgrade TensorRT (JetPack 6 or newer)"
+        )
 
 
 def _import(flavour: str):
@@ -141,7 +147,7 @@ def _network(trt, builder, logger, path: Path):
 
 def build_engine(trt, builder, logger, cache, record: ComponentRecord, onnx_path: Path, target: Target) -> bytes:
     # The parser owns the weights it read, so it is kept alive until the build is done.
-    network, parser = _network(trt, builder, logger, onnx_path)
+    network, _parser = _network(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
     if cache is not None:
         config.set_timing_cache(cache, False)
@@ -166,8 +172,9 @@ def build_engine(trt, builder, logger, cache, record: ComponentRecord, onnx_path
     return bytes(serialized)
 
 
-def build_engines(bundle_dir: Path, records: dict[str, ComponentRecord], target: Target,
-                  bar=None) -> tuple[dict[str, ComponentRecord], TensorRTInfo]:
+def build_engines(
+    bundle_dir: Path, records: dict[str, ComponentRecord], target: Target, bar=None
+) -> tuple[dict[str, ComponentRecord], TensorRTInfo]:
     """Build `<name>.engine` for every record's graph in bundle_dir; returns updated records and the build info."""
     bundle_dir = Path(bundle_dir)
     check_can_build(target)
@@ -222,8 +229,9 @@ def check_bundle_can_build(bundle_dir: Path):
     manifest = load_manifest(bundle_dir)
     target = get_target(manifest.target)
     if target.tensorrt is None:
-        raise TargetError(f"bundle {bundle_dir} is for target {target.name}, which runs ONNX Runtime and has no "
-                          "engines to build")
+        raise TargetError(
+            f"bundle {bundle_dir} is for target {target.name}, which runs ONNX Runtime and has no engines to build"
+        )
     check_can_build(target)
     return manifest, target
 
@@ -251,9 +259,16 @@ def build_bundle_engines(bundle_dir: Path, manifest, target: Target, bar=None) -
             (bundle_dir / f"{name}.engine").unlink(missing_ok=True)
         if manifest.tensorrt is not None:
             stale = {r.engine_file for r in manifest.components.values()} | {manifest.tensorrt.timing_cache}
-            write_manifest(bundle_dir, replace(
-                manifest, tensorrt=None, files={f: h for f, h in manifest.files.items() if f not in stale},
-                components={n: replace(r, engine_file=None, engine_sha256=None)
-                            for n, r in manifest.components.items()}))
+            write_manifest(
+                bundle_dir,
+                replace(
+                    manifest,
+                    tensorrt=None,
+                    files={f: h for f, h in manifest.files.items() if f not in stale},
+                    components={
+                        n: replace(r, engine_file=None, engine_sha256=None) for n, r in manifest.components.items()
+                    },
+                ),
+            )
         raise
     return bundle_dir

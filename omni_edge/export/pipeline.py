@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from omni_edge import __version__, naming
 from omni_edge.bundle import (
@@ -72,8 +72,19 @@ def export(
     engines: bool = True,
 ) -> Path:
     """Python API of `omni-export`; returns the bundle directory."""
-    request = ExportRequest(model, target, Path(out), precision, max_seq_len, overwrite, tuple(components),
-                            memory_gib, calib, plugins, engines)
+    request = ExportRequest(
+        model,
+        target,
+        Path(out),
+        precision,
+        max_seq_len,
+        overwrite,
+        tuple(components),
+        memory_gib,
+        calib,
+        plugins,
+        engines,
+    )
     return export_bundle(request, progress or _no_progress)
 
 
@@ -98,8 +109,9 @@ def check_request(request: ExportRequest) -> CheckedRequest:
 
     target = get_target(request.target)
     check_components(request.components)
-    precisions = {c: p for c, p in component_precisions(target, request.precision).items()
-                  if c in selected(request.components)}
+    precisions = {
+        c: p for c, p in component_precisions(target, request.precision).items() if c in selected(request.components)
+    }
     if request.max_seq_len < 16:
         raise BundleError(f"--max-seq-len {request.max_seq_len} is too small; use at least 16")
     if request.memory_gib is not None and request.memory_gib <= 0:
@@ -134,8 +146,10 @@ def _calibration(request: ExportRequest, target: Target, precisions: dict[str, s
     calib = load_calibration_set(request.calib or SYNTHETIC)
     counts = calib.counts()
     # An encoder is only reached by requests with its media; find out now, not after the export.
-    for component, kinds, files in (("audio_encoder", ("audio",), "wav/flac/ogg/mp3"),
-                                    ("vision_encoder", ("image", "video"), "png/jpg/mp4")):
+    for component, kinds, files in (
+        ("audio_encoder", ("audio",), "wav/flac/ogg/mp3"),
+        ("vision_encoder", ("image", "video"), "png/jpg/mp4"),
+    ):
         if component in calibrated and not any(counts[k] for k in kinds):
             raise InputError(
                 f"--calib {request.calib} has no {'/'.join(kinds)} files, so {component} "
@@ -149,8 +163,9 @@ def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Pa
     """The bundle's memory plan from the checkpoint's headers; refused here when it cannot fit the target."""
     from omni_edge.export.components import selected
 
-    plan = plan_memory(checkpoint, checked.precisions, request.max_seq_len, selected(request.components),
-                       checked.target.high_precision)
+    plan = plan_memory(
+        checkpoint, checked.precisions, request.max_seq_len, selected(request.components), checked.target.high_precision
+    )
     check_fits(plan, checked.target, request.memory_gib)
     return plan
 
@@ -194,8 +209,14 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
 
                 write_manifest(fp32_dir, manifest)  # the calibration replay opens it as a bundle
                 manifest, quantization = reduce_bundle(
-                    fp32_dir, staging, manifest, graph_precisions(checked.precisions, records),
-                    target.high_precision, checked.calibration, bar)
+                    fp32_dir,
+                    staging,
+                    manifest,
+                    graph_precisions(checked.precisions, records),
+                    target.high_precision,
+                    checked.calibration,
+                    bar,
+                )
             components, plugins = _plugin_stage(staging, manifest.components, model, checked.plugins)
             tensorrt = None
             if engines:
@@ -204,10 +225,17 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
                 components, tensorrt = build_engines(staging, components, target, bar)
             bar.set_description("hashing and writing manifest")
             manifest = replace(
-                manifest, backend=target.backend, components=components, tensorrt=tensorrt,
-                quantization=quantization, plugins=plugins,
-                files={p.name: sha256_file(p) for p in sorted(staging.iterdir())
-                       if p.is_file() and p.name != naming.MANIFEST_FILE},
+                manifest,
+                backend=target.backend,
+                components=components,
+                tensorrt=tensorrt,
+                quantization=quantization,
+                plugins=plugins,
+                files={
+                    p.name: sha256_file(p)
+                    for p in sorted(staging.iterdir())
+                    if p.is_file() and p.name != naming.MANIFEST_FILE
+                },
             )
             write_manifest(staging, manifest)
             bar.update()
@@ -227,15 +255,19 @@ def _plugin_stage(bundle_dir: Path, records: dict, model, plugins: tuple[bool, s
     from omni_edge.export.plugin_stage import apply_plugins, tmrope_attrs_for
 
     enabled, reason = plugins
-    choice = apply_plugins(bundle_dir, {name: r.file for name, r in records.items()}, tmrope_attrs_for(model),
-                           enabled, reason)
-    records = {name: replace(r, sha256=sha256_file(bundle_dir / r.file)) if name in choice.graphs else r
-               for name, r in records.items()}
+    choice = apply_plugins(
+        bundle_dir, {name: r.file for name, r in records.items()}, tmrope_attrs_for(model), enabled, reason
+    )
+    records = {
+        name: replace(r, sha256=sha256_file(bundle_dir / r.file)) if name in choice.graphs else r
+        for name, r in records.items()
+    }
     return records, choice
 
 
-def _fp32_manifest(model, source, target: Target, request: ExportRequest, records, bundle_dir: Path,
-                   plan: MemoryPlan) -> Manifest:
+def _fp32_manifest(
+    model, source, target: Target, request: ExportRequest, records, bundle_dir: Path, plan: MemoryPlan
+) -> Manifest:
     """Write the tables beside the graphs and describe the FP32 bundle (payload files not hashed yet)."""
     from omni_edge.export.checkpoint import checkpoint_sha256, read_eos_token_ids
     from omni_edge.export.decoder import kv_geometry, thinker_parts

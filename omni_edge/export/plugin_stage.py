@@ -37,11 +37,15 @@ def decide_plugins(target, mode: str) -> tuple[bool, str]:
         return False, "--plugins off: plain ONNX ops"
     ok, why = supports_plugins(target)
     if mode == "on" and not ok:
-        raise TargetError(f"--plugins on is not possible for target {target.name}: {why}. "
-                          "Use --plugins auto or --plugins off (plain ONNX ops)")
+        raise TargetError(
+            f"--plugins on is not possible for target {target.name}: {why}. "
+            "Use --plugins auto or --plugins off (plain ONNX ops)"
+        )
     if mode == "auto" and ok and not AUTO_USES_PLUGINS:
-        return False, ("--plugins auto: plain ONNX ops; the TMRoPE plugin is opt-in (--plugins on) until its kernel "
-                       "is measured on a GPU")
+        return False, (
+            "--plugins auto: plain ONNX ops; the TMRoPE plugin is opt-in (--plugins on) until its kernel "
+            "is measured on a GPU"
+        )
     return ok, f"--plugins {mode}: {why}"
 
 
@@ -59,8 +63,9 @@ def tmrope_attrs_for(model) -> dict[str, TmropeAttrs]:
     return attrs
 
 
-def apply_plugins(bundle_dir: Path, graphs: dict[str, str], attrs_by_graph: dict[str, TmropeAttrs],
-                  enabled: bool, reason: str) -> PluginChoice:
+def apply_plugins(
+    bundle_dir: Path, graphs: dict[str, str], attrs_by_graph: dict[str, TmropeAttrs], enabled: bool, reason: str
+) -> PluginChoice:
     """Rewrite, in place, every graph named in both `graphs` (component -> file in bundle_dir) and
     `attrs_by_graph` when enabled; other graphs (encoders, token2wav) are left alone.
 
@@ -85,14 +90,18 @@ def _rewrite_in_place(path: Path, attrs: TmropeAttrs) -> RewriteReport:
     load_external_data_for_model(model, str(path.parent))
     rewritten, report = rewrite_tmrope(model, attrs)
     if report.replaced == 0:
-        raise KernelError(f"{path.name}: the rotary pattern was not found, so no OmniEdgeTMRoPE node replaces it "
-                          "and the bundle would be mislabelled as using the plugin. Export with --plugins off, "
-                          "and report this with your torch, transformers and ModelOpt versions")
+        raise KernelError(
+            f"{path.name}: the rotary pattern was not found, so no OmniEdgeTMRoPE node replaces it "
+            "and the bundle would be mislabelled as using the plugin. Export with --plugins off, "
+            "and report this with your torch, transformers and ModelOpt versions"
+        )
     left = [n.name for n in rewritten.graph.node if n.op_type in _ROTARY_OPS]
     if left and not report.left_plain:
-        raise KernelError(f"{path.name}: {report.replaced} rotary subgraphs became plugin nodes but "
-                          f"{', '.join(left)} still compute rotary angles in plain ops that the matcher did not "
-                          "recognise; export with --plugins off")
+        raise KernelError(
+            f"{path.name}: {report.replaced} rotary subgraphs became plugin nodes but "
+            f"{', '.join(left)} still compute rotary angles in plain ops that the matcher did not "
+            "recognise; export with --plugins off"
+        )
     _save_over(rewritten, path, external)
     return report
 

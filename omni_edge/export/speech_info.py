@@ -56,5 +56,7 @@ def write_speech_tables(model, out_dir: Path) -> None:
     speakers = {}
     for name, params in model.speaker_map.items():
         speakers[f"{name}.cond"] = params["cond"].detach().float().reshape(1, -1).numpy()
-        speakers[f"{name}.ref_mel"] = params["ref_mel"].detach().float().reshape(1, -1, model.token2wav.config.dit_config.mel_dim).numpy()
+        speakers[f"{name}.ref_mel"] = (
+            params["ref_mel"].detach().float().reshape(1, -1, model.token2wav.config.dit_config.mel_dim).numpy()
+        )
     save_file(speakers, str(out_dir / naming.SPEAKERS_FILE))

@@ -68,9 +68,7 @@ def _filler_word(index: int) -> str:
 def build_tokenizer(vocab_size: int, trained_size: int = 600) -> Tokenizer:
     if vocab_size <= max(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size {vocab_size} must exceed the largest special id {max(SPECIAL_TOKENS)}")
-    trainer = trainers.BpeTrainer(
-        vocab_size=trained_size, initial_alphabet=ByteLevel.alphabet(), show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=trained_size, initial_alphabet=ByteLevel.alphabet(), show_progress=False)
     seed = Tokenizer(models.BPE())
     seed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     seed.train_from_iterator([line for line in _CORPUS.splitlines() if line], trainer=trainer)

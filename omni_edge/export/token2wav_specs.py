@@ -34,14 +34,17 @@ def _dit_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
     repeats = model.token2wav.config.dit_config.repeats
     window = (WINDOWS.past + WINDOWS.chunk + WINDOWS.future) // repeats
     frames = _reference_frames(model)  # each speaker's reference mel has its own fixed length
-    return {"codes": (1, window, max(window, FULL_PATH_MAX_CODES)),
-            "reference_frames": (min(frames), max(frames), max(frames))}
+    return {
+        "codes": (1, window, max(window, FULL_PATH_MAX_CODES)),
+        "reference_frames": (min(frames), max(frames), max(frames)),
+    }
 
 
 def _bigvgan_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
     repeats = model.token2wav.config.dit_config.repeats
-    return {"frames": (8, WINDOWS.vocoder_context + WINDOWS.chunk,
-                       WINDOWS.vocoder_context + FULL_PATH_MAX_CODES * repeats)}
+    return {
+        "frames": (8, WINDOWS.vocoder_context + WINDOWS.chunk, WINDOWS.vocoder_context + FULL_PATH_MAX_CODES * repeats)
+    }
 
 
 def dit_spec() -> ComponentSpec:

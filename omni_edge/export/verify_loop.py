@@ -78,8 +78,9 @@ def verify_graph(spec: ComponentSpec, module, model, path: Path) -> float:
     return worst
 
 
-def export_and_verify(spec: ComponentSpec, model, out_dir: Path, precision: str = "fp32",
-                      max_seq_len: int = 4096) -> ComponentRecord:
+def export_and_verify(
+    spec: ComponentSpec, model, out_dir: Path, precision: str = "fp32", max_seq_len: int = 4096
+) -> ComponentRecord:
     import onnxruntime as ort
 
     module = spec.build_module(model)

@@ -12,8 +12,7 @@ from torch import nn
 
 from omni_edge.runtime.vision_index import vision_indices
 
-INPUT_NAMES = ("pixel_patches", "patch_positions", "window_index", "reverse_index", "window_segments",
-               "frame_segments")
+INPUT_NAMES = ("pixel_patches", "patch_positions", "window_index", "reverse_index", "window_segments", "frame_segments")
 
 
 def _rotate_half(x):

@@ -96,18 +96,28 @@ def _bench_tmrope(seq: int, iterations: int) -> dict:
     bufs = [DeviceBuffer(a) for a in (q, k, pos, np.zeros_like(q), np.zeros_like(k))]
     shape = launch.TmropeShape(1, ROPE["q_heads"], ROPE["k_heads"], seq, ROPE["head_dim"])
     try:
-        kernel = _kernel_entry(lambda: launch.launch_tmrope(*(b.ptr for b in bufs), shape, ROPE["mrope_section"],
-                                                            ROPE["theta"]), iterations)
+        kernel = _kernel_entry(
+            lambda: launch.launch_tmrope(*(b.ptr for b in bufs), shape, ROPE["mrope_section"], ROPE["theta"]),
+            iterations,
+        )
     finally:
         for b in bufs:
             b.free()
-    graph = plain_graphs.tmrope_graph(ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"], ROPE["q_heads"],
-                                      ROPE["k_heads"])
+    graph = plain_graphs.tmrope_graph(
+        ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"], ROPE["q_heads"], ROPE["k_heads"]
+    )
     feeds = {"q": q, "k": k, "positions": pos}
-    return {"kernel": kernel, "plain": _plain_entry(graph, feeds, iterations),
-            "torch": _torch_entry(lambda t: torch_baseline.tmrope(t["q"], t["k"], t["positions"], ROPE["head_dim"],
-                                                                  ROPE["mrope_section"], ROPE["theta"]),
-                                  feeds, iterations)}
+    return {
+        "kernel": kernel,
+        "plain": _plain_entry(graph, feeds, iterations),
+        "torch": _torch_entry(
+            lambda t: torch_baseline.tmrope(
+                t["q"], t["k"], t["positions"], ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"]
+            ),
+            feeds,
+            iterations,
+        ),
+    }
 
 
 def _bench_ode(iterations: int, stage: int = 4) -> dict:
@@ -119,15 +129,22 @@ def _bench_ode(iterations: int, stage: int = 4) -> dict:
     ks = rng.standard_normal((3, WINDOW_FRAMES, MEL), dtype=np.float32)
     bufs = [DeviceBuffer(a) for a in (y, dit, ks, np.zeros_like(ks), np.zeros_like(y))]
     try:
-        kernel = _kernel_entry(lambda: launch.launch_ode_step(*(b.ptr for b in bufs), y.size, 0.1, 0.5, stage),
-                               iterations)
+        kernel = _kernel_entry(
+            lambda: launch.launch_ode_step(*(b.ptr for b in bufs), y.size, 0.1, 0.5, stage), iterations
+        )
     finally:
         for b in bufs:
             b.free()
     feeds = {"y": y, "dit_out": dit, "ks": ks, "dt": np.array([0.1], np.float32)}
-    return {"kernel": kernel, "plain": _plain_entry(plain_graphs.ode_step_graph(stage, 0.5, MEL), feeds, iterations),
-            "torch": _torch_entry(lambda t: torch_baseline.ode_step(t["y"], t["dit_out"], t["ks"], 0.1, 0.5, stage),
-                                  {"y": y, "dit_out": dit, "ks": ks}, iterations)}
+    return {
+        "kernel": kernel,
+        "plain": _plain_entry(plain_graphs.ode_step_graph(stage, 0.5, MEL), feeds, iterations),
+        "torch": _torch_entry(
+            lambda t: torch_baseline.ode_step(t["y"], t["dit_out"], t["ks"], 0.1, 0.5, stage),
+            {"y": y, "dit_out": dit, "ks": ks},
+            iterations,
+        ),
+    }
 
 
 def _bench_stitch(iterations: int) -> dict:
@@ -137,18 +154,25 @@ def _bench_stitch(iterations: int) -> dict:
     window = np.random.default_rng(0).standard_normal((s["channels"], s["win_len"]), dtype=np.float32)
     bufs = [DeviceBuffer(window), DeviceBuffer(np.zeros((s["channels"], s["out_len"]), np.float32))]
     try:
-        kernel = _kernel_entry(lambda: launch.launch_stitch(bufs[0].ptr, bufs[1].ptr, s["channels"], s["win_len"],
-                                                            s["out_len"], s["src"], s["dst"], s["length"]),
-                               iterations)
+        kernel = _kernel_entry(
+            lambda: launch.launch_stitch(
+                bufs[0].ptr, bufs[1].ptr, s["channels"], s["win_len"], s["out_len"], s["src"], s["dst"], s["length"]
+            ),
+            iterations,
+        )
     finally:
         for b in bufs:
             b.free()
     out = np.zeros((s["channels"], s["out_len"]), np.float32)
-    return {"kernel": kernel,
-            "plain": _plain_entry(plain_graphs.stitch_graph(s["src"], s["length"]), {"window": window}, iterations),
-            "torch": _torch_entry(lambda t: torch_baseline.stitch(t["out"], t["window"], s["src"], s["dst"],
-                                                                  s["length"]), {"window": window, "out": out},
-                                  iterations)}
+    return {
+        "kernel": kernel,
+        "plain": _plain_entry(plain_graphs.stitch_graph(s["src"], s["length"]), {"window": window}, iterations),
+        "torch": _torch_entry(
+            lambda t: torch_baseline.stitch(t["out"], t["window"], s["src"], s["dst"], s["length"]),
+            {"window": window, "out": out},
+            iterations,
+        ),
+    }
 
 
 def bench_kernels(iterations: int = 100) -> dict:

@@ -52,17 +52,21 @@ class BuildResult:
         for artifact in self.artifacts:
             if artifact.kernel == kernel and artifact.target == target:
                 return Path(artifact.path)
-        raise KernelError(f"no {target} build of {kernel} in {self.out_dir}; rebuild with "
-                          "`python -m omni_edge.kernels.build --out DIR`")
+        raise KernelError(
+            f"no {target} build of {kernel} in {self.out_dir}; rebuild with "
+            "`python -m omni_edge.kernels.build --out DIR`"
+        )
 
 
 def find_nvcc() -> str:
     nvcc = shutil.which("nvcc") or next(
-        (str(p) for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc",) if p.exists()),
-        None)
+        (str(p) for p in (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc",) if p.exists()), None
+    )
     if nvcc is None:
-        raise KernelError("nvcc not found: install the CUDA toolkit (12.8+ for sm_100/sm_120, 13.0+ for "
-                          "sm_110) and put nvcc on PATH or set CUDA_HOME")
+        raise KernelError(
+            "nvcc not found: install the CUDA toolkit (12.8+ for sm_100/sm_120, 13.0+ for "
+            "sm_110) and put nvcc on PATH or set CUDA_HOME"
+        )
     return nvcc
 
 
@@ -91,11 +95,19 @@ def _jobs(out_dir: Path, architectures: tuple[str, ...]) -> list[tuple[Artifact,
         src = str(source_path(kernel))
         for arch in architectures:
             path = out_dir / f"{kernel}.sm_{arch}.cubin"
-            jobs.append((Artifact(kernel, f"sm_{arch}", str(path)),
-                         ["-cubin", f"-arch=sm_{arch}", *NVCC_FLAGS, "-o", str(path), src]))
+            jobs.append(
+                (
+                    Artifact(kernel, f"sm_{arch}", str(path)),
+                    ["-cubin", f"-arch=sm_{arch}", *NVCC_FLAGS, "-o", str(path), src],
+                )
+            )
         path = out_dir / f"{kernel}.compute_{PTX_ARCHITECTURE}.ptx"
-        jobs.append((Artifact(kernel, f"compute_{PTX_ARCHITECTURE}", str(path)),
-                     ["-ptx", f"-arch=compute_{PTX_ARCHITECTURE}", *NVCC_FLAGS, "-o", str(path), src]))
+        jobs.append(
+            (
+                Artifact(kernel, f"compute_{PTX_ARCHITECTURE}", str(path)),
+                ["-ptx", f"-arch=compute_{PTX_ARCHITECTURE}", *NVCC_FLAGS, "-o", str(path), src],
+            )
+        )
     return jobs
 
 
@@ -123,10 +135,14 @@ def build(out: str | Path, architectures: tuple[str, ...] = ARCHITECTURES, jobs:
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:  # nvcc runs as a subprocess: threads suffice
             list(pool.map(lambda job: _compile(nvcc, [str(x) for x in job[1]]), staged))
-        info = {"nvcc_version": version, "flags": list(NVCC_FLAGS), "architectures": list(architectures),
-                "ptx": f"compute_{PTX_ARCHITECTURE}",
-                "sources": {k: hashlib.sha256(source_path(k).read_bytes()).hexdigest() for k in KERNELS},
-                "artifacts": [asdict(a) | {"path": Path(a.path).name} for a in artifacts]}
+        info = {
+            "nvcc_version": version,
+            "flags": list(NVCC_FLAGS),
+            "architectures": list(architectures),
+            "ptx": f"compute_{PTX_ARCHITECTURE}",
+            "sources": {k: hashlib.sha256(source_path(k).read_bytes()).hexdigest() for k in KERNELS},
+            "artifacts": [asdict(a) | {"path": Path(a.path).name} for a in artifacts],
+        }
         (staging / "build.json").write_text(json.dumps(info, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -152,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     except KernelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{len(result.artifacts)} kernel images (nvcc {result.nvcc_version}, {result.compiled} compiled) "
-          f"in {result.out_dir}")
+    print(
+        f"{len(result.artifacts)} kernel images (nvcc {result.nvcc_version}, {result.compiled} compiled) "
+        f"in {result.out_dir}"
+    )
     return 0
 
 

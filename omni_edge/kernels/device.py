@@ -24,7 +24,7 @@ class DeviceBuffer:
             check(driver().cuMemcpyHtoD(self.ptr, array.ctypes.data, array.nbytes))
 
     @classmethod
-    def empty(cls, shape, dtype) -> "DeviceBuffer":
+    def empty(cls, shape, dtype) -> DeviceBuffer:
         return cls(np.zeros(shape, dtype))
 
     def numpy(self) -> np.ndarray:
@@ -39,7 +39,7 @@ class DeviceBuffer:
             check(driver().cuMemFree(self.ptr))
             self.ptr = 0
 
-    def __enter__(self) -> "DeviceBuffer":
+    def __enter__(self) -> DeviceBuffer:
         return self
 
     def __exit__(self, *exc) -> None:

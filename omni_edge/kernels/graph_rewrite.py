@@ -34,8 +34,21 @@ from omni_edge.kernels.plugins import PLUGIN_VERSION, TMROPE_PLUGIN
 from omni_edge.kernels.reference import inv_freq
 
 PLUGIN_DOMAIN = "omni_edge"
-_PASS_THROUGH = {"Unsqueeze", "Concat", "Gather", "Split", "Slice", "Reshape", "Squeeze", "Expand", "Cast",
-                 "Identity", "Transpose", "QuantizeLinear", "DequantizeLinear"}
+_PASS_THROUGH = {
+    "Unsqueeze",
+    "Concat",
+    "Gather",
+    "Split",
+    "Slice",
+    "Reshape",
+    "Squeeze",
+    "Expand",
+    "Cast",
+    "Identity",
+    "Transpose",
+    "QuantizeLinear",
+    "DequantizeLinear",
+}
 PLUGIN_TENSORRT = ("tensorrt",)  # TensorRT-RTX 1.7's INetworkDefinition has no add_plugin_v3
 
 
@@ -46,7 +59,7 @@ class TmropeAttrs:
     theta: float
 
     @classmethod
-    def from_text_config(cls, text_config: dict) -> "TmropeAttrs":
+    def from_text_config(cls, text_config: dict) -> TmropeAttrs:
         """From a Thinker/Talker text config dict (rope_parameters holds theta and mrope_section)."""
         rope = text_config.get("rope_parameters") or text_config.get("rope_scaling") or {}
         head_dim = text_config.get("head_dim") or text_config["hidden_size"] // text_config["num_attention_heads"]
@@ -63,9 +76,16 @@ class RewriteReport:
     attrs: TmropeAttrs
 
     def to_manifest(self) -> dict:
-        return {"plugin": self.plugin, "version": self.version, "domain": PLUGIN_DOMAIN,
-                "replaced": self.replaced, "left_plain": self.left_plain, "head_dim": self.attrs.head_dim,
-                "mrope_section": list(self.attrs.mrope_section), "theta": self.attrs.theta}
+        return {
+            "plugin": self.plugin,
+            "version": self.version,
+            "domain": PLUGIN_DOMAIN,
+            "replaced": self.replaced,
+            "left_plain": self.left_plain,
+            "head_dim": self.attrs.head_dim,
+            "mrope_section": list(self.attrs.mrope_section),
+            "theta": self.attrs.theta,
+        }
 
 
 def supports_plugins(target) -> tuple[bool, str]:
@@ -167,8 +187,9 @@ def _match(gs, add, half: int) -> _Rotation | None:
                 continue
             low = _source(concat.inputs[1])
             x = _through_qdq(low.inputs[0]) if low is not None and low.op == "Slice" else None
-            if x is None or not (_is_half_slice(gs, _source(neg.inputs[0]), x, half, half)
-                                 and _is_half_slice(gs, low, x, 0, half)):
+            if x is None or not (
+                _is_half_slice(gs, _source(neg.inputs[0]), x, half, half) and _is_half_slice(gs, low, x, 0, half)
+            ):
                 continue
             plain_x = [i for i, t in enumerate(plain.inputs) if _through_qdq(t) is x]
             if not plain_x:
@@ -186,13 +207,17 @@ def _positions(gs, cos_node, attrs: TmropeAttrs):
     """The integer position tensor feeding Cos(Mul(Cast(pos), inv_freq)), after checking inv_freq."""
     mul = _source(cos_node.inputs[0])
     if mul is None or mul.op != "Mul":
-        raise KernelError("rotary Cos is not fed by Mul(positions, inv_freq); this graph is not the pattern "
-                          "torch.onnx emits for Qwen2_5OmniRotaryEmbedding")
+        raise KernelError(
+            "rotary Cos is not fed by Mul(positions, inv_freq); this graph is not the pattern "
+            "torch.onnx emits for Qwen2_5OmniRotaryEmbedding"
+        )
     table = next((v for v in (_const(gs, _through_qdq(t)) for t in mul.inputs) if v is not None), None)
     expected = inv_freq(attrs.head_dim, attrs.theta)
     if table is None or table.size != expected.size or not np.allclose(table.reshape(-1), expected, rtol=1e-6):
-        raise KernelError(f"the graph's inv_freq does not match head_dim={attrs.head_dim}, theta={attrs.theta}; "
-                          "pass the attributes of the model that was exported")
+        raise KernelError(
+            f"the graph's inv_freq does not match head_dim={attrs.head_dim}, theta={attrs.theta}; "
+            "pass the attributes of the model that was exported"
+        )
     producers = [_source(t) for t in mul.inputs]
     cast = next((p for p in producers if p is not None and p.op == "Cast"), None)
     if cast is None:
@@ -216,8 +241,10 @@ def _check_sections(gs, cos_node, attrs: TmropeAttrs) -> None:
         if consumer.op == "Split" and len(consumer.inputs) > 1:
             sizes = _const(gs, consumer.inputs[1])
             if sizes is not None and tuple(int(s) for s in sizes) != tuple(attrs.mrope_section):
-                raise KernelError(f"the graph splits frequencies as {tuple(int(s) for s in sizes)}, not "
-                                  f"mrope_section={attrs.mrope_section}")
+                raise KernelError(
+                    f"the graph splits frequencies as {tuple(int(s) for s in sizes)}, not "
+                    f"mrope_section={attrs.mrope_section}"
+                )
 
 
 def _ancestors(node) -> set[int]:
@@ -265,8 +292,15 @@ def rewrite_tmrope(model, attrs: TmropeAttrs):
         positions = _positions(gs, cos_node, attrs)
         if id(positions) not in casts:
             pos32 = gs.Variable(f"{positions.name}_int32", dtype=np.int32)
-            graph.nodes.append(gs.Node("Cast", name=f"{positions.name}_to_int32", attrs={"to": onnx.TensorProto.INT32},
-                                       inputs=[positions], outputs=[pos32]))
+            graph.nodes.append(
+                gs.Node(
+                    "Cast",
+                    name=f"{positions.name}_to_int32",
+                    attrs={"to": onnx.TensorProto.INT32},
+                    inputs=[positions],
+                    outputs=[pos32],
+                )
+            )
             casts[id(positions)] = pos32
         pairs, left = _pair(group)
         left_plain += len(left)
@@ -274,11 +308,21 @@ def rewrite_tmrope(model, attrs: TmropeAttrs):
             outputs = [q_rot.add.outputs[0], k_rot.add.outputs[0]]
             q_rot.add.outputs.clear()  # the plugin now produces these tensors; cleanup() drops the old ops
             k_rot.add.outputs.clear()
-            graph.nodes.append(gs.Node(
-                TMROPE_PLUGIN, name=f"tmrope_{replaced}", domain=PLUGIN_DOMAIN,
-                attrs={"head_dim": attrs.head_dim, "mrope_section": list(attrs.mrope_section),
-                       "theta": float(attrs.theta), "plugin_version": PLUGIN_VERSION},
-                inputs=[q_rot.x, k_rot.x, casts[id(positions)]], outputs=outputs))
+            graph.nodes.append(
+                gs.Node(
+                    TMROPE_PLUGIN,
+                    name=f"tmrope_{replaced}",
+                    domain=PLUGIN_DOMAIN,
+                    attrs={
+                        "head_dim": attrs.head_dim,
+                        "mrope_section": list(attrs.mrope_section),
+                        "theta": float(attrs.theta),
+                        "plugin_version": PLUGIN_VERSION,
+                    },
+                    inputs=[q_rot.x, k_rot.x, casts[id(positions)]],
+                    outputs=outputs,
+                )
+            )
             replaced += 1
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
@@ -293,6 +337,5 @@ def rewrite_tmrope_file(src: str, dst: str, attrs: TmropeAttrs) -> RewriteReport
 
     model, report = rewrite_tmrope(onnx.load(src), attrs)
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    onnx.save(model, dst, save_as_external_data=weight_bytes > 1_800_000_000,
-              location=f"{Path(dst).name}.data")
+    onnx.save(model, dst, save_as_external_data=weight_bytes > 1_800_000_000, location=f"{Path(dst).name}.data")
     return report

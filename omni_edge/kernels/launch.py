@@ -34,8 +34,10 @@ def driver():
             try:
                 from cuda import cuda as mod  # cuda-python < 12.6 (JetPack 6 wheels)
             except ImportError:
-                raise KernelError("cuda-python is not installed: pip install 'omni-edge[trt]' "
-                                  "(or cuda-python matching your CUDA driver)") from None
+                raise KernelError(
+                    "cuda-python is not installed: pip install 'omni-edge[trt]' "
+                    "(or cuda-python matching your CUDA driver)"
+                ) from None
         _driver = mod
     return _driver
 
@@ -105,8 +107,9 @@ def select_image(directory: Path, kernel: str, capability: tuple[int, int]) -> P
     exact = directory / f"{kernel}.sm_{major}{minor}.cubin"
     if exact.exists():
         return exact
-    same_major = sorted((int(p.name.split(".sm_")[1].split(".")[0]), p)
-                        for p in directory.glob(f"{kernel}.sm_{major}*.cubin"))
+    same_major = sorted(
+        (int(p.name.split(".sm_")[1].split(".")[0]), p) for p in directory.glob(f"{kernel}.sm_{major}*.cubin")
+    )
     older = [p for sm, p in same_major if sm // 10 == major and sm % 10 <= minor]
     if older:
         return older[-1]
@@ -114,9 +117,11 @@ def select_image(directory: Path, kernel: str, capability: tuple[int, int]) -> P
         target = int(ptx.name.split(".compute_")[1].split(".")[0])
         if (target // 10, target % 10) <= (major, minor):
             return ptx
-    raise KernelError(f"no {kernel} image in {directory} runs on compute capability {major}.{minor}; "
-                      "rebuild with `python -m omni_edge.kernels.build --arch "
-                      f"{major}{minor} --out DIR`")
+    raise KernelError(
+        f"no {kernel} image in {directory} runs on compute capability {major}.{minor}; "
+        "rebuild with `python -m omni_edge.kernels.build --arch "
+        f"{major}{minor} --out DIR`"
+    )
 
 
 def function(kernel: str, name: str):
@@ -130,8 +135,10 @@ def function(kernel: str, name: str):
             try:
                 _modules[(ctx, kernel)] = check(driver().cuModuleLoadData(data))
             except KernelError as exc:
-                raise KernelError(f"{exc} loading {image.name}: a cubin/PTX from a newer CUDA toolkit than "
-                                  "the driver supports fails here; build with the device's toolkit") from None
+                raise KernelError(
+                    f"{exc} loading {image.name}: a cubin/PTX from a newer CUDA toolkit than "
+                    "the driver supports fails here; build with the device's toolkit"
+                ) from None
         _functions[key] = check(driver().cuModuleGetFunction(_modules[(ctx, kernel)], name.encode()))
     return _functions[key]
 
@@ -153,9 +160,16 @@ def _grid_1d(n: int, block: int = 256) -> tuple[int, int, int]:
 class TmropeParams(ctypes.Structure):
     """Mirror of `struct TmropeParams` in tmrope.cu, passed to the kernel by value."""
 
-    _fields_ = [("inv_freq", ctypes.c_float * TMROPE_MAX_HALF), ("section_end0", ctypes.c_int),
-                ("section_end1", ctypes.c_int), ("half", ctypes.c_int), ("batch", ctypes.c_int),
-                ("seq", ctypes.c_int), ("q_heads", ctypes.c_int), ("k_heads", ctypes.c_int)]
+    _fields_ = [
+        ("inv_freq", ctypes.c_float * TMROPE_MAX_HALF),
+        ("section_end0", ctypes.c_int),
+        ("section_end1", ctypes.c_int),
+        ("half", ctypes.c_int),
+        ("batch", ctypes.c_int),
+        ("seq", ctypes.c_int),
+        ("q_heads", ctypes.c_int),
+        ("k_heads", ctypes.c_int),
+    ]
 
 
 @dataclass(frozen=True)
@@ -182,8 +196,18 @@ def tmrope_params(shape: TmropeShape, mrope_section, theta: float) -> TmropePara
     return params
 
 
-def launch_tmrope(q: int, k: int, positions: int, q_out: int, k_out: int, shape: TmropeShape,
-                  mrope_section, theta: float, dtype: str = "float32", stream: int = 0) -> None:
+def launch_tmrope(
+    q: int,
+    k: int,
+    positions: int,
+    q_out: int,
+    k_out: int,
+    shape: TmropeShape,
+    mrope_section,
+    theta: float,
+    dtype: str = "float32",
+    stream: int = 0,
+) -> None:
     """Rotate q [B, Hq, S, D] and k [B, Hk, S, D] by positions [3, B, S] int32 (device pointers)."""
     if dtype not in TMROPE_DTYPES:
         raise KernelError(f"tmrope dtype must be one of {sorted(TMROPE_DTYPES)}, got {dtype}")
@@ -191,50 +215,106 @@ def launch_tmrope(q: int, k: int, positions: int, q_out: int, k_out: int, shape:
     half = shape.head_dim // 2
     block_x = min(half, 128)
     block_y = max(1, min(shape.q_heads + shape.k_heads, 256 // block_x))
-    args = [ctypes.c_void_p(q), ctypes.c_void_p(k), ctypes.c_void_p(positions), ctypes.c_void_p(q_out),
-            ctypes.c_void_p(k_out), params]
-    _launch(function("tmrope", TMROPE_DTYPES[dtype]), (shape.batch * shape.seq, 1, 1), (block_x, block_y, 1),
-            args, stream)
+    args = [
+        ctypes.c_void_p(q),
+        ctypes.c_void_p(k),
+        ctypes.c_void_p(positions),
+        ctypes.c_void_p(q_out),
+        ctypes.c_void_p(k_out),
+        params,
+    ]
+    _launch(
+        function("tmrope", TMROPE_DTYPES[dtype]), (shape.batch * shape.seq, 1, 1), (block_x, block_y, 1), args, stream
+    )
 
 
 # ------------------------------------------------------------------------------- streaming audio decode
 
 
-def launch_ode_step(y: int, dit_out: int, ks_in: int, ks_out: int, out: int, n: int, dt: float, scale: float,
-                    stage: int, stream: int = 0) -> None:
+def launch_ode_step(
+    y: int,
+    dit_out: int,
+    ks_in: int,
+    ks_out: int,
+    out: int,
+    n: int,
+    dt: float,
+    scale: float,
+    stage: int,
+    stream: int = 0,
+) -> None:
     """Fused CFG + ODE stage over n float32 elements: stage 0 Euler, 1..4 RK4 (see audio_decode.cu)."""
     if stage not in ODE_STAGES:
         raise KernelError(f"ODE stage must be one of {ODE_STAGES}, got {stage}")
-    args = [ctypes.c_void_p(y), ctypes.c_void_p(dit_out), ctypes.c_void_p(ks_in), ctypes.c_void_p(ks_out),
-            ctypes.c_void_p(out), ctypes.c_longlong(n), ctypes.c_float(dt), ctypes.c_float(scale),
-            ctypes.c_int(stage)]
+    args = [
+        ctypes.c_void_p(y),
+        ctypes.c_void_p(dit_out),
+        ctypes.c_void_p(ks_in),
+        ctypes.c_void_p(ks_out),
+        ctypes.c_void_p(out),
+        ctypes.c_longlong(n),
+        ctypes.c_float(dt),
+        ctypes.c_float(scale),
+        ctypes.c_int(stage),
+    ]
     _launch(function("audio_decode", "ode_step_f32"), _grid_1d(n), (256, 1, 1), args, stream)
 
 
-def launch_ode_step_dev(y: int, dit_out: int, ks_in: int, ks_out: int, out: int, n: int, dt: int, scale: float,
-                        stage: int, stream: int = 0) -> None:
+def launch_ode_step_dev(
+    y: int, dit_out: int, ks_in: int, ks_out: int, out: int, n: int, dt: int, scale: float, stage: int, stream: int = 0
+) -> None:
     """Same as launch_ode_step with dt (float32) and stage (int32) read from device memory."""
-    args = [ctypes.c_void_p(y), ctypes.c_void_p(dit_out), ctypes.c_void_p(ks_in), ctypes.c_void_p(ks_out),
-            ctypes.c_void_p(out), ctypes.c_longlong(n), ctypes.c_void_p(dt), ctypes.c_float(scale),
-            ctypes.c_void_p(stage)]
+    args = [
+        ctypes.c_void_p(y),
+        ctypes.c_void_p(dit_out),
+        ctypes.c_void_p(ks_in),
+        ctypes.c_void_p(ks_out),
+        ctypes.c_void_p(out),
+        ctypes.c_longlong(n),
+        ctypes.c_void_p(dt),
+        ctypes.c_float(scale),
+        ctypes.c_void_p(stage),
+    ]
     _launch(function("audio_decode", "ode_step_dev_f32"), _grid_1d(n), (256, 1, 1), args, stream)
 
 
 def launch_ode_euler(y: int, dit_out: int, out: int, n: int, dt: float, scale: float, stream: int = 0) -> None:
-    args = [ctypes.c_void_p(y), ctypes.c_void_p(dit_out), ctypes.c_void_p(out), ctypes.c_longlong(n),
-            ctypes.c_float(dt), ctypes.c_float(scale)]
+    args = [
+        ctypes.c_void_p(y),
+        ctypes.c_void_p(dit_out),
+        ctypes.c_void_p(out),
+        ctypes.c_longlong(n),
+        ctypes.c_float(dt),
+        ctypes.c_float(scale),
+    ]
     _launch(function("audio_decode", "ode_euler_f32"), _grid_1d(n), (256, 1, 1), args, stream)
 
 
-def launch_stitch(window: int, out: int, channels: int, win_len: int, out_len: int, src_start: int,
-                  dst_start: int, length: int, itemsize: int = 4, stream: int = 0) -> None:
+def launch_stitch(
+    window: int,
+    out: int,
+    channels: int,
+    win_len: int,
+    out_len: int,
+    src_start: int,
+    dst_start: int,
+    length: int,
+    itemsize: int = 4,
+    stream: int = 0,
+) -> None:
     """out[:, dst:dst+length] = window[:, src:src+length] for [C, T] buffers of 4- or 2-byte elements."""
     check_stitch((channels, out_len), (channels, win_len), src_start, dst_start, length)
     name = {4: "stitch_f32", 2: "stitch_b16"}.get(itemsize)
     if name is None:
         raise KernelError(f"stitch copies 4- or 2-byte elements, got itemsize {itemsize}")
-    args = [ctypes.c_void_p(window), ctypes.c_void_p(out), ctypes.c_int(channels), ctypes.c_longlong(win_len),
-            ctypes.c_longlong(out_len), ctypes.c_longlong(src_start), ctypes.c_longlong(dst_start),
-            ctypes.c_longlong(length)]
+    args = [
+        ctypes.c_void_p(window),
+        ctypes.c_void_p(out),
+        ctypes.c_int(channels),
+        ctypes.c_longlong(win_len),
+        ctypes.c_longlong(out_len),
+        ctypes.c_longlong(src_start),
+        ctypes.c_longlong(dst_start),
+        ctypes.c_longlong(length),
+    ]
     _launch(function("audio_decode", name), _grid_1d(channels * length), (256, 1, 1), args, stream)
-

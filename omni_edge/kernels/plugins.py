@@ -42,8 +42,10 @@ def tensorrt():
         try:
             import tensorrt_rtx as trt
         except ImportError:
-            raise KernelError("TensorRT's Python package is not installed: use JetPack's python3-libnvinfer "
-                              "on Jetson, or `pip install tensorrt` / `pip install tensorrt-rtx`") from None
+            raise KernelError(
+                "TensorRT's Python package is not installed: use JetPack's python3-libnvinfer "
+                "on Jetson, or `pip install tensorrt` / `pip install tensorrt-rtx`"
+            ) from None
     return trt
 
 
@@ -72,7 +74,7 @@ def _volume(dims) -> int:
     return int(np.prod([int(d) for d in dims], dtype=np.int64)) if len(dims) else 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plugin_classes(trt) -> dict:
     """Define the plugin and creator classes against one TensorRT module (they subclass its types)."""
     linear = trt.TensorFormat.LINEAR
@@ -135,10 +137,13 @@ def plugin_classes(trt) -> dict:
             return TMRoPEPlugin(self.head_dim, self.mrope_section, self.theta)
 
         def get_fields_to_serialize(self):
-            return _collection(trt, self,
-                               ("head_dim", np.array([self.head_dim], np.int32), trt.PluginFieldType.INT32),
-                               ("mrope_section", np.array(self.mrope_section, np.int32), trt.PluginFieldType.INT32),
-                               ("theta", np.array([self.theta], np.float32), trt.PluginFieldType.FLOAT32))
+            return _collection(
+                trt,
+                self,
+                ("head_dim", np.array([self.head_dim], np.int32), trt.PluginFieldType.INT32),
+                ("mrope_section", np.array(self.mrope_section, np.int32), trt.PluginFieldType.INT32),
+                ("theta", np.array([self.theta], np.float32), trt.PluginFieldType.FLOAT32),
+            )
 
         def get_output_data_types(self, input_types):
             return [input_types[0], input_types[1]]
@@ -158,13 +163,27 @@ def plugin_classes(trt) -> dict:
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
             q_dims, k_dims = list(input_desc[0].dims), list(input_desc[1].dims)
-            shape = launch.TmropeShape(batch=int(q_dims[0]), q_heads=int(q_dims[1]), k_heads=int(k_dims[1]),
-                                       seq=int(q_dims[2]), head_dim=int(q_dims[3]))
+            shape = launch.TmropeShape(
+                batch=int(q_dims[0]),
+                q_heads=int(q_dims[1]),
+                k_heads=int(k_dims[1]),
+                seq=int(q_dims[2]),
+                head_dim=int(q_dims[3]),
+            )
             if shape.head_dim != self.head_dim:
-                raise KernelError(f"{TMROPE_PLUGIN}: q has head_dim {shape.head_dim}, plugin built for "
-                                  f"{self.head_dim}")
-            launch.launch_tmrope(inputs[0], inputs[1], inputs[2], outputs[0], outputs[1], shape,
-                                 self.mrope_section, self.theta, rope_types[input_desc[0].type], stream)
+                raise KernelError(f"{TMROPE_PLUGIN}: q has head_dim {shape.head_dim}, plugin built for {self.head_dim}")
+            launch.launch_tmrope(
+                inputs[0],
+                inputs[1],
+                inputs[2],
+                outputs[0],
+                outputs[1],
+                shape,
+                self.mrope_section,
+                self.theta,
+                rope_types[input_desc[0].type],
+                stream,
+            )
 
     class AudioDecodeStepPlugin(_Base):
         name = AUDIO_DECODE_PLUGIN
@@ -177,8 +196,9 @@ def plugin_classes(trt) -> dict:
             return AudioDecodeStepPlugin(self.guidance_scale)
 
         def get_fields_to_serialize(self):
-            return _collection(trt, self, ("guidance_scale", np.array([self.guidance_scale], np.float32),
-                                           trt.PluginFieldType.FLOAT32))
+            return _collection(
+                trt, self, ("guidance_scale", np.array([self.guidance_scale], np.float32), trt.PluginFieldType.FLOAT32)
+            )
 
         def get_output_data_types(self, input_types):
             return [input_types[0], input_types[2]]
@@ -194,8 +214,18 @@ def plugin_classes(trt) -> dict:
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
             y, dit_out, ks, dt, stage = inputs
-            launch.launch_ode_step_dev(y, dit_out, ks, outputs[1], outputs[0], _volume(input_desc[0].dims), dt,
-                                       self.guidance_scale, stage, stream)
+            launch.launch_ode_step_dev(
+                y,
+                dit_out,
+                ks,
+                outputs[1],
+                outputs[0],
+                _volume(input_desc[0].dims),
+                dt,
+                self.guidance_scale,
+                stage,
+                stream,
+            )
 
     class TMRoPECreator(trt.IPluginCreatorV3One):
         def __init__(self):
@@ -203,13 +233,20 @@ def plugin_classes(trt) -> dict:
             self.name = TMROPE_PLUGIN
             self.plugin_version = PLUGIN_VERSION
             self.plugin_namespace = PLUGIN_NAMESPACE
-            self.field_names = _collection(trt, self, ("head_dim", np.array([], np.int32), trt.PluginFieldType.INT32),
-                                           ("mrope_section", np.array([], np.int32), trt.PluginFieldType.INT32),
-                                           ("theta", np.array([], np.float32), trt.PluginFieldType.FLOAT32))
+            self.field_names = _collection(
+                trt,
+                self,
+                ("head_dim", np.array([], np.int32), trt.PluginFieldType.INT32),
+                ("mrope_section", np.array([], np.int32), trt.PluginFieldType.INT32),
+                ("theta", np.array([], np.float32), trt.PluginFieldType.FLOAT32),
+            )
 
         def create_plugin(self, name, fc, phase):
-            return TMRoPEPlugin(int(_field(fc, "head_dim", np.int64)[0]), _field(fc, "mrope_section", np.int64),
-                                float(_field(fc, "theta", np.float64)[0]))
+            return TMRoPEPlugin(
+                int(_field(fc, "head_dim", np.int64)[0]),
+                _field(fc, "mrope_section", np.int64),
+                float(_field(fc, "theta", np.float64)[0]),
+            )
 
     class AudioDecodeStepCreator(trt.IPluginCreatorV3One):
         def __init__(self):
@@ -217,14 +254,19 @@ def plugin_classes(trt) -> dict:
             self.name = AUDIO_DECODE_PLUGIN
             self.plugin_version = PLUGIN_VERSION
             self.plugin_namespace = PLUGIN_NAMESPACE
-            self.field_names = _collection(trt, self, ("guidance_scale", np.array([], np.float32),
-                                                       trt.PluginFieldType.FLOAT32))
+            self.field_names = _collection(
+                trt, self, ("guidance_scale", np.array([], np.float32), trt.PluginFieldType.FLOAT32)
+            )
 
         def create_plugin(self, name, fc, phase):
             return AudioDecodeStepPlugin(float(_field(fc, "guidance_scale", np.float64, 0.5)[0]))
 
-    return {"TMRoPEPlugin": TMRoPEPlugin, "AudioDecodeStepPlugin": AudioDecodeStepPlugin,
-            "TMRoPECreator": TMRoPECreator, "AudioDecodeStepCreator": AudioDecodeStepCreator}
+    return {
+        "TMRoPEPlugin": TMRoPEPlugin,
+        "AudioDecodeStepPlugin": AudioDecodeStepPlugin,
+        "TMRoPECreator": TMRoPECreator,
+        "AudioDecodeStepCreator": AudioDecodeStepCreator,
+    }
 
 
 _registered: dict[str, list] = {}  # TensorRT module name -> creators kept alive for the registry
@@ -257,6 +299,8 @@ def deserialize_engine(data: bytes, logger=None, trt=None):
     runtime = trt.Runtime(logger or trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
-        raise KernelError("TensorRT could not deserialize the engine: it was built by another TensorRT "
-                          "version or for another GPU; rebuild it on this device")
+        raise KernelError(
+            "TensorRT could not deserialize the engine: it was built by another TensorRT "
+            "version or for another GPU; rebuild it on this device"
+        )
     return engine

@@ -10,7 +10,7 @@ code the exported graphs were verified against (tests/test_kernels.py checks tha
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,8 +41,9 @@ def section_axes(head_dim: int, mrope_section: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(3), sections)
 
 
-def tmrope_cos_sin(positions: np.ndarray, head_dim: int, mrope_section: Sequence[int],
-                   theta: float) -> tuple[np.ndarray, np.ndarray]:
+def tmrope_cos_sin(
+    positions: np.ndarray, head_dim: int, mrope_section: Sequence[int], theta: float
+) -> tuple[np.ndarray, np.ndarray]:
     """positions [3, S] (or [3, B, S]) int -> cos, sin [S, head_dim] (or [B, S, head_dim]) float32."""
     positions = np.asarray(positions)
     if positions.shape[0] != 3:
@@ -59,8 +60,7 @@ def rotate_half(x: np.ndarray) -> np.ndarray:
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def apply_tmrope(q: np.ndarray, k: np.ndarray, cos: np.ndarray,
-                 sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def apply_tmrope(q: np.ndarray, k: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """q [B, H, S, D], k [B, Hkv, S, D]; cos/sin [S, D] or [B, S, D] -> rotated q, k in float32."""
     cos = np.asarray(cos, np.float32)
     sin = np.asarray(sin, np.float32)
@@ -71,8 +71,9 @@ def apply_tmrope(q: np.ndarray, k: np.ndarray, cos: np.ndarray,
     return q32 * cos + rotate_half(q32) * sin, k32 * cos + rotate_half(k32) * sin
 
 
-def tmrope(q: np.ndarray, k: np.ndarray, positions: np.ndarray, head_dim: int,
-           mrope_section: Sequence[int], theta: float) -> tuple[np.ndarray, np.ndarray]:
+def tmrope(
+    q: np.ndarray, k: np.ndarray, positions: np.ndarray, head_dim: int, mrope_section: Sequence[int], theta: float
+) -> tuple[np.ndarray, np.ndarray]:
     """What the TMRoPE kernel/plugin computes: positions [3, B, S] -> rotated q, k (float32)."""
     cos, sin = tmrope_cos_sin(positions, head_dim, mrope_section, theta)
     return apply_tmrope(q, k, cos, sin)
@@ -106,8 +107,7 @@ def rk4_stage_state(y: np.ndarray, ks: Sequence[np.ndarray], dt: float, stage: i
     raise KernelError(f"rk4 stage must be 1, 2 or 3 to feed the next DiT call, got {stage}")
 
 
-def rk4_update(y: np.ndarray, k1: np.ndarray, k2: np.ndarray, k3: np.ndarray, k4: np.ndarray,
-               dt: float) -> np.ndarray:
+def rk4_update(y: np.ndarray, k1: np.ndarray, k2: np.ndarray, k3: np.ndarray, k4: np.ndarray, dt: float) -> np.ndarray:
     """y at the end of the interval: y + (k1 + 3 (k2 + k3) + k4) dt / 8 (3/8-rule RK4)."""
     return y + (k1 + np.float32(3) * (k2 + k3) + k4) * np.float32(dt) / np.float32(8)
 
@@ -116,8 +116,9 @@ def euler_update(y: np.ndarray, v: np.ndarray, dt: float) -> np.ndarray:
     return y + np.float32(dt) * v
 
 
-def ode_step(y: np.ndarray, dit_out: np.ndarray, ks: np.ndarray, dt: float, scale: float,
-             stage: int) -> tuple[np.ndarray, np.ndarray]:
+def ode_step(
+    y: np.ndarray, dit_out: np.ndarray, ks: np.ndarray, dt: float, scale: float, stage: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The fused ODE kernel: CFG-combine the batch-2 DiT output, store k_stage, return the next state.
 
     y [...], dit_out [2, ...] (cond, uncond), ks [3, ...] (k1..k3 so far). Returns (state, ks'):
@@ -146,21 +147,23 @@ def ode_euler_step(y: np.ndarray, dit_out: np.ndarray, dt: float, scale: float) 
 def check_stitch(out_shape: tuple, window_shape: tuple, src_start: int, dst_start: int, length: int) -> None:
     """Shared bounds check for the reference and the CUDA launcher: a bad window is a caller bug."""
     if len(out_shape) != 2 or len(window_shape) != 2 or out_shape[0] != window_shape[0]:
-        raise KernelError(f"stitch needs out [C, T_total] and window [C, T_win] with the same C, "
-                          f"got {out_shape} and {window_shape}")
+        raise KernelError(
+            f"stitch needs out [C, T_total] and window [C, T_win] with the same C, got {out_shape} and {window_shape}"
+        )
     if length < 0 or src_start < 0 or dst_start < 0:
         raise KernelError(f"stitch offsets must be >= 0, got src={src_start} dst={dst_start} len={length}")
     if src_start + length > window_shape[1] or dst_start + length > out_shape[1]:
-        raise KernelError(f"stitch slice [{src_start}, {src_start + length}) -> [{dst_start}, "
-                          f"{dst_start + length}) does not fit window {window_shape} / output {out_shape}")
+        raise KernelError(
+            f"stitch slice [{src_start}, {src_start + length}) -> [{dst_start}, "
+            f"{dst_start + length}) does not fit window {window_shape} / output {out_shape}"
+        )
 
 
-def stitch_window(out: np.ndarray, window: np.ndarray, src_start: int, dst_start: int,
-                  length: int) -> np.ndarray:
+def stitch_window(out: np.ndarray, window: np.ndarray, src_start: int, dst_start: int, length: int) -> np.ndarray:
     """Copy window[:, src:src+length] into out[:, dst:dst+length] (in place) and return out.
 
     Hard cut, no crossfade: Qwen's streaming code2wav tiles the timeline exactly with the kept slices.
     """
     check_stitch(out.shape, window.shape, src_start, dst_start, length)
-    out[:, dst_start:dst_start + length] = window[:, src_start:src_start + length]
+    out[:, dst_start : dst_start + length] = window[:, src_start : src_start + length]
     return out

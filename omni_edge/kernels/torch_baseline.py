@@ -8,7 +8,7 @@ one launch per op, as the graphs have one node per op. Each function mirrors its
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from omni_edge.kernels import reference as R
 from omni_edge.kernels.errors import KernelError
@@ -56,5 +56,5 @@ def ode_step(y, dit_out, ks, dt: float, scale: float, stage: int):
 def stitch(out, window, src_start: int, dst_start: int, length: int):
     """out[:, dst:dst+length] = window[:, src:src+length], in place (as R.stitch_window)."""
     R.check_stitch(tuple(out.shape), tuple(window.shape), src_start, dst_start, length)
-    out[:, dst_start:dst_start + length].copy_(window[:, src_start:src_start + length])
+    out[:, dst_start : dst_start + length].copy_(window[:, src_start : src_start + length])
     return out

@@ -76,7 +76,7 @@ def to_mono_16k(channels: np.ndarray, rate: int, source: str = "audio") -> np.nd
 
         out = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
         # librosa's fix_length: exactly ceil(n * ratio) samples, zero-padded or trimmed.
-        want = int(math.ceil(mono.shape[0] * SAMPLE_RATE / rate))
+        want = math.ceil(mono.shape[0] * SAMPLE_RATE / rate)
         out = out[:want] if out.shape[0] >= want else np.pad(out, (0, want - out.shape[0]))
     if not np.all(np.isfinite(out)):
         raise InputError(f"{source} contains NaN or infinite samples; re-export it as PCM wav.")

@@ -64,8 +64,10 @@ def part_text(part: Part, info: MediaInfo, token) -> str:
     if isinstance(part, str):
         return part
     if isinstance(part, AudioPart):
-        return token(info.audio_start_token_id) + token(info.audio_token_id) * len(part.embeds) + token(
-            info.audio_end_token_id
+        return (
+            token(info.audio_start_token_id)
+            + token(info.audio_token_id) * len(part.embeds)
+            + token(info.audio_end_token_id)
         )
     if isinstance(part, VideoPart) and part.audio is not None:
         return _video_with_audio_text(part, info, token)

@@ -62,9 +62,7 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     return out
 
 
-def sample_token(
-    logits: np.ndarray, previous: np.ndarray, config: SamplingConfig, rng: np.random.Generator
-) -> int:
+def sample_token(logits: np.ndarray, previous: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> int:
     logits = apply_repetition_penalty(logits.astype(np.float64), previous, config.repetition_penalty)
     if config.greedy:
         return int(np.argmax(logits))

@@ -1,18 +1,18 @@
 """The streaming session: a bundle loaded once, conversations run turn by turn with the KV cache reused.
 
-    session = Session("build/")
-    for event in session.generate("Hello!", max_new_tokens=32):
-        if isinstance(event, TextDelta):
-            print(event.text, end="", flush=True)
+session = Session("build/")
+for event in session.generate("Hello!", max_new_tokens=32):
+    if isinstance(event, TextDelta):
+        print(event.text, end="", flush=True)
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -70,11 +70,19 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
         from omni_edge.runtime.trt_engine import TrtEngine
 
         if not record.engine_file:
-            raise BundleError(f"bundle {bundle_dir} has no TensorRT engines yet (exported with --no-engines); "
-                              f"build them on this device: omni-build-engines {bundle_dir}")
+            raise BundleError(
+                f"bundle {bundle_dir} has no TensorRT engines yet (exported with --no-engines); "
+                f"build them on this device: omni-build-engines {bundle_dir}"
+            )
         # DiT and BigVGAN windows have one fixed shape: their launches replay as a CUDA graph.
-        return TrtEngine(name, bundle_dir / record.engine_file, manifest.tensorrt, bundle_dir, manifest.target,
-                         cuda_graph=name in FIXED_SHAPE_ENGINES)
+        return TrtEngine(
+            name,
+            bundle_dir / record.engine_file,
+            manifest.tensorrt,
+            bundle_dir,
+            manifest.target,
+            cuda_graph=name in FIXED_SHAPE_ENGINES,
+        )
     raise BundleError(
         f"bundle {bundle_dir} is for backend {manifest.backend}, which this runtime cannot load yet; "
         "export a --target cpu bundle for ONNX Runtime"
@@ -89,8 +97,13 @@ def _waveform(audio) -> np.ndarray:
 
 
 class Session:
-    def __init__(self, bundle_dir: str | Path, threads: int = 0, verify: bool = True,
-                 wrap_engine: Callable[[Engine], Engine] | None = None):
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        threads: int = 0,
+        verify: bool = True,
+        wrap_engine: Callable[[Engine], Engine] | None = None,
+    ):
         """`wrap_engine` sees every engine the session opens and may return a stand-in with the same
         interface (the export's calibration records the feeds this way)."""
         from safetensors.numpy import load_file
@@ -166,9 +179,13 @@ class Session:
             position_id_per_seconds=info.position_id_per_seconds,
             seconds_per_chunk=info.seconds_per_chunk,
             tokens=SpecialTokens(
-                image=info.image_token_id, video=info.video_token_id, audio=info.audio_token_id,
-                vision_start=info.vision_start_token_id, vision_end=info.vision_end_token_id,
-                audio_start=info.audio_start_token_id, audio_end=info.audio_end_token_id,
+                image=info.image_token_id,
+                video=info.video_token_id,
+                audio=info.audio_token_id,
+                vision_start=info.vision_start_token_id,
+                vision_end=info.vision_end_token_id,
+                audio_start=info.audio_start_token_id,
+                audio_end=info.audio_end_token_id,
             ),
         )
         # Ids continue from the conversation so far (max id + 1), as get_rope_index does over the whole text.
@@ -209,8 +226,9 @@ class Session:
         parts = self.media_parts(audio, images, videos, use_audio_in_video) + ([prompt] if prompt else [])
         ids, positions = self.next_turn(parts, system)
         embeds = splice_features(self.embeddings[np.asarray(ids)], np.asarray(ids), parts, self.manifest.media)
-        return self.generate_from_ids(ids, max_new_tokens, sampling, seed, embeds=embeds, positions=positions,
-                                      speech=speech)
+        return self.generate_from_ids(
+            ids, max_new_tokens, sampling, seed, embeds=embeds, positions=positions, speech=speech
+        )
 
     def generate_from_ids(
         self,

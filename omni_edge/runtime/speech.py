@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -74,25 +74,48 @@ class SpeechPipeline:
     def talker(self, max_codec_tokens: int) -> Talker:
         if max_codec_tokens not in self._talkers:
             self._talkers[max_codec_tokens] = open_talker(
-                self.bundle_dir, self.manifest, self._open_engine, self._embeddings, max_codec_tokens)
+                self.bundle_dir, self.manifest, self._open_engine, self._embeddings, max_codec_tokens
+            )
         return self._talkers[max_codec_tokens]
 
-    def begin(self, options: SpeechOptions, prompt_track: np.ndarray, prompt_positions: np.ndarray) -> "SpokenReply":
+    def begin(self, options: SpeechOptions, prompt_track: np.ndarray, prompt_positions: np.ndarray) -> SpokenReply:
         self.check(options)
         frames = options.max_codec_tokens * self.info.repeats
         # One noise draw for the whole utterance, sliced per window, as the reference does.
         noise = np.random.default_rng(options.noise_seed).standard_normal((frames, self.info.mel_dim))
         speaker = self.speakers[options.speaker]
-        stream = Token2WavStream(self.dit, self.bigvgan, speaker, noise.astype(np.float32),
-                                 self.info.num_code_embeddings, self.info.repeats, self.info.samples_per_frame,
-                                 options.solver)
-        return SpokenReply(self.talker(options.max_codec_tokens), stream, speaker, options, prompt_track,
-                           prompt_positions, self.info.sample_rate)
+        stream = Token2WavStream(
+            self.dit,
+            self.bigvgan,
+            speaker,
+            noise.astype(np.float32),
+            self.info.num_code_embeddings,
+            self.info.repeats,
+            self.info.samples_per_frame,
+            options.solver,
+        )
+        return SpokenReply(
+            self.talker(options.max_codec_tokens),
+            stream,
+            speaker,
+            options,
+            prompt_track,
+            prompt_positions,
+            self.info.sample_rate,
+        )
 
 
 class SpokenReply:
-    def __init__(self, talker: Talker, stream: Token2WavStream, speaker: Speaker, options: SpeechOptions,
-                 prompt_track, prompt_positions, sample_rate: int):
+    def __init__(
+        self,
+        talker: Talker,
+        stream: Token2WavStream,
+        speaker: Speaker,
+        options: SpeechOptions,
+        prompt_track,
+        prompt_positions,
+        sample_rate: int,
+    ):
         self.talker, self.stream, self.speaker, self.options = talker, stream, speaker, options
         self.prompt_track, self.prompt_positions = prompt_track, prompt_positions
         self.sample_rate = sample_rate
@@ -109,8 +132,14 @@ class SpokenReply:
         """Y_j of the reply's j-th text token (j = 0, 1, ...): one Talker step."""
         before = len(self.codes)
         if self.turn is None:
-            self.turn = self.talker.start(self.prompt_track, self.prompt_positions, self.speaker.bos_token_id, row,
-                                          self.options.sampling, self._rng)
+            self.turn = self.talker.start(
+                self.prompt_track,
+                self.prompt_positions,
+                self.speaker.bos_token_id,
+                row,
+                self.options.sampling,
+                self._rng,
+            )
         else:
             self.talker.step(self.turn, row, self.options.sampling, self._rng)
         return self._audio(self.stream.push(self.codes[before:]))

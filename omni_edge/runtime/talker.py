@@ -37,8 +37,15 @@ class TalkerTurn:
 
 
 class Talker:
-    def __init__(self, info: TalkerInfo, prefill: Engine, decode: Engine, codec_table: np.ndarray,
-                 thinker_embeddings: np.ndarray, max_codec_tokens: int):
+    def __init__(
+        self,
+        info: TalkerInfo,
+        prefill: Engine,
+        decode: Engine,
+        codec_table: np.ndarray,
+        thinker_embeddings: np.ndarray,
+        max_codec_tokens: int,
+    ):
         self.info = info
         self.prefill, self.decode = prefill, decode
         self.codec_table = codec_table
@@ -53,22 +60,33 @@ class Talker:
         self._next_position = int(positions.max()) + 1
         return outputs["logits"][0, -1]
 
-    def start(self, prompt_track: np.ndarray, prompt_positions: np.ndarray, speaker_bos: int, first_reply: np.ndarray,
-              sampling: SamplingConfig, rng) -> TalkerTurn:
+    def start(
+        self,
+        prompt_track: np.ndarray,
+        prompt_positions: np.ndarray,
+        speaker_bos: int,
+        first_reply: np.ndarray,
+        sampling: SamplingConfig,
+        rng,
+    ) -> TalkerTurn:
         """Prefill over the whole conversation prompt plus the two speaker/bos rows; returns c_0."""
         info = self.info
         self.cache.reset()
-        rows = np.concatenate([
-            prompt_track,
-            (self.thinker_embeddings[speaker_bos] + self.codec_table[info.codec_pad_token_id])[None],
-            (first_reply + self.codec_table[info.codec_bos_token_id])[None],
-        ])
+        rows = np.concatenate(
+            [
+                prompt_track,
+                (self.thinker_embeddings[speaker_bos] + self.codec_table[info.codec_pad_token_id])[None],
+                (first_reply + self.codec_table[info.codec_bos_token_id])[None],
+            ]
+        )
         # The two extra rows are text tokens: ids max+1 and max+2 after the prompt's TMRoPE ids.
         tail = np.broadcast_to(np.arange(1, 3) + prompt_positions.max(), (3, 1, 2))
         positions = np.concatenate([prompt_positions, tail], axis=2)
         self.cache.check_room(len(rows) + self.max_codec_tokens, "the spoken reply (prompt + codec tokens)")
-        turn = TalkerTurn(history=[info.codec_mask_token_id] * len(prompt_track)
-                          + [info.codec_pad_token_id, info.codec_bos_token_id], codes=[])
+        turn = TalkerTurn(
+            history=[info.codec_mask_token_id] * len(prompt_track) + [info.codec_pad_token_id, info.codec_bos_token_id],
+            codes=[],
+        )
         self._sample(turn, self._run(rows, positions), sampling, rng)
         return turn
 
@@ -104,5 +122,11 @@ def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings, max_codec
 
     info = manifest.talker
     codec = load_file(str(bundle_dir / info.codec_embedding_file))["weight"]
-    return Talker(info, open_engine(naming.TALKER_PREFILL), open_engine(naming.TALKER_DECODE), codec,
-                  thinker_embeddings, max_codec_tokens)
+    return Talker(
+        info,
+        open_engine(naming.TALKER_PREFILL),
+        open_engine(naming.TALKER_DECODE),
+        codec,
+        thinker_embeddings,
+        max_codec_tokens,
+    )

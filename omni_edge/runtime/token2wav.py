@@ -100,8 +100,9 @@ def dit_codes(codes, num_embeddings: int) -> np.ndarray:
     return np.where(codes >= num_embeddings, 0, codes)
 
 
-def full_token2wav(dit, bigvgan, codes, speaker: Speaker, noise: np.ndarray, num_embeddings: int,
-                   repeats: int = 2, solver: str = "rk4") -> np.ndarray:
+def full_token2wav(
+    dit, bigvgan, codes, speaker: Speaker, noise: np.ndarray, num_embeddings: int, repeats: int = 2, solver: str = "rk4"
+) -> np.ndarray:
     """The whole utterance in one ODE solve and one vocoder pass (transformers' token2wav)."""
     frames = len(codes) * repeats
     mel = solve_mel(dit, noise[:frames], dit_codes(codes, num_embeddings), speaker, solver)
@@ -111,12 +112,26 @@ def full_token2wav(dit, bigvgan, codes, speaker: Speaker, noise: np.ndarray, num
 class Token2WavStream:
     """Feed codec tokens as the Talker makes them; get audio chunks as soon as their windows are complete."""
 
-    def __init__(self, dit: Engine, bigvgan: Engine, speaker: Speaker, noise: np.ndarray, num_embeddings: int,
-                 repeats: int = 2, samples_per_frame: int = 240, solver: str = "rk4",
-                 windows: StreamWindows = StreamWindows()):
+    def __init__(
+        self,
+        dit: Engine,
+        bigvgan: Engine,
+        speaker: Speaker,
+        noise: np.ndarray,
+        num_embeddings: int,
+        repeats: int = 2,
+        samples_per_frame: int = 240,
+        solver: str = "rk4",
+        windows: StreamWindows = StreamWindows(),
+    ):
         self.dit, self.bigvgan, self.speaker, self.noise = dit, bigvgan, speaker, noise
         self.num_embeddings, self.repeats, self.spf, self.solver, self.w = (
-            num_embeddings, repeats, samples_per_frame, solver, windows)
+            num_embeddings,
+            repeats,
+            samples_per_frame,
+            solver,
+            windows,
+        )
         self.codes: list[int] = []
         self.next_chunk = 0
         self.kept_mel = np.zeros((0, noise.shape[1]), dtype=np.float32)  # vocoder context source
@@ -144,7 +159,7 @@ class Token2WavStream:
         codes = dit_codes(self.codes[start // self.repeats : end // self.repeats], self.num_embeddings)
         mel = solve_mel(self.dit, self.noise[start:end], codes, self.speaker, self.solver)
         kept = mel[keep_start - start : keep_end - start]
-        context = self.kept_mel[-w.vocoder_context:] if i > 0 else self.kept_mel[:0]
+        context = self.kept_mel[-w.vocoder_context :] if i > 0 else self.kept_mel[:0]
         audio = vocode(self.bigvgan, np.concatenate([context, kept]))
         drop_front = w.vocoder_holdback * self.spf if i > 0 else 0
         drop_back = 0 if last else w.vocoder_holdback * self.spf
@@ -153,8 +168,9 @@ class Token2WavStream:
         return audio[drop_front : len(audio) - drop_back]
 
 
-def windowed_token2wav(dit, bigvgan, codes, speaker: Speaker, noise: np.ndarray, num_embeddings: int,
-                       **kwargs) -> np.ndarray:
+def windowed_token2wav(
+    dit, bigvgan, codes, speaker: Speaker, noise: np.ndarray, num_embeddings: int, **kwargs
+) -> np.ndarray:
     """The streaming windows computed in one go from the complete code sequence (the offline reference)."""
     stream = Token2WavStream(dit, bigvgan, speaker, noise, num_embeddings, **kwargs)
     chunks = stream.push(list(codes)) + stream.finish()

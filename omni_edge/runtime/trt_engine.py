@@ -201,8 +201,15 @@ class _GraphCache:
 class TrtEngine(ClosedWhenCollected):
     """One deserialized engine with its execution context, a CUDA stream and reusable device buffers."""
 
-    def __init__(self, name: str, path: Path, info: TensorRTInfo | None, bundle_dir: Path | None = None,
-                 target: str = "", cuda_graph: bool = False):
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        info: TensorRTInfo | None,
+        bundle_dir: Path | None = None,
+        target: str = "",
+        cuda_graph: bool = False,
+    ):
         from omni_edge.kernels import plugins
         from omni_edge.kernels.launch import check, current_context, driver
 
@@ -253,16 +260,20 @@ class TrtEngine(ClosedWhenCollected):
     def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self._context.set_input_shape(name, shape):
             low, _, high = (tuple(s) for s in self._engine.get_tensor_profile_shape(name, 0))
-            raise InputError(f"{self.name}: input {name} has shape {shape}, outside the engine's profile "
-                             f"{low}..{high}; re-export with a larger --max-seq-len or send less at once")
+            raise InputError(
+                f"{self.name}: input {name} has shape {shape}, outside the engine's profile "
+                f"{low}..{high}; re-export with a larger --max-seq-len or send less at once"
+            )
 
     def _bind_input(self, name: str, value, hosts: dict) -> int:
         """The device address of one input, copied from the host unless it is on the device already."""
         drv, check = self._drv, self._check
         if isinstance(value, DeviceTensor):
             if np.dtype(value.dtype) != self._dtypes[name]:
-                raise BundleError(f"{self.name}: input {name} is {np.dtype(value.dtype)} on the device, the engine "
-                                  f"takes {self._dtypes[name]}; re-export the bundle")
+                raise BundleError(
+                    f"{self.name}: input {name} is {np.dtype(value.dtype)} on the device, the engine "
+                    f"takes {self._dtypes[name]}; re-export the bundle"
+                )
             self._set_shape(name, tuple(value.shape))
             return value.ptr
         array = np.ascontiguousarray(value, dtype=self._dtypes[name])

@@ -76,8 +76,11 @@ class DeviceKVCache(KVCacheBase, ClosedWhenCollected):
         if pitch != self.padded and self.length:
             for ptr in self._ptrs.values():
                 self._copy_rows(self._scratch, pitch, ptr, self.padded, self.length)
-                self._check(self._drv.cuMemcpyDtoDAsync(ptr, self._scratch, self._rows * pitch * self._token_bytes,
-                                                        self._stream))
+                self._check(
+                    self._drv.cuMemcpyDtoDAsync(
+                        ptr, self._scratch, self._rows * pitch * self._token_bytes, self._stream
+                    )
+                )
             self._check(self._drv.cuStreamSynchronize(self._stream))
         self.padded = pitch
 
@@ -87,14 +90,21 @@ class DeviceKVCache(KVCacheBase, ClosedWhenCollected):
         self.check_room(new)
         self._set_padded(choose_padded_length(self.padded, self.length + new, self.capacity, self.bucket))
         for layer in range(self.geometry.num_layers):
-            for past, out in ((naming.past_key(layer), naming.present_key(layer)),
-                              (naming.past_value(layer), naming.present_value(layer))):
+            for past, out in (
+                (naming.past_key(layer), naming.present_key(layer)),
+                (naming.past_value(layer), naming.present_value(layer)),
+            ):
                 tensor = present[out]
-                if np.dtype(tensor.dtype) != self._dtype or tuple(tensor.shape) != (*self._row_shape, new,
-                                                                                       self.geometry.head_dim):
-                    raise BundleError(f"{out} is {tensor.dtype}{list(tensor.shape)}, but the manifest's KV cache "
-                                      f"is {self._dtype} with {self.geometry.num_kv_heads} heads of "
-                                      f"{self.geometry.head_dim}; re-export the bundle")
+                if np.dtype(tensor.dtype) != self._dtype or tuple(tensor.shape) != (
+                    *self._row_shape,
+                    new,
+                    self.geometry.head_dim,
+                ):
+                    raise BundleError(
+                        f"{out} is {tensor.dtype}{list(tensor.shape)}, but the manifest's KV cache "
+                        f"is {self._dtype} with {self.geometry.num_kv_heads} heads of "
+                        f"{self.geometry.head_dim}; re-export the bundle"
+                    )
                 dst = self._ptrs[past] + self.length * self._token_bytes
                 self._copy_rows(dst, self.padded, tensor.ptr, new, new)
         self._check(self._drv.cuStreamSynchronize(self._stream))

@@ -20,7 +20,7 @@ class WavWriter:
         self._file = None
         self._tmp: str | None = None
 
-    def __enter__(self) -> "WavWriter":
+    def __enter__(self) -> WavWriter:
         if self.path is None:
             return self
         import soundfile as sf
