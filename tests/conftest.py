@@ -1,4 +1,5 @@
-"""Session-wide fixtures: the tiny checkpoint, one exported cpu bundle, and the transformers reference."""
+"""Session-wide fixtures: the tiny checkpoint, one exported cpu bundle, the transformers reference, and one
+runtime Session handed to each test freshly reset."""
 
 from __future__ import annotations
 
@@ -39,7 +40,15 @@ def hf_model(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def session(cpu_bundle):
+def _shared_session(cpu_bundle):
     from omni_edge.runtime.session import Session
 
     return Session(cpu_bundle, threads=1)
+
+
+@pytest.fixture()
+def session(_shared_session):
+    """The one loaded Session (opening its engines takes seconds), reset before each test: a test that leaves a
+    conversation in its cache cannot change what the next one sees, whatever the order."""
+    _shared_session.reset()
+    yield _shared_session

@@ -6,29 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import BIN, assert_one_line_error, cli
 from no_torch import run_without_torch
-
-BIN = Path(sys.executable).parent
-
-
-def cli(name: str, *args: str, cache_dir: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if cache_dir is not None:
-        env["OMNI_EDGE_CACHE"] = str(cache_dir)
-    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):

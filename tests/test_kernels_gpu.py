@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import from_bf16_bits, to_bf16_bits
 
 from omni_edge.kernels import launch
 from omni_edge.kernels import reference as R
@@ -24,16 +25,6 @@ def gpu():
     return why
 
 
-def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
-    return rounded.astype(np.uint16)
-
-
-def _from_bf16_bits(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 @pytest.mark.parametrize("dtype,atol", [("float32", 2e-5), ("float16", 1.5e-2), ("bfloat16", 8e-2)])
 @pytest.mark.parametrize("batch,seq", [(1, 1), (2, 37)])
 def test_tmrope_kernel_matches_reference(gpu, dtype, atol, batch, seq):
@@ -44,8 +35,8 @@ def test_tmrope_kernel_matches_reference(gpu, dtype, atol, batch, seq):
     k = rng.standard_normal((batch, 2, seq, ROPE["head_dim"])).astype(np.float32)
     pos = rng.integers(0, 32768, (3, batch, seq)).astype(np.int32)
     if dtype == "bfloat16":
-        q_dev, k_dev = _to_bf16_bits(q), _to_bf16_bits(k)
-        q, k = _from_bf16_bits(q_dev), _from_bf16_bits(k_dev)
+        q_dev, k_dev = to_bf16_bits(q), to_bf16_bits(k)
+        q, k = from_bf16_bits(q_dev), from_bf16_bits(k_dev)
     else:
         q, k = q.astype(dtype), k.astype(dtype)
         q_dev, k_dev = q, k
@@ -63,7 +54,7 @@ def test_tmrope_kernel_matches_reference(gpu, dtype, atol, batch, seq):
         for b in bufs:
             b.free()
     if dtype == "bfloat16":
-        q_out, k_out = _from_bf16_bits(q_out), _from_bf16_bits(k_out)
+        q_out, k_out = from_bf16_bits(q_out), from_bf16_bits(k_out)
     q_ref, k_ref = R.tmrope(q, k, pos, **ROPE)
     np.testing.assert_allclose(q_out.astype(np.float32), q_ref, atol=atol, rtol=0)
     np.testing.assert_allclose(k_out.astype(np.float32), k_ref, atol=atol, rtol=0)

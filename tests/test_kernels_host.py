@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_kernels_gpu import _from_bf16_bits, _to_bf16_bits
+from helpers import from_bf16_bits, to_bf16_bits
 
 from omni_edge.kernels import launch
 from omni_edge.kernels import reference as R
@@ -89,7 +89,7 @@ def _ptr(array: np.ndarray) -> int:
 DTYPES = {
     "float32": (lambda x: x.astype(np.float32), lambda x: x, 2e-6),
     "float16": (lambda x: x.astype(np.float16), lambda x: x.astype(np.float32), 4e-3),
-    "bfloat16": (_to_bf16_bits, _from_bf16_bits, 3e-2),
+    "bfloat16": (to_bf16_bits, from_bf16_bits, 3e-2),
 }
 
 

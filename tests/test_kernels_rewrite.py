@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import tmrope_plugin_op
 
-from omni_edge.kernels import reference as R
 from omni_edge.kernels.errors import KernelError
 
 pytest.importorskip("onnx_graphsurgeon", reason="onnx-graphsurgeon is not installed (pip install 'omni-edge[trt]')")
@@ -68,23 +68,6 @@ def _attrs() -> TmropeAttrs:
     return TmropeAttrs.from_text_config(_text_config())
 
 
-class _PluginOp:
-    """onnx.reference implementation of the plugin node, computed by the numpy reference."""
-
-    @staticmethod
-    def make():
-        from onnx.reference.op_run import OpRun
-
-        class OmniEdgeTMRoPE(OpRun):
-            op_domain = PLUGIN_DOMAIN
-
-            def _run(self, q, k, positions, head_dim=None, mrope_section=None, theta=None, plugin_version=None):
-                q_out, k_out = R.tmrope(q, k, positions, head_dim, mrope_section, theta)
-                return q_out.astype(q.dtype), k_out.astype(k.dtype)
-
-        return OmniEdgeTMRoPE
-
-
 def test_rewrite_replaces_each_rotary_subgraph(rope_onnx):
     rewritten, report = rewrite_tmrope(rope_onnx, _attrs())
     assert report.replaced == 2 and report.left_plain == 0
@@ -111,7 +94,7 @@ def test_rewritten_graph_matches_plain_graph(rope_onnx):
         "position_ids": rng.integers(0, 20000, (3, 1, seq)),
     }
     plain = ort.InferenceSession(rope_onnx.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    fused = ReferenceEvaluator(rewritten, new_ops=[_PluginOp.make()]).run(None, feeds)
+    fused = ReferenceEvaluator(rewritten, new_ops=[tmrope_plugin_op()]).run(None, feeds)
     for a, b in zip(fused, plain):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=0)
 
@@ -177,6 +160,6 @@ def test_rewrite_on_the_exported_thinker_prefill(cpu_bundle):
     }
     names = ["last_hidden_state", "present.0.key"]
     plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, feeds)
-    fused = ReferenceEvaluator(rewritten, new_ops=[_PluginOp.make()]).run(names, feeds)
+    fused = ReferenceEvaluator(rewritten, new_ops=[tmrope_plugin_op()]).run(names, feeds)
     for a, b in zip(fused, plain):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -22,7 +22,7 @@ pytest.importorskip("onnx_graphsurgeon", reason="onnx-graphsurgeon is not instal
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from test_kernels_rewrite import _PluginOp  # noqa: E402
+from helpers import tmrope_plugin_op  # noqa: E402
 
 from omni_edge.export.plugin_stage import PluginChoice, apply_plugins, decide_plugins, tmrope_attrs_for  # noqa: E402
 from omni_edge.kernels.graph_rewrite import PLUGIN_DOMAIN, TmropeAttrs  # noqa: E402
@@ -145,7 +145,7 @@ def test_rewritten_files_compute_what_the_plain_graph_did(cpu_bundle, hf_model, 
         feeds[cache_name] = rng.standard_normal((1, kv["num_kv_heads"], past, kv["head_dim"]), dtype=np.float32)
     outputs = ["last_hidden_state", *naming.present_names(layers)]
     plain = ort.InferenceSession(str(cpu_bundle / graphs[name]), providers=["CPUExecutionProvider"])
-    fused = ReferenceEvaluator(onnx.load(str(tmp_path / graphs[name])), new_ops=[_PluginOp.make()])
+    fused = ReferenceEvaluator(onnx.load(str(tmp_path / graphs[name])), new_ops=[tmrope_plugin_op()])
     for a, b in zip(fused.run(outputs, feeds), plain.run(outputs, feeds)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, cli
 
 pytest.importorskip("modelopt.onnx.quantization", reason="quantization needs omni-edge[quant] (NVIDIA ModelOpt)")
 
@@ -208,8 +209,6 @@ def test_rtx_engines_build_from_the_qdq_graphs(rtx_auto):
 
 
 def _cli(*args, cache_dir):
-    from test_cli import cli
-
     return cli(*args, cache_dir=cache_dir, timeout=1200)
 
 
@@ -292,8 +291,6 @@ def test_cli_calibration_from_a_directory_of_user_media(tiny_checkpoint, cache_d
 
 
 def test_bad_calibration_input_fails_before_export(tmp_path, cache_dir):
-    from test_cli import assert_one_line_error
-
     def export(*args):
         return _cli(
             "omni-export",
@@ -365,8 +362,6 @@ def test_orin_bundle_without_engines_carries_plugins_and_int4(tiny_checkpoint, c
         assert ops.count("OmniEdgeTMRoPE") == manifest.kv_cache.num_layers and "Cos" not in ops
     # accuracy was measured on the plain-op graphs, before the plugin swap
     assert manifest.quantization.graphs[naming.THINKER_DECODE].precision == "int4-awq"
-
-    from test_cli import assert_one_line_error
 
     run = _cli("omni-run", str(out), "--prompt", "Hello", cache_dir=cache_dir)
     assert_one_line_error(run, "no TensorRT engines yet", f"omni-build-engines {out}")

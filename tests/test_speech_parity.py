@@ -77,7 +77,7 @@ def test_talker_codes_match_transformers(session, hf_model, speaker, prompt):
 
 
 def test_talker_codes_match_transformers_with_an_image(session, hf_model):
-    from test_multimodal_parity import CASES, hf_inputs
+    from media_cases import CASES, hf_inputs
 
     media = CASES["image-only"]
     _events, result = speak(session, "Describe it.", 8, 60, **media)

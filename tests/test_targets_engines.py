@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import assert_one_line_error, cli
+from helpers import assert_one_line_error, cli
 
 from omni_edge import naming, trt_compat
 from omni_edge.bundle import Manifest, load_manifest, sha256_file, write_manifest
