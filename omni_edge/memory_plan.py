@@ -28,6 +28,8 @@ import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from omni_edge.components import checkpoint_component, table_component
+from omni_edge.components import component as component_record
 from omni_edge.errors import ModelSourceError, TargetError
 from omni_edge.precision_plan import CALIBRATED
 from omni_edge.targets import TARGETS, Target
@@ -36,26 +38,6 @@ GIB = 1 << 30
 AWQ_GROUP = 128  # int4-awq: one fp16 scale per 128 weights
 BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "int4-awq": 0.5 + 2 / AWQ_GROUP}
 _MAX_HEADER = 100 << 20  # safetensors caps its JSON header at 100 MB
-
-# component -> checkpoint name prefixes (both the hub layout and transformers 5's in-memory layout);
-# first match wins, so the encoders are taken out of the Thinker before "thinker." catches the rest.
-GROUPS = (
-    ("audio_encoder", ("thinker.audio_tower.", "thinker.model.audio_tower.")),
-    ("vision_encoder", ("thinker.visual.", "thinker.model.visual.")),
-    ("dit", ("token2wav.code2wav_dit_model.",)),
-    ("bigvgan", ("token2wav.code2wav_bigvgan_model.",)),
-    ("talker", ("talker.",)),
-    ("thinker", ("thinker.",)),
-)
-# Embedding tables the runtime reads into numpy: not part of any graph, always fp32 on the host.
-TABLES = {
-    "thinker": ("thinker.model.embed_tokens.", "thinker.model.language_model.embed_tokens."),
-    "talker": ("talker.model.embed_tokens.",),
-}
-GRAPH_COPIES = {"thinker": 2, "talker": 2}  # prefill and decode graphs each hold the weights
-# Output heads: quantization leaves them in high precision (their outputs pick the tokens).
-HEADS = {"thinker": ("thinker.lm_head.",), "talker": ("talker.codec_head.",)}
-
 
 @dataclass(frozen=True)
 class PartPlan:
@@ -183,14 +165,15 @@ def count_parameters(checkpoint: Path) -> ParameterCounts:
     for path in files:
         for name, info in read_safetensors_header(path).items():
             count = math.prod(int(d) for d in info["shape"])
-            table = next((c for c, prefixes in TABLES.items() if name.startswith(prefixes)), None)
+            table = table_component(name)
             if table is not None:
-                counts.tables[table] = counts.tables.get(table, 0) + count
+                counts.tables[table.name] = counts.tables.get(table.name, 0) + count
                 continue
-            component = next((c for c, prefixes in GROUPS if name.startswith(prefixes)), "other")
-            counts.graphs[component] = counts.graphs.get(component, 0) + count
-            if name.startswith(HEADS.get(component, ())):
-                counts.heads[component] = counts.heads.get(component, 0) + count
+            owner = checkpoint_component(name)
+            key = owner.name if owner else "other"
+            counts.graphs[key] = counts.graphs.get(key, 0) + count
+            if owner and owner.head_prefixes and name.startswith(owner.head_prefixes):
+                counts.heads[key] = counts.heads.get(key, 0) + count
     return counts
 
 
@@ -217,7 +200,7 @@ def _part(component: str, precision: str, counts: ParameterCounts, high_precisio
     per_graph = math.ceil((params - head) * BYTES_PER_PARAMETER[precision]) + math.ceil(
         head * BYTES_PER_PARAMETER[head_precision]
     )
-    copies = GRAPH_COPIES.get(component, 1)
+    copies = len(component_record(component).graphs) if component != "other" else 1
     tables = counts.tables.get(component, 0)
     return PartPlan(
         component,
@@ -239,7 +222,7 @@ def plan_memory(
     components: tuple[str, ...] | list[str],
     high_precision: str = "fp16",
 ) -> MemoryPlan:
-    """The plan for a bundle of `components` (names as in targets.COMPONENTS) at the given precisions;
+    """The plan for a bundle of `components` (names as in components.COMPONENTS) at the given precisions;
     `high_precision` is what a quantized component's unquantized head runs in (Target.high_precision)."""
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     counts = count_parameters(checkpoint)

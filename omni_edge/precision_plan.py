@@ -7,35 +7,25 @@ thinker=int4-awq,dit=fp32  the target's defaults, with these components changed
 
 from __future__ import annotations
 
-from omni_edge import naming
+from omni_edge.components import COMPONENT_NAMES, owner
 from omni_edge.errors import TargetError
-from omni_edge.targets import COMPONENTS, PRECISIONS, Target
+from omni_edge.targets import PRECISIONS, Target
 
-GRAPH_COMPONENT = {
-    naming.THINKER_PREFILL: "thinker",
-    naming.THINKER_DECODE: "thinker",
-    naming.TALKER_PREFILL: "talker",
-    naming.TALKER_DECODE: "talker",
-    naming.AUDIO_ENCODER: "audio_encoder",
-    naming.VISION_ENCODER: "vision_encoder",
-    naming.DIT_WINDOW: "dit",
-    naming.BIGVGAN_WINDOW: "bigvgan",
-}
 CALIBRATED = ("int8", "fp8", "int4-awq")  # precisions whose ranges come from calibration data
 
 
 def component_precisions(target: Target, precision: str) -> dict[str, str]:
-    """Precision per component (targets.COMPONENTS); raises TargetError for anything the target cannot run."""
+    """Precision per component (components.COMPONENTS); raises TargetError for anything the target cannot run."""
     text = precision.strip()
     if "=" not in text:
-        chosen = dict(target.default_precision) if text == "auto" else {c: _checked(target, text) for c in COMPONENTS}
+        chosen = dict(target.default_precision) if text == "auto" else {c: _checked(target, text) for c in COMPONENT_NAMES}
     else:
         chosen = dict(target.default_precision)
         for item in filter(None, (part.strip() for part in text.split(","))):
             component, _, value = item.partition("=")
-            if component.strip() not in COMPONENTS:
+            if component.strip() not in COMPONENT_NAMES:
                 raise TargetError(
-                    f"--precision {item}: unknown component {component.strip()!r}; components: {', '.join(COMPONENTS)}"
+                    f"--precision {item}: unknown component {component.strip()!r}; components: {', '.join(COMPONENT_NAMES)}"
                 )
             chosen[component.strip()] = _checked(target, value.strip())
     for component, value in chosen.items():
@@ -45,7 +35,7 @@ def component_precisions(target: Target, precision: str) -> dict[str, str]:
 
 
 def graph_precisions(components: dict[str, str], graphs) -> dict[str, str]:
-    return {graph: components[GRAPH_COMPONENT[graph]] for graph in graphs}
+    return {graph: components[owner(graph).name] for graph in graphs}
 
 
 def needs_calibration(components: dict[str, str]) -> list[str]:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omni_edge.components import COMPONENTS
 from omni_edge.errors import TargetError
 
 PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int4-awq")
-COMPONENTS = (
-    "audio_encoder",
-    "vision_encoder",
-    "thinker",
-    "talker",
-    "dit",
-    "bigvgan",
-)
 
 
 @dataclass(frozen=True)
@@ -38,15 +31,10 @@ class Target:
         return "fp32" if self.tensorrt is None else "fp16"
 
 
-def _defaults(thinker: str, talker: str, encoders: str, token2wav: str) -> dict[str, str]:
-    return {
-        "audio_encoder": encoders,
-        "vision_encoder": encoders,
-        "thinker": thinker,
-        "talker": talker,
-        "dit": token2wav,
-        "bigvgan": token2wav,
-    }
+def _defaults(thinker: str, talker: str, encoder: str, token2wav: str) -> dict[str, str]:
+    """Per component, from the precision of its role (components.ROLES)."""
+    by_role = {"thinker": thinker, "talker": talker, "encoder": encoder, "token2wav": token2wav}
+    return {c.name: by_role[c.role] for c in COMPONENTS}
 
 
 TARGETS: dict[str, Target] = {

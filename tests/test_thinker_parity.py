@@ -67,8 +67,9 @@ def test_multi_turn_reuses_cache_and_matches_transformers(session, hf_model):
 def test_prefill_logits_match_transformers(session, hf_model):
     """Tensor-level check under the token check: last-position logits within the spec tolerance."""
     session.reset()
-    ids = session.next_turn_ids(PROMPTS[0])
-    logits = session._forward(ids)
+    turn = session.conversation.user_turn([PROMPTS[0]])
+    ids = turn.ids
+    logits, _ = session.thinker.forward(turn)
     with torch.no_grad():
         ref = hf_model.thinker(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
     np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=1e-4)

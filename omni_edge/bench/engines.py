@@ -1,7 +1,8 @@
 """The engine table: for every engine a bundle can hold, the shapes it is measured at and how ours runs them.
 
-A new engine plugs in with one `EngineBench` entry here (its cases, input builder and ONNX Runtime runner)
-and one entry under the same name in omni_edge/bench/reference.py (the PyTorch side). An engine in the
+Every graph of the component table (omni_edge.components) is an engine here, in table order; its cases,
+input builder and ONNX Runtime runner plug in with one `_BENCHES` entry, and the PyTorch side with one
+entry under the same name in omni_edge/bench/reference.py. An engine in the
 table but not in the bundle is reported as "not in bundle"; one in the bundle whose entry has no cases
 yet is reported as "no benchmark yet", never silently skipped.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from omni_edge import naming
 from omni_edge.bench.inputs import IMAGE_SIZE, decoder_feeds, picture, tone
 from omni_edge.bundle import Manifest
+from omni_edge.components import GRAPHS
 
 PREFILL_LENGTHS = (128, 512, 2048)
 DECODE_CONTEXTS = (128, 512, 2048)
@@ -49,7 +51,7 @@ class BundleEngines:
     """The bundle's engines for benchmarking: the session's Thinker engines, others opened on demand."""
 
     def __init__(self, session, threads: int):
-        from omni_edge.runtime.session import open_engine
+        from omni_edge.runtime.engine import open_engine
 
         self.session = session
         self.manifest: Manifest = session.manifest
@@ -58,9 +60,9 @@ class BundleEngines:
 
     def engine(self, name: str):
         if name == naming.THINKER_PREFILL:
-            return self.session.prefill
+            return self.session.thinker.prefill
         if name == naming.THINKER_DECODE:
-            return self.session.decode
+            return self.session.thinker.decode
         if name not in self._opened:
             self._opened[name] = self._open(name)
         return self._opened[name]
@@ -229,15 +231,15 @@ def _bigvgan_inputs(ctx: BundleEngines, case: Case) -> dict:
     return {"mel": (np.random.default_rng(3).standard_normal(shape) - 5.0).astype(np.float32)}  # log-amplitude
 
 
-ENGINES = (
-    EngineBench(naming.THINKER_PREFILL, "prefill of 128/512/2048 tokens", _prefill_cases, _thinker_inputs, _graph),
-    EngineBench(naming.THINKER_DECODE, "one token at contexts 128/512/2048", _decode_cases, _thinker_inputs, _graph),
-    EngineBench(naming.AUDIO_ENCODER, "one 2 s audio block", _audio_cases, _audio_inputs, _graph),
-    EngineBench(naming.VISION_ENCODER, "one 448x448 image", _vision_cases, _vision_inputs, _vision_ours),
-    EngineBench(naming.TALKER_PREFILL, "prefill of 128/512 rows", _talker_prefill_cases, _talker_inputs, _graph),
-    EngineBench(
-        naming.TALKER_DECODE, "one codec token at contexts 128/512/2048", _talker_decode_cases, _talker_inputs, _graph
-    ),
-    EngineBench(naming.DIT_WINDOW, "one streaming DiT window", _dit_cases, _dit_inputs, _dit_ours),
-    EngineBench(naming.BIGVGAN_WINDOW, "one streaming BigVGAN window", _bigvgan_cases, _bigvgan_inputs, _graph),
-)
+# graph -> (cases, inputs, ours); a graph of the component table without an entry is "no benchmark yet".
+_BENCHES: dict[str, tuple[Callable, Callable, Callable]] = {
+    naming.THINKER_PREFILL: (_prefill_cases, _thinker_inputs, _graph),
+    naming.THINKER_DECODE: (_decode_cases, _thinker_inputs, _graph),
+    naming.AUDIO_ENCODER: (_audio_cases, _audio_inputs, _graph),
+    naming.VISION_ENCODER: (_vision_cases, _vision_inputs, _vision_ours),
+    naming.TALKER_PREFILL: (_talker_prefill_cases, _talker_inputs, _graph),
+    naming.TALKER_DECODE: (_talker_decode_cases, _talker_inputs, _graph),
+    naming.DIT_WINDOW: (_dit_cases, _dit_inputs, _dit_ours),
+    naming.BIGVGAN_WINDOW: (_bigvgan_cases, _bigvgan_inputs, _graph),
+}
+ENGINES = tuple(EngineBench(g.name, g.bench, *_BENCHES.get(g.name, (None, None, None))) for g in GRAPHS)

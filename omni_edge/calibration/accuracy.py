@@ -16,7 +16,7 @@ import numpy as np
 from omni_edge import naming
 from omni_edge.calibration.calib_set import CalibrationSample, CalibrationSet
 from omni_edge.calibration.record import request_media
-from omni_edge.calibration.report import EndToEndAccuracy, GraphAccuracy
+from omni_edge.quantization_report import EndToEndAccuracy, GraphAccuracy
 
 
 def ort_session(path: Path, disable_optimizations: bool):

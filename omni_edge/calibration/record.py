@@ -14,17 +14,10 @@ import numpy as np
 
 from omni_edge import naming
 from omni_edge.calibration.calib_set import CalibrationSample, CalibrationSet
+from omni_edge.components import graph
 
 MAX_FEEDS_PER_GRAPH = 48  # enough for stable ranges; decode feeds carry the KV cache, so memory adds up
-# Graphs run many times per request keep only every n-th call: neighbouring decode steps and ODE stages
-# are nearly alike, and keeping all of them would spend the budget on a single request.
-KEEP_EVERY = {
-    naming.THINKER_DECODE: 4,
-    naming.TALKER_DECODE: 8,
-    naming.DIT_WINDOW: 9,  # rk4 with 3/8 rule: 4 evaluations per step, 9 steps per window
-}
-# BigVGAN calibration runs every tensor of a deep convolution stack per feed (73 s for 9 feeds, tiny model).
-FEED_LIMIT = {naming.BIGVGAN_WINDOW: 6}
+# How often each graph is sampled (every n-th call, at most n feeds) is in the component table.
 REPLY_TOKENS = 16  # per calibration request: enough decode steps to reach the Talker and the DiT windows
 CODEC_TOKENS = 96  # two streaming windows of the DiT/BigVGAN
 
@@ -39,14 +32,14 @@ class RecordedFeeds:
     def keep(self, name: str, feed: dict[str, np.ndarray]) -> None:
         call = self.calls.get(name, 0)
         self.calls[name] = call + 1
-        if call % KEEP_EVERY.get(name, 1) == 0:
+        if call % graph(name).calibration_keep_every == 0:
             self.feeds.setdefault(name, []).append({k: np.array(v, copy=True) for k, v in feed.items()})
 
     def thinned(self, limit: int = MAX_FEEDS_PER_GRAPH) -> dict[str, list[dict[str, np.ndarray]]]:
         """At most `limit` feeds per graph, spread evenly over the run."""
         out = {}
         for name, feeds in self.feeds.items():
-            count = min(limit, FEED_LIMIT.get(name, limit), len(feeds))
+            count = min(limit, graph(name).calibration_feed_limit or limit, len(feeds))
             index = np.unique(np.linspace(0, len(feeds) - 1, count).round().astype(int))
             out[name] = [feeds[i] for i in index]
         return out

@@ -17,7 +17,7 @@ from omni_edge.calibration.accuracy import compare_graphs, end_to_end
 from omni_edge.calibration.calib_set import CalibrationSet
 from omni_edge.calibration.quantize import copy_graph, quantize_graph, settings_for
 from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feeds, split_feeds
-from omni_edge.calibration.report import CalibrationInfo, GraphAccuracy, QuantizationReport
+from omni_edge.quantization_report import CalibrationInfo, GraphAccuracy, QuantizationReport
 
 SMOOTHQUANT_ALPHA = 0.5
 SMOOTHQUANT_GRAPHS = (naming.THINKER_PREFILL, naming.THINKER_DECODE, naming.TALKER_PREFILL, naming.TALKER_DECODE)

@@ -1,50 +1,51 @@
-"""Which graphs a bundle holds: component names (as users write them) -> ComponentSpecs."""
+"""Which graphs a bundle holds: the component names users pass to --components -> ComponentSpecs, read
+from the component table (omni_edge.components)."""
 
 from __future__ import annotations
 
-from omni_edge.errors import OmniEdgeError
-from omni_edge.export.decoder_specs import TALKER_GRAPHS, THINKER_GRAPHS, talker_specs, thinker_specs
-from omni_edge.export.encoder_specs import audio_encoder_spec, vision_encoder_spec
-from omni_edge.export.token2wav_specs import bigvgan_spec, dit_spec
+import importlib
 
-# component -> number of graphs it adds; the Thinker is always exported (every prompt needs it)
-EXPORTABLE = {
-    "thinker": len(THINKER_GRAPHS),
-    "audio_encoder": 1,
-    "vision_encoder": 1,
-    "talker": len(TALKER_GRAPHS),
-    "dit": 1,
-    "bigvgan": 1,
-}
-SPEECH = ("talker", "dit", "bigvgan")  # speech output needs all three
+from omni_edge.components import COMPONENTS, SPEECH_COMPONENTS, Component
+from omni_edge.errors import OmniEdgeError
 
 
 def check_components(components: tuple[str, ...]) -> None:
-    unknown = [c for c in components if c not in EXPORTABLE]
+    known = [c.name for c in COMPONENTS]
+    unknown = [c for c in components if c not in known]
     if unknown:
-        raise OmniEdgeError(f"unknown component(s) {', '.join(unknown)}; this version exports: {', '.join(EXPORTABLE)}")
-    speech = [c for c in SPEECH if c in components]
-    if speech and len(speech) != len(SPEECH):
-        raise OmniEdgeError(f"speech output needs all of {', '.join(SPEECH)} together; add the missing ones")
+        raise OmniEdgeError(f"unknown component(s) {', '.join(unknown)}; this version exports: {', '.join(known)}")
+    speech = [c for c in SPEECH_COMPONENTS if c in components]
+    if speech and len(speech) != len(SPEECH_COMPONENTS):
+        raise OmniEdgeError(
+            f"speech output needs all of {', '.join(SPEECH_COMPONENTS)} together; add the missing ones"
+        )
 
 
 def selected(components: tuple[str, ...]) -> list[str]:
-    return ["thinker", *[c for c in EXPORTABLE if c != "thinker" and (not components or c in components)]]
+    """Component names to export, in table order: the required ones and those asked for (all when none)."""
+    return [c.name for c in _selected(components)]
+
+
+def _selected(components: tuple[str, ...]) -> list[Component]:
+    return [c for c in COMPONENTS if c.required or not components or c.name in components]
 
 
 def graph_count(components: tuple[str, ...]) -> int:
-    return sum(EXPORTABLE[c] for c in selected(components))
+    return sum(len(c.graphs) for c in _selected(components))
 
 
-_SPECS = {
-    "thinker": thinker_specs,
-    "audio_encoder": lambda model: [audio_encoder_spec()],
-    "vision_encoder": lambda model: [vision_encoder_spec()],
-    "talker": talker_specs,
-    "dit": lambda model: [dit_spec()],
-    "bigvgan": lambda model: [bigvgan_spec()],
-}
+def spec_builder(component: Component):
+    """The component's (model) -> [ComponentSpec] function, imported on use (it needs torch)."""
+    module, _, function = component.specs.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def component_specs(model, components: tuple[str, ...]) -> list:
-    return [spec for name in selected(components) for spec in _SPECS[name](model)]
+    specs = []
+    for component in _selected(components):
+        built = spec_builder(component)(model)
+        if [s.name for s in built] != list(component.graph_names):  # the table and the builder must agree
+            raise OmniEdgeError(f"{component.name}: spec builder made {[s.name for s in built]}, the table lists "
+                                f"{list(component.graph_names)}")
+        specs += built
+    return specs

@@ -15,6 +15,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from omni_edge import naming
+from omni_edge.bundle import KVCacheGeometry
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,15 @@ class DecoderStep(nn.Module):
         return (self.head(hidden[:, -1:]), hidden, *presents)
 
 
-def kv_geometry(parts: DecoderParts) -> dict:
+def kv_geometry(parts: DecoderParts, max_seq_len: int) -> KVCacheGeometry:
     config = parts.text_model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return {
-        "num_layers": config.num_hidden_layers,
-        "num_kv_heads": config.num_key_value_heads,
-        "head_dim": head_dim,
-    }
+    return KVCacheGeometry(
+        num_layers=config.num_hidden_layers,
+        num_kv_heads=config.num_key_value_heads,
+        head_dim=head_dim,
+        max_seq_len=max_seq_len,
+    )
 
 
 def io_names(num_layers: int, with_past: bool) -> tuple[list[str], list[str]]:
@@ -93,7 +95,7 @@ def io_names(num_layers: int, with_past: bool) -> tuple[list[str], list[str]]:
 
 
 def dummy_inputs(parts: DecoderParts, with_past: bool, new_tokens: int, past_tokens: int, seed: int = 0):
-    geo = kv_geometry(parts)
+    geo = kv_geometry(parts, max_seq_len=0)
     gen = torch.Generator().manual_seed(seed)
     embeds = torch.randn(1, new_tokens, parts.input_width, generator=gen)
     total = past_tokens + new_tokens
@@ -101,6 +103,6 @@ def dummy_inputs(parts: DecoderParts, with_past: bool, new_tokens: int, past_tok
     mask = torch.ones(1, total if with_past else new_tokens, dtype=torch.int64)
     past = []
     if with_past:
-        for _ in range(2 * geo["num_layers"]):
-            past.append(torch.randn(1, geo["num_kv_heads"], past_tokens, geo["head_dim"], generator=gen))
+        for _ in range(2 * geo.num_layers):
+            past.append(torch.randn(1, geo.num_kv_heads, past_tokens, geo.head_dim, generator=gen))
     return (embeds, positions, mask, *past)

@@ -6,13 +6,11 @@ from collections.abc import Callable
 
 import torch
 
-from omni_edge import naming
+from omni_edge.components import component
 from omni_edge.export import decoder
 from omni_edge.export.spec import ComponentSpec
 
 MAX_SEQ_DIM = 32768
-THINKER_GRAPHS = (naming.THINKER_PREFILL, naming.THINKER_DECODE)
-TALKER_GRAPHS = (naming.TALKER_PREFILL, naming.TALKER_DECODE)
 
 
 def _dims(with_past: bool, num_layers: int) -> tuple:
@@ -56,15 +54,15 @@ def _spec(name: str, get_parts: Callable, with_past: bool, num_layers: int) -> C
     )
 
 
-def _pair(names: tuple[str, str], get_parts: Callable, model) -> list[ComponentSpec]:
+def _pair(names: tuple[str, ...], get_parts: Callable, model) -> list[ComponentSpec]:
     layers = get_parts(model).text_model.config.num_hidden_layers
     prefill, decode = names
     return [_spec(prefill, get_parts, False, layers), _spec(decode, get_parts, True, layers)]
 
 
 def thinker_specs(model) -> list[ComponentSpec]:
-    return _pair(THINKER_GRAPHS, decoder.thinker_parts, model)
+    return _pair(component("thinker").graph_names, decoder.thinker_parts, model)
 
 
 def talker_specs(model) -> list[ComponentSpec]:
-    return _pair(TALKER_GRAPHS, decoder.talker_parts, model)
+    return _pair(component("talker").graph_names, decoder.talker_parts, model)

@@ -17,9 +17,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
-from omni_edge import naming
 from omni_edge.bundle import PluginChoice
+from omni_edge.components import component
 from omni_edge.errors import BundleError, TargetError
 from omni_edge.kernels.errors import KernelError
 from omni_edge.kernels.graph_rewrite import RewriteReport, TmropeAttrs, rewrite_tmrope, supports_plugins
@@ -29,12 +30,17 @@ AUTO_USES_PLUGINS = False  # see the module docstring: the kernels have not run 
 _ROTARY_OPS = ("Cos", "Sin")
 
 
-def decide_plugins(target, mode: str) -> tuple[bool, str]:
-    """(enabled, reason) for `--plugins auto|on|off` on a Target. Needs no model, so the CLI checks it first."""
+class PluginDecision(NamedTuple):
+    enabled: bool
+    reason: str  # why: the target's capability or the user's --plugins choice
+
+
+def decide_plugins(target, mode: str) -> PluginDecision:
+    """What to do for `--plugins auto|on|off` on a Target. Needs no model, so the CLI checks it first."""
     if mode not in PLUGIN_MODES:
         raise TargetError(f"unknown --plugins {mode!r}; choose one of: {', '.join(PLUGIN_MODES)}")
     if mode == "off":
-        return False, "--plugins off: plain ONNX ops"
+        return PluginDecision(False, "--plugins off: plain ONNX ops")
     ok, why = supports_plugins(target)
     if mode == "on" and not ok:
         raise TargetError(
@@ -42,20 +48,21 @@ def decide_plugins(target, mode: str) -> tuple[bool, str]:
             "Use --plugins auto or --plugins off (plain ONNX ops)"
         )
     if mode == "auto" and ok and not AUTO_USES_PLUGINS:
-        return False, (
+        return PluginDecision(
+            False,
             "--plugins auto: plain ONNX ops; the TMRoPE plugin is opt-in (--plugins on) until its kernel "
-            "is measured on a GPU"
+            "is measured on a GPU",
         )
-    return ok, f"--plugins {mode}: {why}"
+    return PluginDecision(ok, f"--plugins {mode}: {why}")
 
 
 def tmrope_attrs_for(model) -> dict[str, TmropeAttrs]:
     """Plugin attributes per decoder graph, from the config each decoder's rotary embedding was built with."""
     from omni_edge.export.decoder import talker_parts, thinker_parts
 
-    parts = [((naming.THINKER_PREFILL, naming.THINKER_DECODE), thinker_parts)]
+    parts = [(component("thinker").graph_names, thinker_parts)]
     if getattr(model, "talker", None) is not None:  # a checkpoint loaded without speech output has no Talker
-        parts.append(((naming.TALKER_PREFILL, naming.TALKER_DECODE), talker_parts))
+        parts.append((component("talker").graph_names, talker_parts))
     attrs = {}
     for names, get_parts in parts:
         config = get_parts(model).text_model.config.to_dict()

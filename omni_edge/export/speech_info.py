@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omni_edge import naming
-from omni_edge.bundle import KVCacheGeometry, TalkerInfo, Token2WavInfo
+from omni_edge.bundle import TalkerInfo, Token2WavInfo
 from omni_edge.export.decoder import kv_geometry, talker_parts
 
 # The reference generate stops on codec pad or eos (transformers' talker_eos_token_id default).
@@ -14,9 +14,8 @@ STOP_ON = ("tts_codec_pad_token_id", "tts_codec_end_token_id")
 
 def talker_info(model, max_seq_len: int) -> TalkerInfo:
     config = model.talker.config
-    geo = kv_geometry(talker_parts(model))
     return TalkerInfo(
-        kv_cache=KVCacheGeometry(max_seq_len=max_seq_len, **geo),
+        kv_cache=kv_geometry(talker_parts(model), max_seq_len),
         codec_embedding_file=naming.TALKER_CODEC_EMBEDDING_FILE,
         vocab_size=config.vocab_size,
         codec_bos_token_id=config.tts_codec_start_token_id,

@@ -87,3 +87,11 @@ def bigvgan_spec() -> ComponentSpec:
         rtol=1e-4,
         profile=_bigvgan_profile,
     )
+
+
+def dit_specs(model) -> list[ComponentSpec]:
+    return [dit_spec()]
+
+
+def bigvgan_specs(model) -> list[ComponentSpec]:
+    return [bigvgan_spec()]

@@ -21,6 +21,7 @@ import numpy as np
 
 from omni_edge.kernels import launch, plain_graphs, torch_baseline
 from omni_edge.kernels.errors import KernelError
+from omni_edge.runtime.cuda import CudaError
 
 ROPE = dict(q_heads=28, k_heads=4, head_dim=128, mrope_section=(16, 24, 24), theta=1e6)
 ROPE_SEQS = (1, 512)
@@ -186,7 +187,7 @@ def bench_kernels(iterations: int = 100) -> dict:
             results[f"tmrope_s{seq}"] = _bench_tmrope(seq, iterations)
         results["ode_rk4_update"] = _bench_ode(iterations)
         results["stitch"] = _bench_stitch(iterations)
-    except KernelError as exc:
+    except (KernelError, CudaError) as exc:
         return {"skipped": str(exc)}
     return results
 

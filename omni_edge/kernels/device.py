@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from omni_edge.kernels.launch import check, current_context, driver
+from omni_edge.runtime.cuda import check, current_context, driver
 
 
 class DeviceBuffer:

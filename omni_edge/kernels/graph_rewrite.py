@@ -24,7 +24,6 @@ attention MatMul's) stay.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -329,13 +328,3 @@ def rewrite_tmrope(model, attrs: TmropeAttrs):
     if replaced and not any(op.domain == PLUGIN_DOMAIN for op in out.opset_import):
         out.opset_import.append(onnx.helper.make_opsetid(PLUGIN_DOMAIN, 1))
     return out, RewriteReport(TMROPE_PLUGIN, PLUGIN_VERSION, replaced, left_plain, attrs)
-
-
-def rewrite_tmrope_file(src: str, dst: str, attrs: TmropeAttrs) -> RewriteReport:
-    """File-to-file rewrite. Weights past protobuf's 2 GB limit go to `dst`.data beside the graph."""
-    import onnx
-
-    model, report = rewrite_tmrope(onnx.load(src), attrs)
-    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    onnx.save(model, dst, save_as_external_data=weight_bytes > 1_800_000_000, location=f"{Path(dst).name}.data")
-    return report

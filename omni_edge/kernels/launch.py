@@ -1,7 +1,7 @@
 """Load the compiled kernels with cuda-python's driver API and launch them on a caller's stream.
 
-Nothing here imports CUDA at module import: `driver()` does it on first use, so the package imports on
-machines without cuda-python or a GPU. Every launch takes raw device pointers (ints) and a stream handle
+The driver calls come from the runtime's CUDA module (omni_edge.runtime.cuda), which imports CUDA on first
+use, so the package imports on machines without cuda-python or a GPU. Every launch takes raw device pointers (ints) and a stream handle
 (int), which is what TensorRT's plugin `enqueue` hands over, so plugins and the runtime share one path.
 """
 
@@ -15,78 +15,13 @@ from pathlib import Path
 from omni_edge.kernels import build as kbuild
 from omni_edge.kernels.errors import KernelError
 from omni_edge.kernels.reference import ODE_STAGES, check_stitch, inv_freq, section_axes
+from omni_edge.runtime.cuda import check, compute_capability, current_context, driver
 
 TMROPE_MAX_HALF = 128  # keep equal to TMROPE_MAX_HALF in tmrope.cu
 TMROPE_DTYPES = {"float32": "tmrope_f32", "float16": "tmrope_f16", "bfloat16": "tmrope_bf16"}
 
-_driver = None
 _modules: dict[tuple[int, str], object] = {}  # (context handle, kernel) -> CUmodule
 _functions: dict[tuple[int, str, str], object] = {}
-
-
-def driver():
-    """cuda.bindings.driver (cuda-python >= 12.6) or the older cuda.cuda module, imported on first use."""
-    global _driver
-    if _driver is None:
-        try:
-            from cuda.bindings import driver as mod
-        except ImportError:
-            try:
-                from cuda import cuda as mod  # cuda-python < 12.6 (JetPack 6 wheels)
-            except ImportError:
-                raise KernelError(
-                    "cuda-python is not installed: pip install 'omni-edge[trt]' "
-                    "(or cuda-python matching your CUDA driver)"
-                ) from None
-        _driver = mod
-    return _driver
-
-
-def check(result):
-    """Unpack a cuda-python (CUresult, values...) tuple, raising KernelError on any error."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    drv = driver()
-    if err != drv.CUresult.CUDA_SUCCESS:
-        _, name = drv.cuGetErrorName(err)
-        raise KernelError(f"CUDA driver error {name.decode() if isinstance(name, bytes) else name}")
-    return values[0] if len(values) == 1 else tuple(values) if values else None
-
-
-def cuda_device_status() -> tuple[bool, str]:
-    """(True, device name) when a CUDA device can be used here, else (False, why not)."""
-    try:
-        drv = driver()
-        check(drv.cuInit(0))
-        if check(drv.cuDeviceGetCount()) < 1:
-            return False, "no CUDA device"
-        name = check(drv.cuDeviceGetName(256, check(drv.cuDeviceGet(0))))
-        return True, name.split(b"\0")[0].decode()
-    except KernelError as exc:
-        return False, f"no CUDA device ({exc})"
-    except Exception as exc:  # cuda-python raises its own errors when libcuda.so is missing
-        return False, f"no CUDA device ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-
-
-def current_context():
-    """The thread's current context (TensorRT/cudart's primary one), or the primary context of device 0."""
-    drv = driver()
-    check(drv.cuInit(0))
-    ctx = check(drv.cuCtxGetCurrent())
-    if int(ctx) == 0:
-        device = check(drv.cuDeviceGet(int(os.environ.get("OMNI_EDGE_CUDA_DEVICE", "0"))))
-        ctx = check(drv.cuDevicePrimaryCtxRetain(device))
-        check(drv.cuCtxSetCurrent(ctx))
-    return ctx
-
-
-def compute_capability() -> tuple[int, int]:
-    drv = driver()
-    current_context()
-    device = check(drv.cuCtxGetDevice())
-    attr = drv.CUdevice_attribute
-    major = check(drv.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device))
-    minor = check(drv.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device))
-    return int(major), int(minor)
 
 
 def kernel_dir() -> Path:

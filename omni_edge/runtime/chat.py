@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,26 +19,45 @@ IM_END = "<|im_end|>"
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A piece of prompt text. The template's markup and media placeholders are trusted: their special
+    tokens are control tokens. Text from the user is not: `<|im_start|>` typed in a prompt stays text, as
+    serving stacks keep it, so a prompt cannot open a system turn of its own."""
+
+    text: str
+    trusted: bool = False
+
+
+@dataclass(frozen=True)
 class Message:
     role: str  # system, user, assistant
-    content: str
+    content: str | tuple[Segment, ...]  # plain text (untrusted) or segments
+
+
+def chat_segments(messages: list[Message], add_generation_prompt: bool = True) -> list[Segment]:
+    """The checkpoint's jinja chat template for these messages, as segments."""
+    segments = []
+    if messages and messages[0].role != "system":
+        segments.append(Segment(f"{IM_START}system\n", True))
+        segments.append(Segment(DEFAULT_SYSTEM_PROMPT, True))
+        segments.append(Segment(f"{IM_END}\n", True))
+    for message in messages:
+        segments.append(Segment(f"{IM_START}{message.role}\n", True))
+        segments += [Segment(message.content)] if isinstance(message.content, str) else message.content
+        segments.append(Segment(f"{IM_END}\n", True))
+    if add_generation_prompt:
+        segments.append(Segment(f"{IM_START}assistant\n", True))
+    return segments
 
 
 def render_chat(messages: list[Message], add_generation_prompt: bool = True) -> str:
-    """Same text as the checkpoint's jinja chat template for text-only messages."""
-    parts = []
-    if messages and messages[0].role != "system":
-        parts.append(f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n")
-    for message in messages:
-        parts.append(f"{IM_START}{message.role}\n{message.content}{IM_END}\n")
-    if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+    """Same text as the checkpoint's jinja chat template."""
+    return "".join(s.text for s in chat_segments(messages, add_generation_prompt))
 
 
-def render_user_turn(content: str) -> str:
-    """A follow-up user turn plus the assistant header, appended after a closed assistant turn."""
-    return f"{IM_START}user\n{content}{IM_END}\n{IM_START}assistant\n"
+def user_turn_segments(content: tuple[Segment, ...]) -> list[Segment]:
+    """A follow-up user turn plus the assistant header, appended after the previous assistant turn."""
+    return [Segment(f"{IM_START}user\n", True), *content, Segment(f"{IM_END}\n{IM_START}assistant\n", True)]
 
 
 class TextTokenizer:
@@ -46,8 +66,11 @@ class TextTokenizer:
 
         try:
             self._tokenizer = Tokenizer.from_file(str(path))
+            self._text_only = Tokenizer.from_file(str(path))  # special tokens in its input are plain text
         except Exception as exc:
             raise BundleError(f"cannot read tokenizer {path.name} ({exc}); re-export the bundle") from None
+        self._text_only.encode_special_tokens = True
+        self._special = [t.content for t in self._tokenizer.get_added_tokens_decoder().values()]
         self.im_end_id = self.token_id(IM_END)
 
     def token_id(self, token: str) -> int:
@@ -60,7 +83,20 @@ class TextTokenizer:
         return self._tokenizer.id_to_token(token_id)
 
     def encode(self, text: str) -> list[int]:
+        """Special tokens in `text` are control tokens: for trusted text only (see encode_segments)."""
         return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_segments(self, segments: list[Segment]) -> list[int]:
+        """One tokenization of the whole text, as the reference processor does, unless untrusted text holds
+        special-token strings: then runs of trusted and untrusted text are tokenized apart, the untrusted
+        ones with special tokens as plain text."""
+        if not any(special in s.text for s in segments if not s.trusted for special in self._special):
+            return self.encode("".join(s.text for s in segments))
+        ids: list[int] = []
+        for trusted, run in itertools.groupby(segments, key=lambda s: s.trusted):
+            tokenizer = self._tokenizer if trusted else self._text_only
+            ids += tokenizer.encode("".join(s.text for s in run), add_special_tokens=False).ids
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)

@@ -139,8 +139,11 @@ class KVCache(KVCacheBase):
         return engine.run(feeds)
 
 
-def cache_for(decode, geometry: KVCacheGeometry) -> KVCacheBase:
-    """The cache that lives where `decode` computes: an engine may bring its own (TensorRT keeps it on the
-    device), anything else gets host memory."""
-    make = getattr(decode, "new_kv_cache", None)
-    return make(geometry) if make else KVCache(geometry)
+def new_kv_cache(backend: str, geometry: KVCacheGeometry) -> KVCacheBase:
+    """The cache where the bundle's backend computes: device memory under TensorRT (its engines read the past
+    by address), host memory under ONNX Runtime."""
+    if backend == "tensorrt":
+        from omni_edge.runtime.trt_kv_cache import DeviceKVCache
+
+        return DeviceKVCache(geometry)
+    return KVCache(geometry)

@@ -9,6 +9,7 @@ import numpy as np
 
 from omni_edge import naming
 from omni_edge.errors import BundleError, InputError
+from omni_edge.runtime.conversation import TalkerTrack
 from omni_edge.runtime.sampling import SamplingConfig
 from omni_edge.runtime.talker import GREEDY_TALKER_SAMPLING, Talker, TalkerTurn, open_talker
 from omni_edge.runtime.token2wav import Speaker, Token2WavStream
@@ -43,7 +44,7 @@ def load_speakers(bundle_dir, manifest) -> dict[str, Speaker]:
 
 
 class SpeechPipeline:
-    """Opened once per session; `begin` starts one spoken reply."""
+    """The Talker, DiT and BigVGAN of a bundle, opened once per session; `begin` starts one spoken reply."""
 
     def __init__(self, bundle_dir, manifest, open_engine, thinker_embeddings):
         if manifest.talker is None or manifest.token2wav is None:
@@ -51,18 +52,15 @@ class SpeechPipeline:
                 f"bundle {bundle_dir} has no speech components (talker, dit, bigvgan); re-export it without "
                 "--components, or with --components talker,dit,bigvgan"
             )
-        self.bundle_dir = bundle_dir
-        self.manifest = manifest
         self.info = manifest.token2wav
         self.speakers = load_speakers(bundle_dir, manifest)
-        self._open_engine = open_engine
-        self._embeddings = thinker_embeddings
+        self.talker = open_talker(bundle_dir, manifest, open_engine, thinker_embeddings)
         self.dit = open_engine(naming.DIT_WINDOW)
         self.bigvgan = open_engine(naming.BIGVGAN_WINDOW)
-        self._talkers: dict[int, Talker] = {}
 
-    def check(self, options: SpeechOptions) -> None:
-        """Everything about the options that can be wrong, before any generation starts."""
+    def check(self, options: SpeechOptions, prompt_rows: int) -> None:
+        """Everything about the options that can be wrong, before any generation starts; `prompt_rows` is the
+        Talker prompt the reply will have (every token the Thinker will have fed before the reply's first)."""
         if options.speaker not in self.speakers:
             raise InputError(f"unknown speaker {options.speaker!r}; available: {', '.join(sorted(self.speakers))}")
         if options.max_codec_tokens < 1:
@@ -70,16 +68,16 @@ class SpeechPipeline:
         if options.solver not in ("rk4", "euler"):
             raise InputError(f"unknown ODE solver {options.solver!r}; use rk4 or euler")
         options.sampling.validate()
+        # Checked here, not when the Talker starts: by then the reply's text is already streaming.
+        self.talker.cache.check_room(
+            self.talker.rows_needed(prompt_rows, options.max_codec_tokens),
+            f"a spoken reply of up to {options.max_codec_tokens} codec tokens (--max-codec-tokens) after this "
+            f"conversation's {prompt_rows} tokens",
+        )
 
-    def talker(self, max_codec_tokens: int) -> Talker:
-        if max_codec_tokens not in self._talkers:
-            self._talkers[max_codec_tokens] = open_talker(
-                self.bundle_dir, self.manifest, self._open_engine, self._embeddings, max_codec_tokens
-            )
-        return self._talkers[max_codec_tokens]
-
-    def begin(self, options: SpeechOptions, prompt_track: np.ndarray, prompt_positions: np.ndarray) -> SpokenReply:
-        self.check(options)
+    def begin(self, options: SpeechOptions, track: TalkerTrack, first_row: int) -> SpokenReply:
+        """A spoken reply whose Talker prompt is the track's rows before `first_row`, the row of the reply's
+        first text token (options were checked when the turn was handed over)."""
         frames = options.max_codec_tokens * self.info.repeats
         # One noise draw for the whole utterance, sliced per window, as the reference does.
         noise = np.random.default_rng(options.noise_seed).standard_normal((frames, self.info.mel_dim))
@@ -94,51 +92,58 @@ class SpeechPipeline:
             self.info.samples_per_frame,
             options.solver,
         )
-        return SpokenReply(
-            self.talker(options.max_codec_tokens),
-            stream,
-            speaker,
-            options,
-            prompt_track,
-            prompt_positions,
-            self.info.sample_rate,
-        )
+        return SpokenReply(self.talker, stream, speaker, options, track, first_row, self.info.sample_rate)
 
 
 class SpokenReply:
+    """The Talker one step behind the Thinker, token2wav streamed behind the Talker.
+
+    Talker step j needs Y_j, the track row of the reply's j-th text token, which exists once the Thinker has
+    fed that token: so after every Thinker forward, `follow` runs one Talker step per new row."""
+
     def __init__(
         self,
         talker: Talker,
         stream: Token2WavStream,
         speaker: Speaker,
         options: SpeechOptions,
-        prompt_track,
-        prompt_positions,
+        track: TalkerTrack,
+        first_row: int,
         sample_rate: int,
     ):
         self.talker, self.stream, self.speaker, self.options = talker, stream, speaker, options
-        self.prompt_track, self.prompt_positions = prompt_track, prompt_positions
+        self.track = track
+        self.first_row = first_row  # track index of Y_0
         self.sample_rate = sample_rate
         self.turn: TalkerTurn | None = None
         self.chunks_emitted = 0
         self.samples_emitted = 0
+        self._rows_read = first_row
         self._rng = np.random.default_rng(options.noise_seed + 1)
 
     @property
     def codes(self) -> list[int]:
         return self.turn.codes if self.turn else []
 
-    def on_text_row(self, row: np.ndarray) -> list[AudioChunk]:
+    def follow(self) -> Iterator[AudioChunk]:
+        """One Talker step per text row the Thinker has added since the last call."""
+        while self._rows_read < self.track.length:
+            row = self.track.row(self._rows_read)
+            self._rows_read += 1
+            yield from self._on_text_row(row)
+
+    def _on_text_row(self, row: np.ndarray) -> list[AudioChunk]:
         """Y_j of the reply's j-th text token (j = 0, 1, ...): one Talker step."""
         before = len(self.codes)
         if self.turn is None:
             self.turn = self.talker.start(
-                self.prompt_track,
-                self.prompt_positions,
+                self.track.rows(0, self.first_row),
+                self.track.positions(self.first_row),
                 self.speaker.bos_token_id,
                 row,
                 self.options.sampling,
                 self._rng,
+                self.options.max_codec_tokens,
             )
         else:
             self.talker.step(self.turn, row, self.options.sampling, self._rng)

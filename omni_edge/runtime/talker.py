@@ -16,7 +16,7 @@ import numpy as np
 from omni_edge import naming
 from omni_edge.bundle import TalkerInfo
 from omni_edge.runtime.engine import Engine
-from omni_edge.runtime.kv_cache import cache_for
+from omni_edge.runtime.kv_cache import KVCacheBase, new_kv_cache
 from omni_edge.runtime.sampling import SamplingConfig, sample_token
 
 # transformers' generate defaults for the Talker (do_sample, top_k 40, top_p 0.8, temperature 0.9, rep 1.05)
@@ -30,6 +30,7 @@ class TalkerTurn:
 
     history: list[int]  # ids seen by the repetition penalty, as in the reference: masks, pad, bos, codes
     codes: list[int]
+    max_codec_tokens: int
     text_done: bool = False
     eos_sent: bool = False
     finished: bool = False
@@ -44,15 +45,18 @@ class Talker:
         decode: Engine,
         codec_table: np.ndarray,
         thinker_embeddings: np.ndarray,
-        max_codec_tokens: int,
+        cache: KVCacheBase,
     ):
         self.info = info
         self.prefill, self.decode = prefill, decode
         self.codec_table = codec_table
         self.thinker_embeddings = thinker_embeddings
-        self.cache = cache_for(decode, info.kv_cache)
-        self.max_codec_tokens = max_codec_tokens
+        self.cache = cache
         self._next_position = 0
+
+    def rows_needed(self, prompt_rows: int, max_codec_tokens: int) -> int:
+        """Cache slots a spoken reply takes: its prompt track, the speaker and bos rows, the codec tokens."""
+        return prompt_rows + 2 + max_codec_tokens
 
     def _run(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
         feeds = {"inputs_embeds": embeds[None].astype(np.float32), "position_ids": positions}
@@ -68,6 +72,7 @@ class Talker:
         first_reply: np.ndarray,
         sampling: SamplingConfig,
         rng,
+        max_codec_tokens: int,
     ) -> TalkerTurn:
         """Prefill over the whole conversation prompt plus the two speaker/bos rows; returns c_0."""
         info = self.info
@@ -82,10 +87,13 @@ class Talker:
         # The two extra rows are text tokens: ids max+1 and max+2 after the prompt's TMRoPE ids.
         tail = np.broadcast_to(np.arange(1, 3) + prompt_positions.max(), (3, 1, 2))
         positions = np.concatenate([prompt_positions, tail], axis=2)
-        self.cache.check_room(len(rows) + self.max_codec_tokens, "the spoken reply (prompt + codec tokens)")
+        self.cache.check_room(
+            self.rows_needed(len(prompt_track), max_codec_tokens), "the spoken reply (prompt + codec tokens)"
+        )
         turn = TalkerTurn(
             history=[info.codec_mask_token_id] * len(prompt_track) + [info.codec_pad_token_id, info.codec_bos_token_id],
             codes=[],
+            max_codec_tokens=max_codec_tokens,
         )
         self._sample(turn, self._run(rows, positions), sampling, rng)
         return turn
@@ -110,14 +118,14 @@ class Talker:
         turn.history.append(token)
         if token in self.info.stop_token_ids:
             turn.finished, turn.stop_reason = True, "eos"
-        elif len(turn.codes) + 1 >= self.max_codec_tokens:
+        elif len(turn.codes) + 1 >= turn.max_codec_tokens:
             turn.codes.append(token)
             turn.finished, turn.stop_reason = True, "max_codec_tokens"
         else:
             turn.codes.append(token)
 
 
-def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings, max_codec_tokens: int) -> Talker:
+def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings) -> Talker:
     from safetensors.numpy import load_file
 
     info = manifest.talker
@@ -128,5 +136,5 @@ def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings, max_codec
         open_engine(naming.TALKER_DECODE),
         codec,
         thinker_embeddings,
-        max_codec_tokens,
+        new_kv_cache(manifest.backend, info.kv_cache),
     )

@@ -7,7 +7,7 @@ the new tokens' keys/values, device to device, into their slots. When the filled
 (or the pitch would break the engine's profile near a full cache) the rows are re-laid out at a new pitch
 rounded up to a bucket of tokens, through one scratch block: a copy every `bucket` tokens, not every step.
 
-    cache = DeviceKVCache(geometry)          # what TrtEngine.new_kv_cache returns
+    cache = DeviceKVCache(geometry)          # what kv_cache.new_kv_cache gives a TensorRT bundle
     outputs = cache.run(prefill, decode, {"inputs_embeds": ..., "position_ids": ...})
 """
 
@@ -18,17 +18,14 @@ import numpy as np
 from omni_edge import naming
 from omni_edge.bundle import KVCacheGeometry
 from omni_edge.errors import BundleError
+from omni_edge.runtime.cuda import CudaError, DeviceResource, DeviceTensor, check, destroy_stream, driver, new_stream
 from omni_edge.runtime.kv_cache import KVCacheBase, choose_padded_length
-from omni_edge.runtime.trt_engine import ClosedWhenCollected, DeviceTensor, destroy_stream
 
 DEVICE_KV_BUCKET = 256  # tokens: the pitch grows in these steps; attention reads < bucket padding slots
 
 
-class DeviceKVCache(KVCacheBase, ClosedWhenCollected):
+class DeviceKVCache(KVCacheBase, DeviceResource):
     def __init__(self, geometry: KVCacheGeometry, bucket: int = DEVICE_KV_BUCKET, batch: int = 1):
-        from omni_edge.kernels.errors import KernelError
-        from omni_edge.kernels.launch import check, driver
-
         super().__init__(geometry, bucket)
         self._drv, self._check = driver(), check
         self._dtype = np.dtype(geometry.dtype)
@@ -43,13 +40,13 @@ class DeviceKVCache(KVCacheBase, ClosedWhenCollected):
             for name in naming.past_names(geometry.num_layers):
                 self._ptrs[name] = int(check(self._drv.cuMemAlloc(block)))
             self._scratch = int(check(self._drv.cuMemAlloc(block)))
-            self._stream = check(self._drv.cuStreamCreate(0))
+            self._stream = new_stream()
             # Padding slots are masked, but a masked NaN still poisons softmax @ V: start from zeros, so every
             # slot holds either zeros or keys/values the model wrote.
             for ptr in [*self._ptrs.values(), self._scratch]:
                 check(self._drv.cuMemsetD8Async(ptr, 0, block, self._stream))
             check(self._drv.cuStreamSynchronize(self._stream))
-        except KernelError as exc:
+        except CudaError as exc:
             self.close()
             total = (2 * geometry.num_layers + 1) * block  # keys and values per layer, and the scratch block
             raise BundleError(
@@ -124,4 +121,4 @@ class DeviceKVCache(KVCacheBase, ClosedWhenCollected):
             if ptr:
                 self._check(self._drv.cuMemFree(ptr))
         self._ptrs, self._scratch = {}, 0
-        self._stream = destroy_stream(self._drv, self._check, self._stream)
+        self._stream = destroy_stream(self._stream)

@@ -1,4 +1,5 @@
-"""The quantization report a bundle's manifest carries: how it was calibrated and what precision cost."""
+"""The quantization report a bundle's manifest carries (part of its schema, beside bundle.py): how it was
+calibrated and what precision cost."""
 
 from __future__ import annotations
 
