@@ -14,6 +14,7 @@ import numpy as np
 
 from omni_edge.bundle import MediaInfo
 from omni_edge.errors import InputError
+from omni_edge.runtime.chat import Segment
 from omni_edge.runtime.tmrope import chunk_bounds
 
 
@@ -75,10 +76,11 @@ def part_text(part: Part, info: MediaInfo, token) -> str:
     return token(info.vision_start_token_id) + token(placeholder) * len(part.embeds) + token(info.vision_end_token_id)
 
 
-def user_content(parts: list[Part], info: MediaInfo, token) -> str:
-    # Built as text and tokenized once, as the reference processor does, so the ids around media
-    # placeholders are exactly the ones transformers would produce.
-    return "".join(part_text(p, info, token) for p in parts)
+def user_segments(parts: list[Part], info: MediaInfo, token, trusted: bool = False) -> tuple[Segment, ...]:
+    """The user content as segments: media placeholders are trusted, the user's text only if `trusted`.
+    Tokenized as one text where it can be (chat.TextTokenizer.encode_segments), as the reference processor
+    does, so the ids around media placeholders are exactly the ones transformers would produce."""
+    return tuple(Segment(part_text(p, info, token), trusted or not isinstance(p, str)) for p in parts)
 
 
 def audio_sequence(parts: list[Part]) -> list[AudioPart]:
