@@ -1,6 +1,7 @@
 """Audio front end in numpy: file -> 16 kHz mono float32 -> Whisper log-mel [128, frames].
 
-Reading: `soundfile` (libsndfile; WAV, FLAC, OGG, MP3 and friends, already a project dependency).
+Reading: `soundfile` (libsndfile; WAV, FLAC, OGG, MP3 and friends, already a project dependency); the sound
+track of a container (mp4, m4a, mkv, webm, ...: AAC or Opus inside) through PyAV, as for videos.
 Resampling: `soxr` at quality "HQ". The reference pipeline (qwen-omni-utils) loads audio with
 `librosa.load(path, sr=16000)`, whose default resampler is soxr_hq followed by `fix_length` to
 ceil(n * 16000 / sr) samples; calling soxr the same way gives the same samples without pulling in
@@ -32,20 +33,19 @@ MAX_AUDIO_SECONDS = 300  # WhisperFeatureExtractor chunk_length for Qwen2.5-Omni
 MAX_SAMPLES = MAX_AUDIO_SECONDS * SAMPLE_RATE  # 4_800_000 = the reference's n_samples
 LOG_FLOOR = -10.0  # log10 of the 1e-10 clamp: what a frame of pure padding comes out as
 
-_VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"}
+# Containers libsndfile cannot read; their sound track is decoded with PyAV (ffmpeg).
+CONTAINER_SUFFIXES = {".mp4", ".m4a", ".m4b", ".aac", ".mkv", ".mka", ".mov", ".webm", ".avi", ".m4v", ".3gp"}
 
 
 def load_audio(path: str | Path) -> np.ndarray:
-    """Read an audio file (anything libsndfile decodes: WAV, FLAC, OGG, ...) as 16 kHz mono float32."""
+    """Read an audio file (WAV, FLAC, OGG, ... via libsndfile; the sound track of an mp4, m4a, mkv, webm, ...
+    via PyAV) as 16 kHz mono float32."""
     import soundfile as sf
 
     path = Path(path)
     check_media_file(path, "audio")
-    if path.suffix.lower() in _VIDEO_SUFFIXES:
-        raise InputError(
-            f"{path} looks like a video file; load its sound track with "
-            "omni_edge.runtime.vision_frontend.load_video_audio instead of load_audio."
-        )
+    if path.suffix.lower() in CONTAINER_SUFFIXES:
+        return load_container_audio(path)
     try:
         info = sf.info(str(path))
         if info.frames > 0 and info.frames / info.samplerate > MAX_AUDIO_SECONDS:
@@ -59,6 +59,79 @@ def load_audio(path: str | Path) -> np.ndarray:
             f"cannot read; convert it with: ffmpeg -i '{path}' -ac 1 -ar 16000 -c:a pcm_s16le out.wav"
         ) from exc
     return to_mono_16k(data.T, rate, source=str(path))
+
+
+def audio_seconds(path: str | Path) -> float:
+    """Duration of an audio file from its header (libsndfile info, or the container's): nothing decoded."""
+    import soundfile as sf
+
+    path = Path(path)
+    check_media_file(path, "audio")
+    if path.suffix.lower() in CONTAINER_SUFFIXES:
+        with open_container(path, "audio") as container:
+            if not container.streams.audio:
+                raise InputError(f"{path} has no audio track; pass a file with sound (a video goes to --video).")
+            stream = container.streams.audio[0]
+            if stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+            return float(container.duration or 0) / 1_000_000  # AV_TIME_BASE
+    try:
+        info = sf.info(str(path))
+    except RuntimeError as exc:  # soundfile.LibsndfileError
+        raise InputError(
+            f"cannot decode audio file {path}: {str(exc).rstrip('.')}. The file is corrupt or uses an encoding "
+            f"libsndfile cannot read; convert it with: ffmpeg -i '{path}' -ac 1 -ar 16000 -c:a pcm_s16le out.wav"
+        ) from exc
+    return info.frames / info.samplerate if info.samplerate else 0.0
+
+
+def open_container(path: Path, kind: str):
+    """An opened PyAV container (use it as a context manager); a file ffmpeg cannot open is an InputError."""
+    import av
+
+    check_media_file(path, kind)
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise InputError(
+            f"cannot open {kind} {path}: {exc}. The file is corrupt or not a container ffmpeg reads; "
+            "re-encode it (ffmpeg -i in out.mp4)."
+        ) from exc
+
+
+def load_container_audio(path: str | Path) -> np.ndarray:
+    """The first sound track of a container (audio-only m4a/mp4 or a video) as 16 kHz mono float32."""
+    path = Path(path)
+    with open_container(path, "audio") as container:
+        if not container.streams.audio:
+            raise InputError(f"{path} has no audio track; pass a file with sound (a video goes to --video).")
+        return container_audio(container, path)
+
+
+def container_audio(container, path: Path) -> np.ndarray:
+    """Decode the first audio stream of an open container, stopping as soon as it passes the length limit."""
+    import av
+
+    # Interleaved s16 at the native rate and layout: what `ffmpeg -f s16le -` gives audioread, which
+    # librosa.load falls back to for video files in the reference.
+    resampler = av.AudioResampler(format="s16")
+    chunks, rate, total = [], 0, 0
+    try:
+        for frame in container.decode(container.streams.audio[0]):
+            for out in resampler.resample(frame):
+                rate = out.sample_rate
+                chunks.append(out.to_ndarray().reshape(-1, len(out.layout.channels)))
+                total += chunks[-1].shape[0]
+            if rate and total > MAX_AUDIO_SECONDS * rate:  # stop before a long track fills memory
+                raise too_long_error(f"audio track of {path}", total / rate)
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1, len(out.layout.channels)))
+    except av.error.FFmpegError as exc:
+        raise InputError(f"cannot decode the audio track of {path}: {exc}; re-encode the file.") from exc
+    if not chunks:
+        raise InputError(f"the audio track of {path} contains no samples; re-encode the file.")
+    samples = np.concatenate(chunks).T.astype(np.float32) * np.float32(1 / 32768)
+    return to_mono_16k(samples, rate, source=f"audio track of {path}")
 
 
 def to_mono_16k(channels: np.ndarray, rate: int, source: str = "audio") -> np.ndarray:

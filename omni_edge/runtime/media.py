@@ -69,11 +69,11 @@ class MediaEncoders:
 
     def encode_video(self, video, use_audio_in_video: bool, fps: float = 2.0) -> VideoPart:
         """`video`: a path, or (frames uint8 [T,H,W,3], fps[, waveform_16k]) already decoded."""
-        from omni_edge.runtime.vision_frontend import load_video_audio, preprocess_video, sample_video_frames
+        from omni_edge.runtime.vision_frontend import decode_video, load_video_audio, preprocess_video
 
         waveform = None
         if isinstance(video, (str, Path)):
-            frames, fps = sample_video_frames(video, fps)
+            frames, fps = decode_video(video, fps)
             if use_audio_in_video:
                 waveform = load_video_audio(video)
         else:

@@ -16,24 +16,23 @@ Size policy: images larger than max_pixels (12.8 MP) are downscaled by smart_res
 Files that decode to more than MAX_DECODED_PIXELS (100 MP) are refused before decoding, so a hostile or
 mistaken file cannot take gigabytes of memory. Video frames are sampled at `fps` (default 2), between
 4 and 768 frames; long videos get sparser frames and the fps actually achieved is returned, because
-TMRoPE needs the true seconds per temporal patch.
+TMRoPE needs the true seconds per temporal patch. decode_video (what the session uses) decodes as a stream and
+resizes each sampled frame to the model's size as soon as it is decoded, so a long or high-resolution video
+never holds more than the sampled frames at the size the model sees; its token cost is known from the
+container header before that (omni_edge.runtime.media_budget).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from omni_edge.errors import InputError
-from omni_edge.runtime.audio_frontend import (
-    MAX_AUDIO_SECONDS,
-    check_media_file,
-    to_mono_16k,
-    too_long_error,
-)
+from omni_edge.runtime.audio_frontend import check_media_file, container_audio, open_container
 
 PATCH = 14
 MERGE = 2
@@ -99,6 +98,27 @@ def load_image(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(
             f"cannot decode image {path}: {exc}. The file is corrupt, truncated or not an image format "
+            "Pillow reads (PNG, JPEG, WebP, BMP, GIF, TIFF, ...); re-save it as PNG or JPEG."
+        ) from exc
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header: nothing is decoded (Pillow opens lazily)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    check_media_file(path, "image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixel_count(img.width, img.height, str(path))
+                return img.height, img.width
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image {path} is too large to decode ({exc}); downscale it below 100 MP.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(
+            f"cannot read image {path}: {exc}. The file is corrupt, truncated or not an image format "
             "Pillow reads (PNG, JPEG, WebP, BMP, GIF, TIFF, ...); re-save it as PNG or JPEG."
         ) from exc
 
@@ -185,7 +205,27 @@ def sample_frames_count(total_frames: int, video_fps: float, fps: float) -> int:
 
 
 def sample_video_frames(path: str | Path, fps: float = 2.0) -> tuple[np.ndarray, float]:
-    """Decode `path` and sample frames at ~`fps` -> (uint8 [T, H, W, 3] RGB, the fps actually sampled)."""
+    """Decode `path` and sample frames at ~`fps` -> (uint8 [T, H, W, 3] RGB at the file's size, fps sampled)."""
+    return _sample(path, fps, resize=False)
+
+
+def decode_video(path: str | Path, fps: float = 2.0) -> tuple[np.ndarray, float]:
+    """Like sample_video_frames, but each frame is resized to the model's size as soon as it is decoded.
+
+    Frames are decoded as a stream and only the sampled ones are kept, already at the size preprocess_video
+    would resize them to (so its result is unchanged): memory is the model's input, whatever the video's
+    length or resolution.
+    """
+    return _sample(path, fps, resize=True)
+
+
+def video_frame_size(count: int, height: int, width: int) -> tuple[int, int]:
+    """(height, width) each of `count` sampled frames is resized to (qwen-omni-utils fetch_video)."""
+    max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / count * TEMPORAL), int(VIDEO_MIN_PIXELS * 1.05))
+    return smart_resize(height, width, FACTOR, VIDEO_MIN_PIXELS, max_pixels)
+
+
+def _sample(path, fps, resize: bool) -> tuple[np.ndarray, float]:
     fps = _check_fps(fps)
     path = Path(path)
     total, video_fps = _probe_video(path)
@@ -198,7 +238,7 @@ def sample_video_frames(path: str | Path, fps: float = 2.0) -> tuple[np.ndarray,
         count = sample_frames_count(total, video_fps, fps)
         # torch.linspace(...).round() in the reference; numpy's round is also half-to-even.
         wanted = np.round(np.linspace(0, total - 1, count)).astype(np.int64)
-        frames, decoded = _decode_frames(path, wanted)
+        frames, decoded = _decode_frames(path, wanted, resize)
         if frames is not None:
             return frames, count / total * video_fps
         # Fewer frames decode than packets were stored (edit list, damaged tail): sample what is there,
@@ -210,37 +250,93 @@ def sample_video_frames(path: str | Path, fps: float = 2.0) -> tuple[np.ndarray,
 def _probe_video(path: Path) -> tuple[int, float]:
     """(frame count, average fps) of the first video stream, without decoding a frame."""
     with _open_media(path) as container:
-        if not container.streams.video:
-            raise InputError(f"{path} has no video stream; pass it as audio with load_audio instead.")
-        stream = container.streams.video[0]
-        if stream.width * stream.height > MAX_DECODED_PIXELS:
-            raise InputError(f"video {path} frames are {stream.width}x{stream.height}; the limit is 100 MP.")
+        stream = _video_stream(container, path)
         # torchvision.io.read_video (the reference) reports the stream's average rate as the video fps.
         video_fps = float(stream.average_rate or stream.guessed_rate or 0)
         # One stored packet is one frame; counting them is a demux, far cheaper than decoding.
         return sum(1 for packet in container.demux(stream) if packet.size > 0), video_fps
 
 
-def _decode_frames(path: Path, wanted: np.ndarray) -> tuple[np.ndarray | None, int]:
-    """Frames at indices `wanted` (sorted) -> (uint8 [T, H, W, 3], frames decoded); None if it ran short."""
+@dataclass(frozen=True)
+class VideoHeader:
+    """What a container's header says about its first video stream (and sound track), nothing decoded."""
+
+    frames: int
+    fps: float
+    height: int
+    width: int
+    audio_seconds: float | None  # None: no sound track
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps if self.fps > 0 else 0.0
+
+
+def probe_video_header(path: str | Path) -> VideoHeader:
+    """Frame count, rate and size from the container header: no packet is read, so a 2-hour file costs as
+    little as a 2-second one. The count is the header's (or duration x rate); decoding may find a few less."""
+    path = Path(path)
+    with _open_media(path) as container:
+        stream = _video_stream(container, path)
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        frames = int(stream.frames or 0)
+        if frames <= 0:
+            frames = round(_seconds(stream, container) * fps)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        audio_seconds = _seconds(audio, container) if audio is not None else None
+        return VideoHeader(frames, fps, int(stream.height), int(stream.width), audio_seconds)
+
+
+def _seconds(stream, container) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return float(container.duration or 0) / 1_000_000  # AV_TIME_BASE
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise InputError(f"{path} has no video stream; pass it with --audio to hear its sound track.")
+    stream = container.streams.video[0]
+    if stream.width * stream.height > MAX_DECODED_PIXELS:
+        raise InputError(f"video {path} frames are {stream.width}x{stream.height}; the limit is 100 MP.")
+    return stream
+
+
+def _decode_frames(path: Path, wanted: np.ndarray, resize: bool) -> tuple[np.ndarray | None, int]:
+    """Frames at indices `wanted` (sorted) -> (uint8 [T, H, W, 3], frames decoded); None if it ran short.
+
+    A stream: each frame is dropped as soon as it is decoded unless it is sampled, and a sampled one goes
+    straight into the output (resized first with `resize`), so one decoded frame is alive at a time.
+    """
     import av
 
-    picks: dict[int, np.ndarray] = {}
-    targets, last, decoded = set(wanted.tolist()), int(wanted[-1]), 0
+    slot = {int(index): k for k, index in enumerate(wanted.tolist())}
+    last, decoded, filled, out = int(wanted[-1]), 0, 0, None
     with _open_media(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
             for decoded, frame in enumerate(container.decode(stream), start=1):
-                if decoded - 1 in targets:
-                    picks[decoded - 1] = frame.to_ndarray(format="rgb24")
+                if decoded - 1 in slot:
+                    rgb = _frame_rgb(frame)
+                    if out is None:
+                        height, width = rgb.shape[:2]
+                        if resize:
+                            height, width = video_frame_size(len(wanted), height, width)
+                        out = np.empty((len(wanted), height, width, 3), np.uint8)
+                    out[slot[decoded - 1]] = _resize(rgb, *out.shape[1:3]) if resize else rgb
+                    filled += 1
                 if decoded > last:
                     break
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot decode video {path}: {exc}; re-encode it (ffmpeg -i in out.mp4).") from exc
-    if len(picks) < len(targets):
+    if filled < len(wanted):
         return None, decoded
-    return np.stack([picks[i] for i in wanted.tolist()]), decoded
+    return out, decoded
+
+
+def _frame_rgb(frame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
 
 
 def preprocess_video(frames: np.ndarray, fps: float):
@@ -263,8 +359,7 @@ def preprocess_video(frames: np.ndarray, fps: float):
             "Sample fewer, e.g. with sample_video_frames, which stays within it."
         )
     _check_pixel_count(width, height, "video frame")
-    max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / count * TEMPORAL), int(VIDEO_MIN_PIXELS * 1.05))
-    new_h, new_w = smart_resize(height, width, FACTOR, VIDEO_MIN_PIXELS, max_pixels)
+    new_h, new_w = video_frame_size(count, height, width)
     pixels = [_normalize(_resize(frame, new_h, new_w)) for frame in frames]
     pixels += [pixels[-1]] * (-count % TEMPORAL)
     patches, grid = _patchify(np.stack(pixels))
@@ -273,8 +368,6 @@ def preprocess_video(frames: np.ndarray, fps: float):
 
 def load_video_audio(path: str | Path) -> np.ndarray:
     """The sound track of a video file as 16 kHz mono float32 (for use_audio_in_video)."""
-    import av
-
     path = Path(path)
     with _open_media(path) as container:
         if not container.streams.audio:
@@ -282,26 +375,7 @@ def load_video_audio(path: str | Path) -> np.ndarray:
                 f"video {path} has no audio track; turn off use_audio_in_video for it, or add a track "
                 "(ffmpeg -i video.mp4 -i audio.wav -c:v copy -shortest out.mp4)."
             )
-        # Interleaved s16 at the native rate and layout: what `ffmpeg -f s16le -` gives audioread, which
-        # librosa.load falls back to for video files in the reference.
-        resampler = av.AudioResampler(format="s16")
-        chunks, rate, total = [], 0, 0
-        try:
-            for frame in container.decode(container.streams.audio[0]):
-                for out in resampler.resample(frame):
-                    rate = out.sample_rate
-                    chunks.append(out.to_ndarray().reshape(-1, len(out.layout.channels)))
-                    total += chunks[-1].shape[0]
-                if rate and total > MAX_AUDIO_SECONDS * rate:  # stop before a long track fills memory
-                    raise too_long_error(f"audio track of {path}", total / rate)
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1, len(out.layout.channels)))
-        except av.error.FFmpegError as exc:
-            raise InputError(f"cannot decode the audio track of {path}: {exc}; re-encode the file.") from exc
-    if not chunks:
-        raise InputError(f"the audio track of video {path} contains no samples; re-encode the file.")
-    samples = np.concatenate(chunks).T.astype(np.float32) * np.float32(1 / 32768)
-    return to_mono_16k(samples, rate, source=f"audio track of {path}")
+        return container_audio(container, path)
 
 
 def _check_fps(fps) -> float:
@@ -315,13 +389,4 @@ def _check_fps(fps) -> float:
 
 
 def _open_media(path: Path):
-    import av
-
-    check_media_file(path, "video")
-    try:
-        return av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise InputError(
-            f"cannot open video {path}: {exc}. The file is corrupt or not a container ffmpeg reads; "
-            "re-encode it (ffmpeg -i in out.mp4)."
-        ) from exc
+    return open_container(path, "video")
