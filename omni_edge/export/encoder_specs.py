@@ -8,6 +8,7 @@ from omni_edge import naming
 from omni_edge.export import audio_encoder, vision_encoder
 from omni_edge.export.spec import ComponentSpec
 from omni_edge.runtime.audio_blocks import TOKENS_PER_BLOCK
+from omni_edge.runtime.vision_index import FULL_ATTENTION_CHUNK
 
 
 def _audio(model):
@@ -26,9 +27,18 @@ def _audio_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
 
 def _vision_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
     # One merged group of merge^2 patches is one Thinker token; an image or video cannot exceed the cache.
+    # Windows and frames each hold at least one group; a frame's queries go FULL_ATTENTION_CHUNK at a time.
     merge = _visual(model).config.spatial_merge_size ** 2
     opt = min(256, max_seq_len)
-    return {"groups": (1, opt, max_seq_len), "patches": (merge, merge * opt, merge * max_seq_len)}
+    chunk = FULL_ATTENTION_CHUNK
+    return {
+        "groups": (1, opt, max_seq_len),
+        "patches": (merge, merge * opt, merge * max_seq_len),
+        "windows": (1, -(-opt // 16), max_seq_len),
+        "frames": (1, 1, max_seq_len),
+        "chunks": (1, -(-merge * opt // chunk), -(-merge * max_seq_len // chunk)),
+        "chunk": (4, chunk, chunk),
+    }
 
 
 def audio_encoder_spec() -> ComponentSpec:
@@ -55,16 +65,32 @@ def audio_encoder_spec() -> ComponentSpec:
 def vision_encoder_spec() -> ComponentSpec:
     patches = torch.export.Dim("patches", min=4, max=1 << 20)
     groups = torch.export.Dim("groups", min=1, max=1 << 18)
+    windows = torch.export.Dim("windows", min=1, max=1 << 18)
+    frames = torch.export.Dim("frames", min=1, max=1 << 18)
+    chunks = torch.export.Dim("chunks", min=1, max=1 << 18)
+    chunk = torch.export.Dim("chunk", min=4, max=1 << 16)
     return ComponentSpec(
         name=naming.VISION_ENCODER,
         build_module=lambda model: vision_encoder.VisionEncoderGraph(_visual(model)).eval(),
         input_names=vision_encoder.INPUT_NAMES,
         output_names=("image_embeds",),
-        example_inputs=lambda model: vision_encoder.dummy_inputs(_visual(model), [(1, 12, 16)]),
-        dynamic_shapes=lambda: ({0: patches}, {0: patches}, {0: groups}, {0: groups}, {0: patches}, {0: patches}),
+        # Every dynamic axis is at least 2 in the example (an axis of 1 would be specialised away).
+        example_inputs=lambda model: vision_encoder.dummy_inputs(_visual(model), [(2, 12, 16)], chunk=64),
+        dynamic_shapes=lambda: (
+            {0: patches},
+            {0: patches},
+            {0: groups},
+            {0: groups},
+            {0: windows},
+            {0: patches},
+            {0: frames, 1: chunks, 2: chunk},
+            {0: patches},
+        ),
         check_inputs=lambda model: [
-            vision_encoder.dummy_inputs(_visual(model), grid, seed=i + 1)
-            for i, grid in enumerate(([(1, 4, 4)], [(2, 10, 18)], [(1, 20, 34), (4, 6, 8)]))
+            vision_encoder.dummy_inputs(_visual(model), grid, seed=i + 1, chunk=chunk)
+            for i, (grid, chunk) in enumerate(
+                (([(1, 4, 4)], None), ([(2, 10, 18)], None), ([(1, 20, 34), (4, 6, 8)], 128), ([(1, 40, 40)], 256))
+            )
         ],
         atol=1e-4,
         rtol=1e-4,

@@ -1,18 +1,31 @@
 """vision_encoder graph: the ViT with window attention, full-attention layers and 2D rope.
 
 Every data-dependent index (window permutation, rope positions, attention scopes) comes in from the host
-(omni_edge.runtime.vision_index), so the graph has one dynamic axis, the patch count. Variable-length
-attention over cu_seqlens becomes one masked attention whose mask is built from segment ids in the graph.
+(omni_edge.runtime.vision_index), so the graph's only data-dependent sizes are the patch, window, frame and
+chunk counts. Variable-length attention over cu_seqlens becomes attention over padded scopes, so memory grows
+with the patch count, not its square: the window layers attend within [windows, window_len] slot tables, the
+full-attention layers within each frame, `chunk` queries at a time in a Scan (ONNX Scan: one chunk's scores
+[frames, heads, chunk, frame_len] are live at a time).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch._higher_order_ops.scan import scan
 
 from omni_edge.runtime.vision_index import vision_indices
 
-INPUT_NAMES = ("pixel_patches", "patch_positions", "window_index", "reverse_index", "window_segments", "frame_segments")
+INPUT_NAMES = (
+    "pixel_patches",
+    "patch_positions",
+    "window_index",
+    "reverse_index",
+    "window_slots",
+    "window_rows",
+    "frame_slots",
+    "frame_rows",
+)
 
 
 def _rotate_half(x):
@@ -29,7 +42,17 @@ class VisionEncoderGraph(nn.Module):
         self.num_heads = visual.blocks[0].attn.num_heads
         self.scaling = visual.blocks[0].attn.scaling
 
-    def forward(self, pixel_patches, patch_positions, window_index, reverse_index, window_segments, frame_segments):
+    def forward(
+        self,
+        pixel_patches,
+        patch_positions,
+        window_index,
+        reverse_index,
+        window_slots,
+        window_rows,
+        frame_slots,
+        frame_rows,
+    ):
         visual = self.visual
         hidden = visual.patch_embed(pixel_patches)
         count, dim = hidden.shape
@@ -38,47 +61,51 @@ class VisionEncoderGraph(nn.Module):
         freqs = torch.cat([freqs[:, 0], freqs[:, 1]], dim=-1)
         angles = torch.cat([freqs, freqs], dim=-1)[:, None, :]  # [N, 1, head_dim]
         cos, sin = angles.cos(), angles.sin()
-        window_bias = self._segment_bias(window_segments, hidden.dtype)
-        frame_bias = self._segment_bias(frame_segments, hidden.dtype)
+        windows = (window_slots[:, None, :], window_rows)  # one chunk per window
+        frames = (frame_slots, frame_rows)
         for index, block in enumerate(visual.blocks):
-            bias = frame_bias if index in self.full_layers else window_bias
-            hidden = hidden + self._attention(block.attn, block.norm1(hidden), cos, sin, bias)
+            scopes = frames if index in self.full_layers else windows
+            hidden = hidden + self._attention(block.attn, block.norm1(hidden), cos, sin, *scopes)
             hidden = hidden + block.mlp(block.norm2(hidden))
         return visual.merger(hidden)[reverse_index]
 
-    @staticmethod
-    def _segment_bias(segments, dtype):
-        same = segments[:, None] == segments[None, :]
-        return torch.zeros(same.shape, dtype=dtype).masked_fill(~same, float("-inf"))[None]
-
-    def _attention(self, attn, x, cos, sin, bias):
+    def _attention(self, attn, x, cos, sin, slots, rows):
+        """Attention within scopes: slots [scopes, chunks, chunk] (-1 = padding), rows [N] back to patches."""
         count, dim = x.shape
         q = attn.q(x).reshape(count, self.num_heads, -1)
         k = attn.k(x).reshape(count, self.num_heads, -1)
         v = attn.v(x).reshape(count, self.num_heads, -1)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # [heads, N, head_dim]
-        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scaling + bias, dim=-1)
-        return attn.proj(torch.matmul(weights, v).transpose(0, 1).reshape(count, dim))
+        scopes, chunks, chunk = slots.shape
+        index = slots.clamp(min=0)
+        keys = index.reshape(scopes, chunks * chunk)
+        k_scope, v_scope = (t[keys].transpose(1, 2) for t in (k, v))  # [scopes, heads, L, head_dim]
+        padding = (slots < 0).reshape(scopes, 1, 1, chunks * chunk)
+        bias = torch.zeros(padding.shape, dtype=x.dtype).masked_fill(padding, float("-inf"))
+
+        def step(carry, queries):  # queries [scopes, chunk]: one chunk of every scope
+            q_chunk = q[queries].transpose(1, 2)  # [scopes, heads, chunk, head_dim]
+            scores = torch.matmul(q_chunk, k_scope.transpose(-1, -2)) * self.scaling + bias
+            weights = torch.softmax(scores, dim=-1)
+            return carry.clone(), torch.matmul(weights, v_scope).transpose(1, 2).reshape(scopes, chunk, dim)
+
+        _, out = scan(step, torch.zeros(1, dtype=x.dtype), index.transpose(0, 1))  # [chunks, scopes, chunk, dim]
+        out = out.transpose(0, 1).reshape(scopes * chunks * chunk, dim)[rows]
+        return attn.proj(out)
 
 
-def graph_inputs(visual, pixel_patches: torch.Tensor, grid_thw) -> tuple:
+def graph_inputs(visual, pixel_patches: torch.Tensor, grid_thw, chunk: int | None = None) -> tuple:
     config = visual.config
-    idx = vision_indices(grid_thw, config.spatial_merge_size, config.window_size, config.patch_size)
-    return (
-        pixel_patches,
-        torch.from_numpy(idx.patch_positions),
-        torch.from_numpy(idx.window_index),
-        torch.from_numpy(idx.reverse_index),
-        torch.from_numpy(idx.window_segments),
-        torch.from_numpy(idx.frame_segments),
-    )
+    extra = {} if chunk is None else {"chunk": chunk}
+    idx = vision_indices(grid_thw, config.spatial_merge_size, config.window_size, config.patch_size, **extra)
+    feeds = idx.feeds(pixel_patches.numpy())
+    return (pixel_patches, *(torch.from_numpy(feeds[name]) for name in INPUT_NAMES[1:]))
 
 
-def dummy_inputs(visual, grid_thw, seed: int = 0) -> tuple:
+def dummy_inputs(visual, grid_thw, seed: int = 0, chunk: int | None = None) -> tuple:
     config = visual.config
     patches = sum(t * h * w for t, h, w in grid_thw)
     width = config.in_channels * config.temporal_patch_size * config.patch_size**2
     gen = torch.Generator().manual_seed(seed)
-    return graph_inputs(visual, torch.randn(patches, width, generator=gen), grid_thw)
+    return graph_inputs(visual, torch.randn(patches, width, generator=gen), grid_thw, chunk)

@@ -49,15 +49,7 @@ class MediaEncoders:
     def _encode_patches(self, patches: np.ndarray, grid_thw: tuple[int, int, int], flag: str) -> np.ndarray:
         info = self._manifest.media
         idx = vision_indices([grid_thw], info.spatial_merge_size, info.window_size, info.patch_size)
-        feeds = {
-            "pixel_patches": patches.astype(np.float32),
-            "patch_positions": idx.patch_positions,
-            "window_index": idx.window_index,
-            "reverse_index": idx.reverse_index,
-            "window_segments": idx.window_segments,
-            "frame_segments": idx.frame_segments,
-        }
-        return self._engine(naming.VISION_ENCODER, flag).run(feeds)["image_embeds"]
+        return self._engine(naming.VISION_ENCODER, flag).run(idx.feeds(patches))["image_embeds"]
 
     def encode_image(self, image) -> ImagePart:
         from omni_edge.runtime.vision_frontend import load_image, preprocess_image

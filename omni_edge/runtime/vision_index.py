@@ -3,6 +3,13 @@
 transformers builds these with python loops inside forward (not exportable); here they are inputs, so
 one vision_encoder graph serves any image size and frame count. Mirrors transformers.vision_utils
 (get_vision_position_ids, get_vision_window_index, get_vision_cu_seqlens) for Qwen2.5-VL/Omni.
+
+Attention scopes (cu_seqlens in the reference) become padded slot tables, so the graph attends scope by scope
+and never holds an [N, N] tensor: `window_slots` [windows, window_len] for the window layers (a window is at
+most (window_size / patch_size)^2 patches), `frame_slots` [frames, chunks, chunk] for the full-attention layers,
+whose queries go through the graph `chunk` at a time (peak scores [frames, heads, chunk, frame_len]).
+A slot holds a patch's position in window order, -1 where the scope is padding; `*_rows` [N] is the inverse:
+each patch's row in the flattened slot table.
 """
 
 from __future__ import annotations
@@ -11,14 +18,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Queries per step of a full-attention layer: the scores held at once are heads x chunk x frame patches.
+FULL_ATTENTION_CHUNK = 256
+
 
 @dataclass(frozen=True)
 class VisionIndices:
     patch_positions: np.ndarray  # [N, 2] (row, col) per patch, in window order
     window_index: np.ndarray  # [N/merge^2] merge group -> position in window order
     reverse_index: np.ndarray  # [N/merge^2] argsort(window_index): back to raster order
-    window_segments: np.ndarray  # [N] window id per patch, in window order
-    frame_segments: np.ndarray  # [N] frame id per patch, in window order (full-attention scope)
+    window_slots: np.ndarray  # [windows, window_len] patch (window order) per slot, -1 = padding
+    window_rows: np.ndarray  # [N] row of each patch in window_slots.reshape(-1)
+    frame_slots: np.ndarray  # [frames, chunks, chunk] the same for the full-attention scope (a frame)
+    frame_rows: np.ndarray  # [N] row of each patch in frame_slots.reshape(-1)
+
+    def feeds(self, pixel_patches: np.ndarray) -> dict[str, np.ndarray]:
+        """The vision_encoder graph's inputs, by name."""
+        return {
+            "pixel_patches": np.asarray(pixel_patches, dtype=np.float32),
+            "patch_positions": self.patch_positions,
+            "window_index": self.window_index,
+            "reverse_index": self.reverse_index,
+            "window_slots": self.window_slots,
+            "window_rows": self.window_rows,
+            "frame_slots": self.frame_slots,
+            "frame_rows": self.frame_rows,
+        }
 
 
 def patch_positions(grid_thw, merge: int) -> np.ndarray:
@@ -53,19 +78,44 @@ def window_order(grid_thw, merge: int, window_size: int, patch_size: int) -> tup
     return np.concatenate(indices).astype(np.int64), np.asarray(lengths, dtype=np.int64)
 
 
-def vision_indices(grid_thw, merge: int = 2, window_size: int = 112, patch_size: int = 14) -> VisionIndices:
+def padded_scopes(lengths, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive scopes of `lengths` patches -> (slots [scopes, width], -1 padded; rows [sum(lengths)])."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size and lengths.max() > width:
+        raise ValueError(f"a scope of {lengths.max()} patches does not fit {width} slots")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    offsets = np.arange(width, dtype=np.int64)
+    slots = np.where(offsets < lengths[:, None], starts[:, None] + offsets, -1)
+    scope = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    rows = scope * width + (np.arange(int(lengths.sum()), dtype=np.int64) - starts[scope])
+    return slots.astype(np.int64), rows.astype(np.int64)
+
+
+def full_attention_chunk(frame_len: int, chunk: int = FULL_ATTENTION_CHUNK) -> int:
+    """Queries per full-attention step: `chunk`, or the frame rounded up to 4 when it is smaller."""
+    return min(chunk, -(-frame_len // 4) * 4)
+
+
+def vision_indices(
+    grid_thw, merge: int = 2, window_size: int = 112, patch_size: int = 14, chunk: int = FULL_ATTENTION_CHUNK
+) -> VisionIndices:
     grid = [tuple(int(v) for v in g) for g in grid_thw]
     unit = merge * merge
     window_index, window_lengths = window_order(grid, merge, window_size, patch_size)
     positions = patch_positions(grid, merge)
     positions = positions.reshape(-1, unit, 2)[window_index].reshape(-1, 2)
-    window_segments = np.repeat(np.arange(len(window_lengths)), window_lengths * unit)
+    window_slots, window_rows = padded_scopes(window_lengths * unit, (window_size // patch_size) ** 2)
+    # Frames stay contiguous in window order: windows never cross a frame.
     frame_sizes = [h * w for t, h, w in grid for _ in range(t)]
-    frame_segments = np.repeat(np.arange(len(frame_sizes)), frame_sizes)
+    chunk = full_attention_chunk(max(frame_sizes), chunk)
+    chunks = -(-max(frame_sizes) // chunk)
+    frame_slots, frame_rows = padded_scopes(frame_sizes, chunks * chunk)
     return VisionIndices(
         patch_positions=positions,
         window_index=window_index,
         reverse_index=np.argsort(window_index).astype(np.int64),
-        window_segments=window_segments.astype(np.int64),
-        frame_segments=frame_segments.astype(np.int64),
+        window_slots=window_slots,
+        window_rows=window_rows,
+        frame_slots=frame_slots.reshape(len(frame_sizes), chunks, chunk),
+        frame_rows=frame_rows,
     )
