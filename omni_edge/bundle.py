@@ -219,7 +219,14 @@ def write_manifest(bundle_dir: Path, manifest: Manifest) -> None:
     os.replace(tmp, bundle_dir / MANIFEST_FILE)
 
 
-def load_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
+def load_manifest(bundle_dir: Path, verify_files: bool = True, manifest_sha256: str | None = None) -> Manifest:
+    """The bundle's manifest, once its schema holds; with verify_files, every file it lists is confined to the
+    bundle and matches its sha256, and every graph, engine and table the runtime opens is among them.
+
+    `manifest_sha256`: the hash of manifest.json kept apart from the bundle (bundle_trust.manifest_sha256);
+    the bytes parsed must have it, which is what makes the manifest itself trusted."""
+    from omni_edge.bundle_trust import check_manifest
+
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(f"bundle directory {bundle_dir} does not exist; create one with `omni-export`")
@@ -229,24 +236,44 @@ def load_manifest(bundle_dir: Path, verify_files: bool = True) -> Manifest:
             f"{bundle_dir} has no {MANIFEST_FILE}: it is not a bundle or its export did not finish; "
             "run `omni-export` again"
         )
+    raw = manifest_path.read_bytes()
+    if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256.lower():
+        raise BundleError(
+            f"{manifest_path} does not have the sha256 it was pinned to ({manifest_sha256[:16]}...): the manifest "
+            "was changed; get the bundle again from where you pinned it"
+        )
     try:
-        data = json.loads(manifest_path.read_text())
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
         manifest = Manifest.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BundleError(f"{manifest_path} is not a valid omni-edge manifest ({exc}); re-export the bundle") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError, UnicodeDecodeError too
+        reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)[:200]
+        raise BundleError(
+            f"{manifest_path} is not a valid omni-edge manifest ({reason}); re-export the bundle"
+        ) from None
     if manifest.format_version != FORMAT_VERSION:
         raise BundleError(
             f"bundle format {manifest.format_version} is not supported by this omni-edge "
             f"(expects {FORMAT_VERSION}); re-export it with this version"
         )
+    check_manifest(manifest, verify_files)
     if verify_files:
         verify_bundle_files(bundle_dir, manifest)
     return manifest
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a manifest holds")
+
+
 def verify_bundle_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Every listed file is a plain file of the bundle with its sha256. Engines hash again what they open
+    (bundle_trust.read_verified), so a file changed after this check is still refused."""
+    from omni_edge.bundle_trust import bundle_file
+
     for rel, expected in manifest.files.items():
-        path = bundle_dir / rel
+        path = bundle_file(bundle_dir, rel)
         if not path.is_file():
             raise BundleError(f"bundle file {rel} is missing from {bundle_dir}; re-export the bundle")
         actual = sha256_file(path)

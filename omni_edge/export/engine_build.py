@@ -132,22 +132,38 @@ def _logger(trt):
     return Logger()
 
 
-def _network(trt, builder, logger, path: Path):
+def _network(trt, builder, logger, path: Path, allowed_files: dict[str, str] | None = None):
+    """The parsed network of one graph. Its external-data locations are checked first (plain files of the
+    bundle, listed in `allowed_files` when given), and the parser gets the bytes that were checked."""
+    from omni_edge.bundle_trust import check_external_locations, read_verified
+
+    model = read_verified(path.parent, allowed_files, path.name, "graph")
+    check_external_locations(path.parent, path.name, model, allowed_files)
     flags = 0
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed is not None:  # TensorRT 11 is always strongly typed and only keeps the flag as a no-op
         flags |= 1 << int(strongly_typed)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
+    # `path` only tells the parser where the (checked) external-data files are.
+    if not parser.parse(model, str(path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "; ".join(logger.errors)
         raise EngineBuildError(f"TensorRT could not parse {path.name}: {errors}")
     return network, parser
 
 
-def build_engine(trt, builder, logger, cache, record: ComponentRecord, onnx_path: Path, target: Target) -> bytes:
+def build_engine(
+    trt,
+    builder,
+    logger,
+    cache,
+    record: ComponentRecord,
+    onnx_path: Path,
+    target: Target,
+    allowed_files: dict[str, str] | None = None,
+) -> bytes:
     # The parser owns the weights it read, so it is kept alive until the build is done.
-    network, _parser = _network(trt, builder, logger, onnx_path)
+    network, _parser = _network(trt, builder, logger, onnx_path, allowed_files)
     config = builder.create_builder_config()
     if cache is not None:
         config.set_timing_cache(cache, False)
@@ -173,9 +189,16 @@ def build_engine(trt, builder, logger, cache, record: ComponentRecord, onnx_path
 
 
 def build_engines(
-    bundle_dir: Path, records: dict[str, ComponentRecord], target: Target, bar=None
+    bundle_dir: Path,
+    records: dict[str, ComponentRecord],
+    target: Target,
+    bar=None,
+    allowed_files: dict[str, str] | None = None,
 ) -> tuple[dict[str, ComponentRecord], TensorRTInfo]:
-    """Build `<name>.engine` for every record's graph in bundle_dir; returns updated records and the build info."""
+    """Build `<name>.engine` for every record's graph in bundle_dir; returns updated records and the build info.
+
+    `allowed_files` (a manifest's files -> sha256): graphs and their external data must be among them and
+    match; None (the export's own staging) checks only that they are plain files of bundle_dir."""
     bundle_dir = Path(bundle_dir)
     check_can_build(target)
     trt = _import(target.tensorrt)
@@ -196,7 +219,7 @@ def build_engines(
     for name, record in records.items():
         if bar is not None:
             bar.set_description(f"building {name}.engine")
-        data = build_engine(trt, builder, logger, cache, record, bundle_dir / record.file, target)
+        data = build_engine(trt, builder, logger, cache, record, bundle_dir / record.file, target, allowed_files)
         engine_path = bundle_dir / f"{name}.engine"
         engine_path.write_bytes(data)
         out[name] = replace(record, engine_file=engine_path.name, engine_sha256=sha256_file(engine_path))
@@ -245,7 +268,7 @@ def build_bundle_engines(bundle_dir: Path, manifest, target: Target, bar=None) -
 
     bundle_dir = Path(bundle_dir)
     try:
-        records, tensorrt = build_engines(bundle_dir, manifest.components, target, bar)
+        records, tensorrt = build_engines(bundle_dir, manifest.components, target, bar, manifest.files)
         files = dict(manifest.files)
         for record in records.values():
             files[record.engine_file] = record.engine_sha256

@@ -1,17 +1,26 @@
 """The engine interface: a named-tensor function. ONNX Runtime now; TensorRT implements the same surface.
 
 Like Polygraphy's runners, an engine only knows how to run one graph; caching, sampling and
-orchestration live elsewhere in the runtime.
+orchestration live elsewhere in the runtime. `open_engine` is where a bundle's file becomes an engine: the
+bytes are hashed as they are read and handed to the backend as bytes, so a file changed after the bundle
+was verified is refused rather than run.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from omni_edge.errors import BundleError
+from omni_edge import naming
+from omni_edge.errors import BundleError, InputError
+
+if TYPE_CHECKING:
+    from omni_edge.bundle import Manifest
+
+FIXED_SHAPE_ENGINES = (naming.DIT_WINDOW, naming.BIGVGAN_WINDOW)
 
 
 class Engine(Protocol):
@@ -22,28 +31,112 @@ class Engine(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-class OrtEngine:
-    """One ONNX graph in an onnxruntime InferenceSession (CPU by default)."""
+def check_threads(threads: int, flag: str = "--threads") -> int:
+    """Threads for ONNX Runtime's intra-op pool: 0 (one per core) up to this machine's core count. Each
+    thread spins on a core of its own, so more threads than cores only adds contention; 100000 made a run
+    take minutes before it failed."""
+    cores = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= cores:
+        raise InputError(
+            f"{flag} {threads} is out of range: use 0 (every core) or 1 to {cores}, the cores of this machine "
+            "(more threads than cores only slows ONNX Runtime down)"
+        )
+    return threads
 
-    def __init__(self, name: str, path: Path, providers: list[str] | None = None, threads: int = 0):
+
+class OrtEngine:
+    """One ONNX graph in an onnxruntime InferenceSession (CPU by default).
+
+    `model` is a path, or the graph's bytes; `external_data` maps each external-data file the graph names
+    to its bytes, so ONNX Runtime reads nothing from disk on the graph's behalf."""
+
+    def __init__(
+        self,
+        name: str,
+        model: Path | bytes,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        external_data: dict[str, bytes] | None = None,
+        label: str | None = None,
+    ):
         try:
             import onnxruntime as ort
         except ImportError:
             raise BundleError("onnxruntime is not installed; pip install 'omni-edge[ort]'") from None
+        check_threads(threads, "threads")
+        label = label or (model.name if isinstance(model, Path) else name)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        if external_data:
+            # ONNX Runtime copies what it needs while the session is created, so the buffers may go afterwards.
+            names = list(external_data)
+            buffers = [external_data[n] for n in names]
+            options.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+                model if isinstance(model, bytes) else str(model),
+                sess_options=options,
+                providers=providers or ["CPUExecutionProvider"],
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise BundleError(f"cannot load {path.name} into ONNX Runtime ({exc}); re-export the bundle") from None
+            raise BundleError(f"cannot load {label} into ONNX Runtime ({exc}); re-export the bundle") from None
         self.name = name
         self.input_names = [arg.name for arg in self._session.get_inputs()]
         self.output_names = [arg.name for arg in self._session.get_outputs()]
+        # ints for fixed sizes, names (or None) for dynamic axes
+        self.shapes = {arg.name: list(arg.shape) for arg in [*self._session.get_inputs(), *self._session.get_outputs()]}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values))
+
+
+def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 0, verify: bool = True) -> Engine:
+    """The engine of component `name`, from bytes that match the manifest (verify=False: from the files as
+    they are, for the export's own staging bundles). Its inputs and outputs must be the manifest's."""
+    from omni_edge.bundle_trust import check_engine_io, check_external_locations, read_verified
+
+    bundle_dir = Path(bundle_dir)
+    record = manifest.components.get(name)
+    if record is None:
+        raise BundleError(f"bundle {bundle_dir} has no {name} component; re-export it with that component")
+    files = manifest.files if verify else None
+    if manifest.backend == "onnxruntime":
+        model = read_verified(bundle_dir, files, record.file, f"{name} graph")
+        locations = check_external_locations(bundle_dir, record.file, model, files)
+        data = {loc: read_verified(bundle_dir, files, loc, f"external data of {record.file}") for loc in locations}
+        engine = OrtEngine(name, model, threads=threads, external_data=data, label=record.file)
+    elif manifest.backend == "tensorrt":
+        from omni_edge.runtime.trt_engine import TrtEngine
+
+        if not record.engine_file:
+            raise BundleError(
+                f"bundle {bundle_dir} has no TensorRT engines yet (exported with --no-engines); "
+                f"build them on this device: omni-build-engines {bundle_dir}"
+            )
+        # DiT and BigVGAN windows have one fixed shape: their launches replay as a CUDA graph.
+        engine = TrtEngine(
+            name,
+            bundle_dir / record.engine_file,
+            manifest.tensorrt,
+            bundle_dir,
+            manifest.target,
+            cuda_graph=name in FIXED_SHAPE_ENGINES,
+            data=read_verified(bundle_dir, files, record.engine_file, f"{name} engine"),
+        )
+    else:
+        raise BundleError(
+            f"bundle {bundle_dir} is for backend {manifest.backend}, which this runtime cannot load yet; "
+            "export a --target cpu bundle for ONNX Runtime"
+        )
+    # TensorRT drops network inputs a graph never reads, so an engine may have fewer inputs than its graph.
+    check_engine_io(
+        record,
+        engine.input_names,
+        engine.output_names,
+        getattr(engine, "shapes", None),
+        exact=manifest.backend == "onnxruntime",
+    )
+    return engine

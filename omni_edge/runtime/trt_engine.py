@@ -209,7 +209,10 @@ class TrtEngine(ClosedWhenCollected):
         bundle_dir: Path | None = None,
         target: str = "",
         cuda_graph: bool = False,
+        data: bytes | None = None,
     ):
+        """`data`: the engine's bytes, already read and hashed by the caller (runtime.engine.open_engine),
+        so the plan that was verified is the one deserialized; None reads `path`."""
         from omni_edge.kernels import plugins
         from omni_edge.kernels.launch import check, current_context, driver
 
@@ -220,7 +223,9 @@ class TrtEngine(ClosedWhenCollected):
         self._stream, self.graphs, self._buffers = None, None, {}
         current_context()
         try:
-            self._engine = plugins.deserialize_engine(path.read_bytes(), trt.Logger(trt.Logger.WARNING), trt=trt)
+            self._engine = plugins.deserialize_engine(
+                path.read_bytes() if data is None else data, trt.Logger(trt.Logger.WARNING), trt=trt
+            )
         except Exception as exc:  # KernelError, or TensorRT's own errors on a corrupt plan
             raise BundleError(f"cannot load {path.name} ({exc}); re-export the bundle on this machine") from None
         self._context, self.graphs = self._new_context(info.flavour, cuda_graph)

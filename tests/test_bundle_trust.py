@@ -1,0 +1,316 @@
+"""The bundle is a trust boundary: nothing outside it is read, nothing unverified is run, and a manifest that
+is not what omni-export writes is refused in one line. Every test corrupts a copy of the session bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_one_line_error, cli
+
+from omni_edge import naming
+from omni_edge.bundle import load_manifest
+from omni_edge.errors import BundleError
+from omni_edge.runtime.engine import OrtEngine, open_engine
+
+
+@pytest.fixture()
+def bundle(cpu_bundle, tmp_path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(cpu_bundle, copy)
+    return copy
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _edit_manifest(bundle: Path, edit) -> None:
+    path = bundle / naming.MANIFEST_FILE
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _rehash(bundle: Path, rel: str) -> None:
+    """Fix the manifest's hashes of `rel` after changing it, as an attacker who edits the manifest would."""
+
+    def edit(data):
+        digest = _sha(bundle / rel)
+        data["files"][rel] = digest
+        for record in data["components"].values():
+            if record["file"] == rel:
+                record["sha256"] = digest
+
+    _edit_manifest(bundle, edit)
+
+
+def _refused(bundle: Path, *fragments: str) -> None:
+    with pytest.raises(BundleError) as info:
+        load_manifest(bundle)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+# -- files confined to the bundle, and every one listed ------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "sub/../../x", "..", ""])
+def test_file_entries_outside_the_bundle_are_refused(bundle, entry):
+    _edit_manifest(bundle, lambda d: d["files"].update({entry: _sha(Path("/etc/passwd"))}))
+    _refused(bundle, "not a plain file name inside the bundle")
+
+
+def test_symlink_out_of_the_bundle_is_refused(bundle, tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    os.symlink(outside, bundle / "extra.bin")
+    _edit_manifest(bundle, lambda d: d["files"].update({"extra.bin": _sha(outside)}))
+    _refused(bundle, "symbolic link", "outside")
+
+
+def test_graph_not_among_hashed_files_is_refused(bundle):
+    _edit_manifest(bundle, lambda d: d["files"].pop("thinker_prefill.onnx"))
+    _refused(bundle, "thinker_prefill.onnx", "not among the manifest's hashed files")
+
+
+def test_component_graph_outside_the_bundle_is_refused(bundle, tmp_path):
+    shutil.copy(bundle / "thinker_decode.onnx", tmp_path / "evil.onnx")
+
+    def edit(data):
+        data["components"]["thinker_decode"]["file"] = "../evil.onnx"
+
+    _edit_manifest(bundle, edit)
+    _refused(bundle, "../evil.onnx")
+
+
+@pytest.mark.parametrize("field", ["tokenizer_file", "embedding_file"])
+def test_tables_must_be_hashed_too(bundle, field):
+    def edit(data):
+        rel = data["tokenizer_file"] if field == "tokenizer_file" else data["thinker"]["embedding_file"]
+        data["files"].pop(rel)
+
+    _edit_manifest(bundle, edit)
+    _refused(bundle, "not among the manifest's hashed files")
+
+
+# -- what was verified is what runs (time of check = time of use) ------------------------------------
+
+
+@pytest.mark.parametrize("rel", ["thinker_decode.onnx", "thinker_decode.onnx.data"])
+def test_graph_changed_after_load_is_refused_at_open(bundle, rel):
+    manifest = load_manifest(bundle)  # verified here
+    path = bundle / rel
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        open_engine(bundle, manifest, naming.THINKER_DECODE, threads=1)
+
+
+def test_verified_engine_computes_what_the_file_does(cpu_bundle):
+    manifest = load_manifest(cpu_bundle)
+    name = naming.THINKER_PREFILL
+    verified = open_engine(cpu_bundle, manifest, name, threads=1)  # graph and external data from memory
+    plain = OrtEngine(name, cpu_bundle / manifest.components[name].file, threads=1)
+    seq, hidden = 5, manifest.thinker.hidden_size
+    feeds = {
+        "inputs_embeds": np.random.default_rng(0).standard_normal((1, seq, hidden)).astype(np.float32),
+        "position_ids": np.broadcast_to(np.arange(seq), (3, 1, seq)).astype(np.int64).copy(),
+        "attention_mask": np.ones((1, seq), np.int64),
+    }
+    a, b = verified.run(feeds), plain.run(feeds)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_graph_swapped_for_another_components_graph_is_refused(bundle):
+    # The Talker's prefill graph has the Thinker's input and output names; only its sizes differ.
+    shutil.copy(bundle / "talker_prefill.onnx", bundle / "thinker_prefill.onnx")
+    _rehash(bundle, "thinker_prefill.onnx")
+    manifest = load_manifest(bundle)  # every hash matches
+    with pytest.raises(BundleError, match="another graph"):
+        open_engine(bundle, manifest, naming.THINKER_PREFILL, threads=1)
+
+
+def test_session_refuses_a_swapped_graph_in_one_line(bundle):
+    shutil.copy(bundle / "talker_decode.onnx", bundle / "thinker_decode.onnx")
+    _rehash(bundle, "thinker_decode.onnx")
+    assert_one_line_error(cli("omni-run", str(bundle), "--prompt", "hi"), "thinker_decode.onnx", "another graph")
+
+
+# -- external data: locations checked before any backend reads them ----------------------------------
+
+
+def _point_external_data(bundle: Path, graph: str, location: str) -> None:
+    import onnx
+
+    model = onnx.load(str(bundle / graph), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    (bundle / graph).write_bytes(model.SerializeToString())
+    _rehash(bundle, graph)
+
+
+@pytest.mark.parametrize("kind", ["parent", "absolute", "symlink", "unlisted"])
+def test_external_data_outside_the_bundle_is_refused(bundle, tmp_path, kind):
+    graph = "thinker_decode.onnx"
+    outside = tmp_path / "outside.data"
+    shutil.copy(bundle / f"{graph}.data", outside)  # valid weights: a backend would load them happily
+    if kind == "parent":
+        location, message = "../outside.data", "not a plain file name"
+    elif kind == "absolute":
+        location, message = str(outside), "not a plain file name"
+    elif kind == "symlink":
+        location, message = "link.data", "symbolic link"
+        os.symlink(outside, bundle / location)
+        _edit_manifest(bundle, lambda d: d["files"].update({location: _sha(outside)}))
+    else:
+        location, message = "unlisted.data", "not among the bundle's hashed files"
+        shutil.copy(outside, bundle / location)
+    _point_external_data(bundle, graph, location)
+    with pytest.raises(BundleError, match=message):
+        manifest = load_manifest(bundle)
+        open_engine(bundle, manifest, naming.THINKER_DECODE, threads=1)
+
+
+def test_tensorrt_parser_gets_only_checked_graphs(bundle, tmp_path):
+    from omni_edge.export.engine_build import _network
+
+    shutil.copy(bundle / "thinker_decode.onnx.data", tmp_path / "outside.data")
+    _point_external_data(bundle, "thinker_decode.onnx", "../outside.data")
+    manifest = load_manifest(bundle)
+    # No TensorRT here: the check runs before the parser is created, so None stands in for it.
+    with pytest.raises(BundleError, match="not a plain file name"):
+        _network(None, None, None, bundle / "thinker_decode.onnx", manifest.files)
+    with pytest.raises(BundleError, match="not a plain file name"):
+        _network(None, None, None, bundle / "thinker_decode.onnx", None)  # the export's own staging
+
+
+def test_external_locations_are_found_everywhere(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from omni_edge.onnx_external import external_locations
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    c = numpy_helper.from_array(np.ones((4,), np.float32), "c")
+    body = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=c)],
+        "body",
+        [],
+        [helper.make_tensor_value_info("k", TensorProto.FLOAT, [4])],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("If", ["cond"], ["z"], then_branch=body, else_branch=body),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [w],
+    )
+    model = helper.make_model(graph)
+    onnx.external_data_helper.convert_model_to_external_data(
+        model, all_tensors_to_one_file=False, size_threshold=0, convert_attribute=True
+    )
+    found = external_locations(model.SerializeToString())
+    assert found == {"w", "c"}  # the initializer, and the Constant inside the If's subgraph
+
+
+# -- the manifest's schema: one line, never a traceback ----------------------------------------------
+
+
+def _set(path: str, value):
+    def edit(data):
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (_set("components", {}), "no components"),
+        (_set("components", []), "not a valid omni-edge manifest"),
+        (_set("files", []), "manifest field manifest.files"),
+        (_set("files", {}), "no hashed files"),
+        (_set("kv_cache.max_seq_len", -1), "max_seq_len is -1"),
+        (_set("kv_cache.max_seq_len", 10**12), "max_seq_len is 1000000000000"),
+        (_set("kv_cache.max_seq_len", "4096"), "kv_cache.max_seq_len should be int"),
+        (_set("kv_cache.num_layers", 0), "num_layers is 0"),
+        (_set("kv_cache.dtype", "complex128"), "not a KV-cache type"),
+        (_set("talker.kv_cache.max_seq_len", 10**12), "talker.kv_cache.max_seq_len"),
+        (_set("thinker.eos_token_ids", "eos"), "eos_token_ids should be list"),
+        (_set("backend", "tflite"), "tflite"),
+        (lambda d: d["components"].pop("thinker_decode"), "no thinker_decode component"),
+        (lambda d: d.pop("kv_cache"), "missing field 'kv_cache'"),
+        (lambda d: d.update(extra=1), "not a valid omni-edge manifest"),
+        (lambda d: d["files"].update({"tokenizer.json": "not-a-hash"}), "has no sha256"),
+    ],
+)
+def test_malformed_manifest_is_refused(bundle, edit, fragment):
+    _edit_manifest(bundle, edit)
+    _refused(bundle, fragment)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage",
+        b"[1, 2, 3]",
+        b'{"format_version": NaN}',
+        b"",
+    ],
+)
+def test_manifest_that_is_not_json_is_refused(bundle, content):
+    (bundle / naming.MANIFEST_FILE).write_bytes(content)
+    _refused(bundle, "not a valid omni-edge manifest")
+
+
+def test_cli_gives_one_line_for_broken_manifests(bundle):
+    manifest = bundle / naming.MANIFEST_FILE
+    original = manifest.read_text()
+    for content in (b"\x00\x01binary\xff", json.dumps({**json.loads(original), "components": {}}).encode()):
+        manifest.write_bytes(content)
+        assert_one_line_error(cli("omni-run", str(bundle), "--prompt", "hi"), "manifest")
+    data = json.loads(original)
+    data["kv_cache"]["max_seq_len"] = 10**12
+    manifest.write_text(json.dumps(data))
+    assert_one_line_error(cli("omni-run", str(bundle), "--prompt", "hi"), "max_seq_len is 1000000000000")
+
+
+def test_manifest_pinned_from_outside(bundle):
+    from omni_edge.bundle_trust import manifest_sha256
+
+    pinned = manifest_sha256(bundle)
+    load_manifest(bundle, manifest_sha256=pinned)
+    _edit_manifest(bundle, lambda d: d.update(source_model="someone else's"))
+    with pytest.raises(BundleError, match="pinned"):
+        load_manifest(bundle, manifest_sha256=pinned)
+
+
+def test_onnxruntime_floor_validates_external_data():
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    for extra in ("ort", "quant"):
+        (spec,) = [d for d in pyproject["project"]["optional-dependencies"][extra] if d.startswith("onnxruntime")]
+        floor = tuple(int(p) for p in re.search(r">=\s*([\d.]+)", spec).group(1).split("."))
+        assert floor >= (1, 27), spec  # 1.27: external data outside the model directory refused for every tensor
