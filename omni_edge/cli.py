@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from omni_edge.errors import OmniEdgeError
+from omni_edge.errors import InputError, OmniEdgeError
 from omni_edge.targets import PRECISIONS, TARGETS
 
 
@@ -286,15 +286,23 @@ def run_main(
       omni-run build/tiny --prompt "Say hello" --out-wav reply.wav --speaker Ethan
     """
     from omni_edge.runtime.chat import SPEECH_SYSTEM_PROMPT
+    from omni_edge.runtime.engine import check_threads
+    from omni_edge.runtime.limits import check_max_codec_tokens, check_seed, check_text
     from omni_edge.runtime.sampling import SamplingConfig
     from omni_edge.runtime.session import Done, Session, TextDelta
     from omni_edge.runtime.speech import AudioChunk, SpeechOptions
     from omni_edge.runtime.talker import DEFAULT_TALKER_SAMPLING, GREEDY_TALKER_SAMPLING
     from omni_edge.runtime.wav_writer import WavWriter
 
+    check_text(prompt, "--prompt")
+    check_text(system, "--system")
+    check_seed(seed)
+    check_threads(threads)
     sampling = SamplingConfig(greedy, temperature, top_k, top_p, repetition_penalty)
     sampling.validate()
     session = Session(bundle, threads=threads)
+    if out_wav is not None and session.manifest.talker is not None:
+        check_max_codec_tokens(max_codec_tokens, session.manifest.talker)
     speech = None
     if out_wav is not None:
         speech = SpeechOptions(
@@ -419,11 +427,14 @@ def bench_main(
     import shlex
 
     from omni_edge.bench import BenchConfig, format_report, run_bench, write_plot
+    from omni_edge.runtime.engine import check_threads
 
-    if min(iterations, new_tokens, speech_codec_tokens) < 1 or warmup < 0:
-        raise click.BadParameter(
-            "--iterations, --new-tokens and --speech-codec-tokens must be at least 1, --warmup at least 0"
+    if min(iterations, new_tokens, speech_codec_tokens) < 1 or min(warmup, e2e_iterations) < 0 or max_seconds < 0:
+        raise InputError(
+            "--iterations, --new-tokens and --speech-codec-tokens must be at least 1, --warmup and "
+            "--e2e-iterations at least 0 (0: the default count), --max-seconds at least 0"
         )
+    check_threads(threads)
     config = BenchConfig(
         engines=tuple(engines),
         iterations=iterations,

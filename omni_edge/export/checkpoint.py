@@ -68,9 +68,56 @@ def check_checkpoint_dir(path: Path) -> None:
             f"{path} is not a Qwen2.5-Omni checkpoint: missing {', '.join(missing)}; "
             "pass a directory downloaded from the hub (safetensors weights, config.json, spk_dict.pt, tokenizer)"
         )
-    config = json.loads((path / "config.json").read_text())
-    if "thinker_config" not in config:
-        raise ModelSourceError(f"{path}/config.json has no thinker_config: this is not a Qwen2.5-Omni checkpoint")
+    check_config(path)
+    check_speakers(path)
+
+
+# Sub-configs the exporter reads, each a JSON object inside config.json (thinker_config.text_config is the
+# Thinker's decoder: vocabulary, widths, layers, KV geometry).
+_REQUIRED_CONFIGS = (("thinker_config",), ("thinker_config", "text_config"))
+
+
+def check_config(path: Path) -> dict:
+    """config.json, once it is a JSON object with the sub-configs a Qwen2.5-Omni export needs."""
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelSourceError(
+            f"{config_path} is not valid JSON ({str(exc)[:120]}); pass an unmodified Qwen2.5-Omni checkpoint"
+        ) from None
+    for keys in _REQUIRED_CONFIGS:
+        node = config
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ModelSourceError(
+                f"{config_path} has no {'.'.join(keys)} object: this is not a (complete) Qwen2.5-Omni checkpoint"
+            )
+    return config
+
+
+def check_speakers(path: Path) -> None:
+    """spk_dict.pt must be a plain tensor archive: transformers loads it with weights_only=True, which refuses
+    pickled objects (good: nothing is executed); this says so in one line instead of a torch traceback."""
+    import pickle
+
+    import torch
+
+    speakers = path / "spk_dict.pt"
+    if not speakers.is_file():
+        raise ModelSourceError(f"{path} has no spk_dict.pt (the speakers' voices); pass a complete checkpoint")
+    try:
+        torch.load(speakers, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's message is a page of advice; the line naming the refused global is the one that says why
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        reason = reason[:160] or type(exc).__name__
+        raise ModelSourceError(
+            f"{speakers} is not a plain tensor archive (torch.load with weights_only=True refused it: {reason}); "
+            "it may hold pickled code and was not run. Use the spk_dict.pt of the original checkpoint"
+        ) from None
 
 
 def checkpoint_sha256(path: Path) -> str:
@@ -90,6 +137,8 @@ def load_omni_model(path: Path):
     from transformers import Qwen2_5OmniForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
+    check_config(path)
+    check_speakers(path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # config warnings about talker-side ids are expected and harmless
     try:

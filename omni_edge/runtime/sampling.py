@@ -6,6 +6,7 @@ top-k, top-p), so the same settings mean the same distribution as in the referen
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +23,21 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def validate(self) -> None:
-        if self.temperature <= 0:
-            raise InputError("--temperature must be > 0 (use --greedy for deterministic decoding)")
+        # Written as "not (x > 0)" so NaN, which fails every comparison, is refused too: a NaN penalty made every
+        # logit NaN and greedy decoding repeat token 0.
+        if not math.isfinite(self.temperature) or not self.temperature > 0:
+            raise InputError(
+                f"--temperature {self.temperature} must be a finite number > 0 (use --greedy for deterministic "
+                "decoding)"
+            )
         if self.top_k < 0:
             raise InputError("--top-k must be >= 0 (0 turns it off)")
         if not 0 < self.top_p <= 1:
-            raise InputError("--top-p must be in (0, 1]")
-        if self.repetition_penalty <= 0:
-            raise InputError("--repetition-penalty must be > 0 (1.0 turns it off)")
+            raise InputError(f"--top-p {self.top_p} must be in (0, 1]")
+        if not math.isfinite(self.repetition_penalty) or not self.repetition_penalty > 0:
+            raise InputError(
+                f"--repetition-penalty {self.repetition_penalty} must be a finite number > 0 (1.0 turns it off)"
+            )
 
 
 def apply_repetition_penalty(logits: np.ndarray, previous: np.ndarray, penalty: float) -> np.ndarray:
