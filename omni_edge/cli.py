@@ -26,9 +26,10 @@ def _one_line_errors(func):
         except OmniEdgeError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into Terminated (omni_edge.signals)
+            code = getattr(exc, "exit_code", 130)
+            click.echo("terminated" if code != 130 else "interrupted", err=True)
+            sys.exit(code)
 
     return wrapper
 
@@ -179,7 +180,10 @@ def build_engines_main(bundle):
     from omni_edge.export.engine_build import build_bundle_engines, check_bundle_can_build
 
     manifest, target = check_bundle_can_build(bundle)  # before the progress bar: a refusal stays one line
-    with _tqdm_progress(len(manifest.components), "building engines") as bar:
+    from omni_edge.signals import terminate_as_interrupt
+
+    # SIGTERM like Ctrl-C: the failed build's clean-up runs (the bundle goes back to graphs only).
+    with terminate_as_interrupt(), _tqdm_progress(len(manifest.components), "building engines") as bar:
         build_bundle_engines(bundle, manifest, target, bar)
     click.echo(f"engines built in {bundle}", err=True)
 
@@ -218,7 +222,8 @@ def build_engines_main(bundle):
     "--out-wav",
     type=click.Path(path_type=Path),
     default=None,
-    help="Also speak the reply: write 24 kHz audio here (streamed to disk chunk by chunk).",
+    help="Also speak the reply: write 24 kHz audio here (streamed to disk chunk by chunk; an interrupted "
+    "run keeps what was spoken).",
 )
 @click.option(
     "--speaker", default="Chelsie", show_default=True, help="Voice for --out-wav (from the bundle's spk_dict)."
@@ -293,6 +298,7 @@ def run_main(
     from omni_edge.runtime.speech import AudioChunk, SpeechOptions
     from omni_edge.runtime.talker import DEFAULT_TALKER_SAMPLING, GREEDY_TALKER_SAMPLING
     from omni_edge.runtime.wav_writer import WavWriter
+    from omni_edge.signals import terminate_as_interrupt
 
     check_text(prompt, "--prompt")
     check_text(system, "--system")
@@ -316,7 +322,9 @@ def run_main(
         system = system or SPEECH_SYSTEM_PROMPT
     result = None
     # Opened before generation: an unwritable path fails now, not after a minute of work.
-    with WavWriter(out_wav, session.manifest.token2wav.sample_rate if speech else 24000) as wav:
+    # SIGTERM ends the turn like Ctrl-C: the wav keeps what was spoken (WavWriter), then one line and exit 143.
+    rate = session.manifest.token2wav.sample_rate if speech else 24000
+    with terminate_as_interrupt(), WavWriter(out_wav, rate) as wav:
         turn = session.generate(
             prompt,
             max_new_tokens,

@@ -8,7 +8,7 @@ never leaves a directory that looks like a bundle.
 from __future__ import annotations
 
 import shutil
-import tempfile
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +23,21 @@ from omni_edge.bundle import (
     sha256_file,
     write_manifest,
 )
+from omni_edge.bundle_trust import MAX_SEQ_LEN
 from omni_edge.calibration.calib_set import SYNTHETIC, CalibrationSet, load_calibration_set
 from omni_edge.errors import BundleError, InputError, TargetError
+from omni_edge.export.staging import (
+    check_disk_space,
+    check_overwrite,
+    disk_full,
+    disk_full_error,
+    export_disk_bytes,
+    make_staging,
+    remove_stale_staging,
+)
 from omni_edge.memory_plan import MemoryPlan, check_fits, plan_memory
 from omni_edge.precision_plan import CALIBRATED, component_precisions, graph_precisions, needs_calibration
+from omni_edge.signals import terminate_as_interrupt
 from omni_edge.targets import Target, get_target
 
 DEFAULT_MAX_SEQ_LEN = 4096
@@ -114,14 +125,14 @@ def check_request(request: ExportRequest) -> CheckedRequest:
     }
     if request.max_seq_len < 16:
         raise BundleError(f"--max-seq-len {request.max_seq_len} is too small; use at least 16")
+    if request.max_seq_len > MAX_SEQ_LEN:
+        raise BundleError(f"--max-seq-len {request.max_seq_len} is more than a bundle holds; use at most {MAX_SEQ_LEN}")
     if request.memory_gib is not None and request.memory_gib <= 0:
         raise TargetError(f"--memory-gib {request.memory_gib:g} must be positive")
     plugins = decide_plugins(target, request.plugins)
     if request.engines:
         check_can_build(target)
-    out = request.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not request.overwrite:
-        raise BundleError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
+    check_overwrite(request.out, request.overwrite)
     return CheckedRequest(target, precisions, _calibration(request, target, precisions), plugins)
 
 
@@ -170,7 +181,18 @@ def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Pa
     return plan
 
 
-def export_bundle(request: ExportRequest, progress: Callable) -> Path:
+def export_bundle(request: ExportRequest, progress: Callable, say: Callable[[str], None] | None = None) -> Path:
+    """`say` gets one-line notes (stale staging removed); default: stderr. SIGTERM is handled like Ctrl-C:
+    the staging directories are removed before the process ends."""
+    with terminate_as_interrupt():
+        return _export_bundle(request, progress, say or _to_stderr)
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[str], None]) -> Path:
     from omni_edge.export.checkpoint import load_omni_model, resolve_model_source
 
     checked = check_request(request)
@@ -179,11 +201,15 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
     plan = plan_request(request, checked, source.path)  # before the minutes of loading and exporting
     out = request.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale_staging(out, say)
     # A reduced-precision bundle is made from an FP32 one, which also answers the calibration requests.
     reduced = checked.calibration is not None
-    fp32_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.fp32-", dir=out.parent)) if reduced else staging
-    try:
+    needed = export_disk_bytes(plan, reduced, target.tensorrt is not None and request.engines)
+    check_disk_space(out.parent, needed)
+    staging = fp32_dir = None
+    try:  # from the first directory made: a signal at any point after it still removes what was made
+        staging = make_staging(out, "partial")
+        fp32_dir = make_staging(out, "fp32") if reduced else staging
         from omni_edge.export.components import component_specs, graph_count
         from omni_edge.export.verify_loop import export_and_verify
 
@@ -240,11 +266,14 @@ def export_bundle(request: ExportRequest, progress: Callable) -> Path:
             write_manifest(staging, manifest)
             bar.update()
         _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        for made in {staging, fp32_dir} - {None}:
+            shutil.rmtree(made, ignore_errors=True)
+        if disk_full(exc):
+            raise disk_full_error(out.parent, needed) from None
         raise
     finally:
-        if reduced:
+        if reduced and fp32_dir is not None:
             shutil.rmtree(fp32_dir, ignore_errors=True)
     return out
 
@@ -318,7 +347,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
         path.chmod(0o644)
     if out.exists():
         # Keep the old bundle until the new one is in place, so a crash here loses neither.
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        trash = make_staging(out, "old")
         out.rename(trash / out.name)
         staging.rename(out)
         shutil.rmtree(trash, ignore_errors=True)
