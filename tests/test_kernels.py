@@ -22,6 +22,29 @@ from omni_edge.kernels import reference as R
 from omni_edge.kernels.errors import KernelError
 
 ROPE_7B = dict(head_dim=128, mrope_section=(16, 24, 24), theta=1e6)
+EPS32 = float(np.finfo(np.float32).eps)
+# Two float32 libms (numpy's SIMD paths, torch's, ONNX Runtime's, glibc) each round pow, cos and sin to within
+# about 2 ulp of the true value, and which entries land on which side depends on the CPU (AVX-512 Xeons differ
+# from AMD EPYCs). Tolerances below are built from that bound, never from one machine's ulp pattern.
+LIBM_ULPS = 2
+
+
+def _angle_error(positions: np.ndarray, head_dim: int, theta: float) -> np.ndarray:
+    """[B, S, head_dim] bound on how far two float32 implementations' rotation angles can be apart.
+
+    The angle is pos * inv_freq[j] in float32: inv_freq may differ by 2 x LIBM_ULPS ulp (pow on either side),
+    which moves the angle by that relative amount, and each product is rounded once (half an ulp each side).
+    Taken over the three axes, so it does not depend on the section mapping under test."""
+    freq = theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    largest = positions.max(axis=0).astype(np.float64)[..., None] * np.concatenate([freq, freq])
+    return 2 * LIBM_ULPS * EPS32 * largest + np.spacing(largest.astype(np.float32)).astype(np.float64)
+
+
+def _rotation_tolerance(x: np.ndarray, angle_error) -> np.ndarray:
+    """Per-element bound on |rot(x) - rot'(x)| for x * cos + rotate_half(x) * sin in float32, when the angles
+    differ by at most `angle_error` and cos/sin, the products and the sum are each rounded on either side."""
+    magnitude = np.abs(x) + np.abs(R.rotate_half(x))
+    return magnitude * (np.asarray(angle_error) + 2 * (LIBM_ULPS + 2) * EPS32)
 
 
 # ------------------------------------------------------------------------------------ references
@@ -63,17 +86,29 @@ def test_tmrope_reference_matches_transformers(name, seed):
     positions = rng.integers(0, 32768, (3, batch, seq))  # includes large ids, where float32 angles matter
     cos_t, sin_t = rotary(torch.zeros(1), torch.from_numpy(positions))
     cos, sin = R.tmrope_cos_sin(positions, head_dim, section, theta)
-    # numpy's and torch's float32 pow may differ by 1 ulp on a few entries (1 of 64 at head_dim 128);
-    # at position 32768 that moves the angle by ~1e-6 rad, hence the cos/sin tolerance.
-    np.testing.assert_allclose(R.inv_freq(head_dim, theta), rotary.inv_freq.numpy(), rtol=1.2e-7, atol=0)
-    np.testing.assert_allclose(cos, cos_t.numpy(), atol=3e-6, rtol=0)
-    np.testing.assert_allclose(sin, sin_t.numpy(), atol=3e-6, rtol=0)
+    # numpy's and torch's float32 pow differ by an ulp on a few entries, which entries depending on the CPU.
+    np.testing.assert_allclose(R.inv_freq(head_dim, theta), rotary.inv_freq.numpy(), rtol=2 * LIBM_ULPS * EPS32, atol=0)
+    # What matters: the angles at the positions used (through cos and sin) and the rotated q and k. A wrong
+    # section, axis or theta moves them by far more than float32 rounding of a 32k-position angle can.
+    angle_error = _angle_error(positions, head_dim, theta)
+    trig_tolerance = angle_error + LIBM_ULPS * EPS32
+    assert np.all(np.abs(cos - cos_t.numpy()) <= trig_tolerance)
+    assert np.all(np.abs(sin - sin_t.numpy()) <= trig_tolerance)
     q = torch.randn(batch, config.num_attention_heads, seq, head_dim, generator=torch.Generator().manual_seed(seed))
     k = torch.randn(batch, config.num_key_value_heads, seq, head_dim, generator=torch.Generator().manual_seed(seed + 9))
     q_ref, k_ref = apply_rotary_pos_emb(q, k, cos_t, sin_t)
     q_out, k_out = R.tmrope(q.numpy(), k.numpy(), positions, head_dim, section, theta)
-    np.testing.assert_allclose(q_out, q_ref.numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(k_out, k_ref.numpy(), atol=1e-5, rtol=0)
+    for ours, ref, x in ((q_out, q_ref, q), (k_out, k_ref, k)):
+        assert np.all(np.abs(ours - ref.numpy()) <= _rotation_tolerance(x.numpy(), angle_error[:, None]))
+
+
+def test_rotation_tolerance_still_catches_a_wrong_section():
+    """The float32-derived tolerance is loose at 32k positions; it must still fail a real mapping error."""
+    positions = np.random.default_rng(0).integers(0, 32768, (3, 2, 11))
+    head_dim, theta = ROPE_7B["head_dim"], ROPE_7B["theta"]
+    right, _ = R.tmrope_cos_sin(positions, head_dim, (16, 24, 24), theta)
+    wrong, _ = R.tmrope_cos_sin(positions, head_dim, (24, 16, 24), theta)
+    assert np.any(np.abs(right - wrong) > _angle_error(positions, head_dim, theta) + LIBM_ULPS * EPS32)
 
 
 def test_tmrope_text_positions_equal_plain_rope():
@@ -196,8 +231,9 @@ def test_plain_graphs_match_reference():
     k = rng.standard_normal((2, 2, 9, 128), dtype=np.float32)
     pos = rng.integers(0, 20000, (3, 2, 9)).astype(np.int32)
     got = run(plain_graphs.tmrope_graph(q_heads=4, k_heads=2, **ROPE_7B), {"q": q, "k": k, "positions": pos})
-    for a, b in zip(got, R.tmrope(q, k, pos, **ROPE_7B)):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    for a, b, x in zip(got, R.tmrope(q, k, pos, **ROPE_7B), (q, k)):
+        # the same inv_freq table and products: only ONNX Runtime's cos/sin and rounding differ from numpy's
+        assert np.all(np.abs(a - b) <= _rotation_tolerance(x, 0.0))
     y = rng.standard_normal((144, 80), dtype=np.float32)
     dit = rng.standard_normal((2, 144, 80), dtype=np.float32)
     ks = rng.standard_normal((3, 144, 80), dtype=np.float32)
@@ -222,9 +258,9 @@ def test_torch_baselines_match_reference():
     k = rng.standard_normal((2, 2, 9, 128), dtype=np.float32)
     pos = rng.integers(0, 20000, (3, 2, 9)).astype(np.int32)
     got = T.tmrope(torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(pos), **ROPE_7B)
-    for a, b in zip(got, R.tmrope(q, k, pos, **ROPE_7B)):
-        # torch's and numpy's float32 cos/sin may differ by an ulp (measured 4.8e-7)
-        np.testing.assert_allclose(a.numpy(), b, atol=2e-6, rtol=0)
+    for a, b, x in zip(got, R.tmrope(q, k, pos, **ROPE_7B), (q, k)):
+        # the same inv_freq table and products: only torch's cos/sin and rounding differ from numpy's
+        assert np.all(np.abs(a.numpy() - b) <= _rotation_tolerance(x, 0.0))
     y = rng.standard_normal((144, 80), dtype=np.float32)
     dit = rng.standard_normal((2, 144, 80), dtype=np.float32)
     ks = rng.standard_normal((3, 144, 80), dtype=np.float32)
