@@ -13,7 +13,8 @@ checkpoint is planned in milliseconds and refused before minutes of loading.
                  plus the residual stream in and out (2 x [S, hidden] fp32). The graphs compute logits for
                  the last position only, so the [S, vocab] head output never exists.
                  Engines reuse activation memory layer by layer, so one layer's largest tensor (not the sum
-                 over layers) sets the peak. The encoders, DiT and BigVGAN run on far smaller tensors.
+                 over layers) sets the peak. The encoders' peak at the largest media the cache takes
+                 (runtime/encoder_memory.py) competes with it; DiT and BigVGAN run on far smaller tensors.
 
 Parameters are counted by name prefix, so the plan is exact for weights. A quantized decoder keeps its
 output head (lm_head, codec_head: 0.5B parameters in the 7B Thinker) unquantized, so the head is priced at
@@ -38,6 +39,7 @@ GIB = 1 << 30
 AWQ_GROUP = 128  # int4-awq: one fp16 scale per 128 weights
 BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "int4-awq": 0.5 + 2 / AWQ_GROUP}
 _MAX_HEADER = 100 << 20  # safetensors caps its JSON header at 100 MB
+
 
 @dataclass(frozen=True)
 class PartPlan:
@@ -86,6 +88,9 @@ class MemoryPlan:
     kv_bytes: dict[str, int] = field(default_factory=dict)
     activation_bytes: int = 0
     activation_basis: str = ""
+    # The bundle's encoders' configs (thinker_config's audio_config / vision_config): their activation peak at
+    # the largest media the KV cache takes competes with the prefill's (runtime/encoder_memory.py).
+    encoder_configs: dict[str, dict] = field(default_factory=dict)
 
     @property
     def weight_bytes(self) -> int:
@@ -233,12 +238,21 @@ def plan_memory(
     decoders = [_decoder("thinker", config["thinker_config"]["text_config"])]
     if "talker" in components and "talker_config" in config:
         decoders.append(_decoder("talker", config["talker_config"]))
-    return _with_sequence(MemoryPlan(max_seq_len, tuple(parts), tuple(decoders)))
+    thinker = config["thinker_config"]
+    encoders = {key: thinker[key] for name, key in _ENCODER_CONFIGS.items() if name in components and key in thinker}
+    return _with_sequence(MemoryPlan(max_seq_len, tuple(parts), tuple(decoders), encoder_configs=encoders))
+
+
+_ENCODER_CONFIGS = {"audio_encoder": "audio_config", "vision_encoder": "vision_config"}
 
 
 def _with_sequence(plan: MemoryPlan) -> MemoryPlan:
     seq = plan.max_seq_len
+    from omni_edge.runtime.encoder_memory import encoder_activation_plan
+
     activations = [d.activation(seq) for d in plan.decoders]
+    # The encoders run before the prefill, never at the same time: the larger peak is the bundle's.
+    activations += [(b, f"{what} fp32") for what, b in encoder_activation_plan(plan.encoder_configs, seq).items()]
     activation, basis = max(activations) if activations else (0, "no decoder")
     return replace(
         plan,

@@ -161,16 +161,7 @@ def _vision_ours(ctx: BundleEngines, case: Case, inputs: dict):
 
     def run():
         idx = vision_indices(grid, info.spatial_merge_size, info.window_size, info.patch_size)
-        return engine.run(
-            {
-                "pixel_patches": inputs["patches"],
-                "patch_positions": idx.patch_positions,
-                "window_index": idx.window_index,
-                "reverse_index": idx.reverse_index,
-                "window_segments": idx.window_segments,
-                "frame_segments": idx.frame_segments,
-            }
-        )
+        return engine.run(idx.feeds(inputs["patches"]))
 
     return run
 

@@ -14,14 +14,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from omni_edge import naming
+from omni_edge.components import graph
 from omni_edge.errors import BundleError, InputError
 
 if TYPE_CHECKING:
     from omni_edge.bundle import Manifest
-
-FIXED_SHAPE_ENGINES = (naming.DIT_WINDOW, naming.BIGVGAN_WINDOW)
-
 
 class Engine(Protocol):
     name: str
@@ -116,14 +113,14 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
                 f"bundle {bundle_dir} has no TensorRT engines yet (exported with --no-engines); "
                 f"build them on this device: omni-build-engines {bundle_dir}"
             )
-        # DiT and BigVGAN windows have one fixed shape: their launches replay as a CUDA graph.
+        # Streaming windows repeat their shapes: the component table marks them for CUDA graph replay.
         engine = TrtEngine(
             name,
             bundle_dir / record.engine_file,
             manifest.tensorrt,
             bundle_dir,
             manifest.target,
-            cuda_graph=name in FIXED_SHAPE_ENGINES,
+            cuda_graph=graph(name).cuda_graph,
             data=read_verified(bundle_dir, files, record.engine_file, f"{name} engine"),
         )
     else:

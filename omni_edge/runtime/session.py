@@ -28,6 +28,7 @@ from omni_edge.runtime.conversation import Conversation, Turn
 from omni_edge.runtime.engine import Engine, open_engine
 from omni_edge.runtime.kv_cache import new_kv_cache
 from omni_edge.runtime.media import MediaEncoders
+from omni_edge.runtime.media_budget import check_turn_media
 from omni_edge.runtime.positions import text_positions
 from omni_edge.runtime.prompt import Part
 from omni_edge.runtime.sampling import SamplingConfig, sample_token
@@ -180,6 +181,10 @@ class Session:
             raise InputError("the prompt is empty; pass some text with --prompt or media with --audio/--image/--video")
         if use_audio_in_video and not videos:
             raise InputError("--audio-in-video needs at least one --video")
+        # Media are costed from their headers and refused before anything is decoded or encoded.
+        cache = self.thinker.cache
+        room = cache.room() - len(self.conversation.pending)
+        check_turn_media(room, cache.capacity, self.manifest.media, audio, images, videos, use_audio_in_video)
         parts = self.media_parts(audio, images, videos, use_audio_in_video) + ([prompt] if prompt else [])
         turn = self.conversation.user_turn(parts, system, allow_special_tokens)
         return self._handed_over(turn, max_new_tokens, sampling, seed, speech, handed_over)
