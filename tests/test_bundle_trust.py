@@ -314,3 +314,15 @@ def test_onnxruntime_floor_validates_external_data():
         (spec,) = [d for d in pyproject["project"]["optional-dependencies"][extra] if d.startswith("onnxruntime")]
         floor = tuple(int(p) for p in re.search(r">=\s*([\d.]+)", spec).group(1).split("."))
         assert floor >= (1, 27), spec  # 1.27: external data outside the model directory refused for every tensor
+
+
+def test_session_refuses_a_graph_changed_after_it_loaded(bundle):
+    from omni_edge.runtime.session import Session
+
+    session = Session(bundle, threads=1)  # verified here; the speech graphs open on first use
+    path = bundle / "dit_window.onnx.data"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="dit_window.onnx.data does not match its sha256"):
+        session.speech()
