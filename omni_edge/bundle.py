@@ -13,10 +13,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from omni_edge.calibration.report import QuantizationReport
 from omni_edge.errors import BundleError
 from omni_edge.memory_plan import MemoryPlan
 from omni_edge.naming import MANIFEST_FILE
+from omni_edge.quantization_report import QuantizationReport
 
 FORMAT_VERSION = 1
 
@@ -157,6 +157,16 @@ class Manifest:
     memory_plan: MemoryPlan | None = None  # None: bundles written before plans were recorded
     quantization: QuantizationReport | None = None  # None: every graph is fp32
     plugins: PluginChoice | None = None  # None: bundles written before the plugin stage existed
+
+    @property
+    def speech(self) -> tuple[TalkerInfo, Token2WavInfo]:
+        """The Talker and token2wav facts of a bundle that speaks; BundleError for a text-only one."""
+        if self.talker is None or self.token2wav is None:
+            raise BundleError(
+                "this bundle has no speech components (talker, dit, bigvgan); re-export it without --components, "
+                "or with --components talker,dit,bigvgan"
+            )
+        return self.talker, self.token2wav
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)

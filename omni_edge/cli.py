@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from omni_edge.components import COMPONENT_NAMES, COMPONENTS, SPEECH_COMPONENTS
 from omni_edge.errors import InputError, OmniEdgeError
 from omni_edge.targets import PRECISIONS, TARGETS
 
@@ -100,8 +101,9 @@ def _tqdm_progress(total: int, description: str):
 @click.option(
     "--components",
     default="",
-    help="Comma-separated subset of: thinker, audio_encoder, "
-    "vision_encoder (default: all; the Thinker is always included).",
+    help=f"Comma-separated subset of: {', '.join(COMPONENT_NAMES)} (default: all; the "
+    f"{', '.join(c.name for c in COMPONENTS if c.required)} always included; speech needs "
+    f"{', '.join(SPEECH_COMPONENTS)} together).",
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing bundle at --out (kept until the new one is complete)."
@@ -134,16 +136,16 @@ def export_main(
 
     wanted = tuple(c.strip() for c in components.split(",") if c.strip())
     request = ExportRequest(
-        model,
-        target,
-        out,
-        precision,
-        max_seq_len,
-        overwrite,
-        wanted,
-        memory_gib,
-        calib,
-        plugins,
+        model=model,
+        target=target,
+        out=out,
+        precision=precision,
+        max_seq_len=max_seq_len,
+        overwrite=overwrite,
+        components=wanted,
+        memory_gib=memory_gib,
+        calib=calib,
+        plugins=plugins,
         engines=not no_engines,
     )
     bundle = export_bundle(request, _tqdm_progress)
@@ -318,8 +320,8 @@ def run_main(
             ode_solver,
             seed or 0,
         )
-        session.speech().check(speech)
         system = system or SPEECH_SYSTEM_PROMPT
+        session.speech()  # a bundle without speech components is refused now, before the wav is opened
     result = None
     # Opened before generation: an unwritable path fails now, not after a minute of work.
     # SIGTERM ends the turn like Ctrl-C: the wav keeps what was spoken (WavWriter), then one line and exit 143.

@@ -96,7 +96,7 @@ def _thinker_inputs(ctx: BundleEngines, case: Case) -> dict:
 
 
 def _talker_prefill_cases(manifest: Manifest) -> list[Case]:
-    limit = manifest.talker.kv_cache.max_seq_len
+    limit = manifest.speech[0].kv_cache.max_seq_len
     return [
         Case(naming.TALKER_PREFILL, f"prefill {n} rows", n, "tokens", {"new": n, "past": 0})
         for n in TALKER_PREFILL_LENGTHS
@@ -105,7 +105,7 @@ def _talker_prefill_cases(manifest: Manifest) -> list[Case]:
 
 
 def _talker_decode_cases(manifest: Manifest) -> list[Case]:
-    limit = manifest.talker.kv_cache.max_seq_len
+    limit = manifest.speech[0].kv_cache.max_seq_len
     return [
         Case(naming.TALKER_DECODE, f"decode 1 codec token at context {n}", 1, "tokens", {"new": 1, "past": n})
         for n in DECODE_CONTEXTS
@@ -117,7 +117,7 @@ def _talker_inputs(ctx: BundleEngines, case: Case) -> dict:
     """Talker rows are Thinker-width sums (hidden state + embeddings); random rows cost the same."""
     width = ctx.manifest.thinker.hidden_size
     rows = np.random.default_rng(1).standard_normal((case.params["new"], width)).astype(np.float32)
-    return decoder_feeds(rows, ctx.manifest.talker.kv_cache, case.params["past"])
+    return decoder_feeds(rows, ctx.manifest.speech[0].kv_cache, case.params["past"])
 
 
 def _graph(ctx: BundleEngines, case: Case, inputs: dict):
@@ -188,7 +188,7 @@ def _speaker(ctx: BundleEngines):
 
 
 def _dit_inputs(ctx: BundleEngines, case: Case) -> dict:
-    info, speaker = ctx.manifest.token2wav, _speaker(ctx)
+    info, speaker = ctx.manifest.speech[1], _speaker(ctx)
     frames = case.params["frames"]
     rng = np.random.default_rng(2)
     return {
@@ -218,7 +218,7 @@ def _bigvgan_cases(manifest: Manifest) -> list[Case]:
 
 
 def _bigvgan_inputs(ctx: BundleEngines, case: Case) -> dict:
-    shape = (1, ctx.manifest.token2wav.mel_dim, case.params["frames"])
+    shape = (1, ctx.manifest.speech[1].mel_dim, case.params["frames"])
     return {"mel": (np.random.default_rng(3).standard_normal(shape) - 5.0).astype(np.float32)}  # log-amplitude
 
 

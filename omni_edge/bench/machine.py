@@ -16,8 +16,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpuinfo() -> dict:
-    info = {}
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:

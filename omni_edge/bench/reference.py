@@ -213,7 +213,7 @@ def _media_kwargs(media: dict) -> dict:
     from omni_edge.runtime.audio_frontend import log_mel
     from omni_edge.runtime.vision_frontend import preprocess_image
 
-    kwargs = {}
+    kwargs: dict = {}
     if media.get("audio"):
         mels = [log_mel(w) for w in media["audio"]]
         longest = max(m.shape[1] for m in mels)
@@ -291,8 +291,8 @@ def _known_codes_only(manifest: Manifest):
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    first_unknown = manifest.token2wav.num_code_embeddings
-    keep = torch.tensor(manifest.talker.stop_token_ids)
+    first_unknown = manifest.speech[1].num_code_embeddings
+    keep = torch.tensor(manifest.speech[0].stop_token_ids)
 
     class KnownCodes(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -321,7 +321,7 @@ def speech_end_to_end(
     import torch
     from transformers.utils import logging as hf_logging
 
-    sample_rate = manifest.token2wav.sample_rate
+    sample_rate = manifest.speech[1].sample_rate
     known_codes = _known_codes_only(manifest)
     ids = torch.tensor([prompt_ids])
     walls, seconds = [], 0.0
@@ -348,7 +348,7 @@ def speech_end_to_end(
     finally:
         hf_logging.set_verbosity(verbosity)
     wall = float(np.median(walls))
-    codes = round(seconds * sample_rate / (manifest.token2wav.samples_per_frame * manifest.token2wav.repeats))
+    codes = round(seconds * sample_rate / (manifest.speech[1].samples_per_frame * manifest.speech[1].repeats))
     return {
         "codec_tokens": codes,
         "audio_seconds": seconds,

@@ -75,7 +75,7 @@ def _engine_rows(ctx: BundleEngines, benches: list[EngineBench], policy: Policy,
         if bench.name not in manifest.components:
             pending.append({"engine": bench.name, "planned": bench.planned, "status": "not in bundle"})
             continue
-        if bench.cases is None:
+        if bench.cases is None or bench.inputs is None or bench.ours is None:
             pending.append({"engine": bench.name, "planned": bench.planned, "status": "no benchmark yet"})
             continue
         for case in bench.cases(manifest):

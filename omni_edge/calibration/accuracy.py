@@ -9,6 +9,7 @@ same noise), so it measures token2wav precision and not a change of words.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,29 +70,69 @@ def token_agreement(reference: list[int], candidate: list[int]) -> float:
     return sum(a == b for a, b in zip(reference, candidate)) / longest
 
 
-def end_to_end(
-    fp32_dir: Path, reduced_dir: Path, calib: CalibrationSet, reply_tokens: int, codec_tokens: int, bar=None
-) -> EndToEndAccuracy:
+@dataclass(frozen=True)
+class ReferenceAnswer:
+    """The FP32 bundle's greedy answer to one calibration request, and its codes vocoded by the FP32 token2wav."""
+
+    text_token_ids: list[int]
+    codec_token_ids: list[int]
+    waveform: np.ndarray | None  # None when the bundle does not speak or the Talker said nothing
+
+
+def reference_answers(
+    fp32_dir: Path, calib: CalibrationSet, reply_tokens: int, codec_tokens: int
+) -> list[ReferenceAnswer]:
+    """What end_to_end measures a reduced bundle against, one entry per request of `calib`. Computed once
+    when several reductions of one bundle are measured on one set (the tests do)."""
     from omni_edge.runtime.session import Session
 
-    sessions = [Session(fp32_dir, verify=False), Session(reduced_dir, verify=False)]
-    speaks = naming.TALKER_PREFILL in sessions[0].manifest.components
-    text, exact, codec, wave_err, snr = [], [], [], [], []
+    session = Session(fp32_dir, verify=False)
+    speaks = naming.TALKER_PREFILL in session.manifest.components
+    answers = []
+    for sample in calib.samples:
+        result = _answer(session, sample, reply_tokens, codec_tokens if speaks else None)
+        wave = _vocode(session, result.codec_token_ids) if speaks and result.codec_token_ids else None
+        answers.append(ReferenceAnswer(result.text_token_ids, result.codec_token_ids, wave))
+    return answers
+
+
+def end_to_end(
+    fp32_dir: Path,
+    reduced_dir: Path,
+    calib: CalibrationSet,
+    reply_tokens: int,
+    codec_tokens: int,
+    bar=None,
+    reference: list[ReferenceAnswer] | None = None,
+) -> EndToEndAccuracy:
+    """`reference`: reference_answers() of the same bundle, set and token limits, when the caller has it."""
+    from omni_edge.runtime.session import Session
+
     requests = calib.samples
-    for i, sample in enumerate(requests):
+    if reference is None:
+        reference = reference_answers(fp32_dir, calib, reply_tokens, codec_tokens)
+    if len(reference) != len(requests):
+        raise ValueError(f"{len(reference)} reference answers for {len(requests)} calibration requests")
+    session = Session(reduced_dir, verify=False)
+    speaks = naming.TALKER_PREFILL in session.manifest.components
+    text, exact, codec, wave_err, snr = [], [], [], [], []
+    for i, (sample, ref) in enumerate(zip(requests, reference)):
         if bar is not None:
             bar.set_description(f"end-to-end accuracy: request {i + 1}/{len(requests)}")
-        results = [_answer(s, sample, reply_tokens, codec_tokens if speaks else None) for s in sessions]
-        text.append(token_agreement(results[0].text_token_ids, results[1].text_token_ids))
-        exact.append(results[0].text_token_ids == results[1].text_token_ids)
-        if speaks and results[0].codec_token_ids:
-            codec.append(token_agreement(results[0].codec_token_ids, results[1].codec_token_ids))
-            ref_wave, test_wave = (_vocode(s, results[0].codec_token_ids) for s in sessions)
+        result = _answer(session, sample, reply_tokens, codec_tokens if speaks else None)
+        text.append(token_agreement(ref.text_token_ids, result.text_token_ids))
+        exact.append(ref.text_token_ids == result.text_token_ids)
+        if speaks and ref.waveform is not None:
+            codec.append(token_agreement(ref.codec_token_ids, result.codec_token_ids))
+            ref_wave, test_wave = ref.waveform, _vocode(session, ref.codec_token_ids)
             err = float(np.linalg.norm(test_wave - ref_wave) / max(np.linalg.norm(ref_wave), 1e-30))
             wave_err.append(err)
             snr.append(-20 * np.log10(max(err, 1e-12)))
     mean = lambda xs: round(float(np.mean(xs)), 6) if xs else None  # noqa: E731
-    return EndToEndAccuracy(len(requests), mean(text), mean(exact), mean(codec), mean(wave_err), mean(snr))
+    # Every request has text, so the text figures are never None (0.0 only for an empty set).
+    return EndToEndAccuracy(
+        len(requests), mean(text) or 0.0, mean(exact) or 0.0, mean(codec), mean(wave_err), mean(snr)
+    )
 
 
 def _answer(session, sample: CalibrationSample, reply_tokens: int, codec_tokens: int | None):

@@ -86,7 +86,7 @@ def record_feeds(
 def request_media(sample: CalibrationSample, components) -> dict:
     """Session.generate's media arguments for a sample; media a bundle has no encoder for are left out, so a
     text-only bundle still calibrates its Thinker on the request's prompt."""
-    media = {}
+    media: dict[str, list] = {}
     if sample.audio is not None and naming.AUDIO_ENCODER in components:
         media["audio"] = [sample.audio]
     if sample.image is not None and naming.VISION_ENCODER in components:

@@ -9,6 +9,7 @@ runtime owns the preallocated cache and writes them into it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ from omni_edge.bundle import KVCacheGeometry
 class DecoderParts:
     """Where the pieces of one decoder live in the HF model."""
 
-    text_model: nn.Module  # takes inputs_embeds, position_ids, attention_mask, cache
+    # A transformers PreTrainedModel: typed Any, since nn.Module types its attributes (config) as Tensor | Module.
+    text_model: Any  # takes inputs_embeds, position_ids, attention_mask, cache
     head: nn.Module  # hidden -> logits
     input_proj: nn.Module | None  # applied to inputs_embeds first (Talker: thinker width -> talker width)
     input_width: int  # width of the inputs_embeds the graph takes

@@ -96,3 +96,11 @@ def vision_encoder_spec() -> ComponentSpec:
         rtol=1e-4,
         profile=_vision_profile,
     )
+
+
+def audio_encoder_specs(model) -> list[ComponentSpec]:
+    return [audio_encoder_spec()]
+
+
+def vision_encoder_specs(model) -> list[ComponentSpec]:
+    return [vision_encoder_spec()]

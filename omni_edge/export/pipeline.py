@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omni_edge import __version__, naming
 from omni_edge.bundle import (
     FORMAT_VERSION,
-    KVCacheGeometry,
     Manifest,
     MediaInfo,
     ThinkerInfo,
@@ -39,6 +39,9 @@ from omni_edge.memory_plan import MemoryPlan, check_fits, plan_memory
 from omni_edge.precision_plan import CALIBRATED, component_precisions, graph_precisions, needs_calibration
 from omni_edge.signals import terminate_as_interrupt
 from omni_edge.targets import Target, get_target
+
+if TYPE_CHECKING:
+    from omni_edge.export.plugin_stage import PluginDecision
 
 DEFAULT_MAX_SEQ_LEN = 4096
 
@@ -65,7 +68,7 @@ class CheckedRequest:
     target: Target
     precisions: dict[str, str]  # component -> precision
     calibration: CalibrationSet | None  # None: every component stays fp32
-    plugins: tuple[bool, str]  # (enabled, why)
+    plugins: PluginDecision
 
 
 def export(
@@ -84,17 +87,17 @@ def export(
 ) -> Path:
     """Python API of `omni-export`; returns the bundle directory."""
     request = ExportRequest(
-        model,
-        target,
-        Path(out),
-        precision,
-        max_seq_len,
-        overwrite,
-        tuple(components),
-        memory_gib,
-        calib,
-        plugins,
-        engines,
+        model=model,
+        target=target,
+        out=Path(out),
+        precision=precision,
+        max_seq_len=max_seq_len,
+        overwrite=overwrite,
+        components=tuple(components),
+        memory_gib=memory_gib,
+        calib=calib,
+        plugins=plugins,
+        engines=engines,
     )
     return export_bundle(request, progress or _no_progress)
 
@@ -278,15 +281,12 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     return out
 
 
-def _plugin_stage(bundle_dir: Path, records: dict, model, plugins: tuple[bool, str]):
+def _plugin_stage(bundle_dir: Path, records: dict, model, plugins: PluginDecision):
     """Swap rotary subgraphs for plugin nodes where chosen (after the ONNX Runtime accuracy runs, which
     cannot load plugins), and re-hash what changed."""
     from omni_edge.export.plugin_stage import apply_plugins, tmrope_attrs_for
 
-    enabled, reason = plugins
-    choice = apply_plugins(
-        bundle_dir, {name: r.file for name, r in records.items()}, tmrope_attrs_for(model), enabled, reason
-    )
+    choice = apply_plugins(bundle_dir, {name: r.file for name, r in records.items()}, tmrope_attrs_for(model), *plugins)
     records = {
         name: replace(r, sha256=sha256_file(bundle_dir / r.file)) if name in choice.graphs else r
         for name, r in records.items()
@@ -307,7 +307,6 @@ def _fp32_manifest(
     speech = naming.TALKER_PREFILL in records
     if speech:
         write_speech_tables(model, bundle_dir)
-    geo = kv_geometry(thinker_parts(model))
     text_config = model.thinker.config.text_config
     return Manifest(
         format_version=FORMAT_VERSION,
@@ -319,12 +318,7 @@ def _fp32_manifest(
         # manifest before the final one names the target's backend.
         backend="onnxruntime",
         tools=_tool_versions(),
-        kv_cache=KVCacheGeometry(
-            num_layers=geo["num_layers"],
-            num_kv_heads=geo["num_kv_heads"],
-            head_dim=geo["head_dim"],
-            max_seq_len=request.max_seq_len,
-        ),
+        kv_cache=kv_geometry(thinker_parts(model), request.max_seq_len),
         thinker=ThinkerInfo(
             hidden_size=text_config.hidden_size,
             vocab_size=text_config.vocab_size,

@@ -232,10 +232,6 @@ def ensure_preset_checkpoint(preset: str, seed: int = TINY_SEED, cache_dir: Path
     return target
 
 
-def write_tiny_checkpoint(out_dir: Path, seed: int = TINY_SEED) -> None:
-    write_preset_checkpoint(out_dir, "tiny", seed)
-
-
 def write_preset_checkpoint(out_dir: Path, preset: str, seed: int = TINY_SEED) -> None:
     import torch
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
@@ -246,7 +242,7 @@ def write_preset_checkpoint(out_dir: Path, preset: str, seed: int = TINY_SEED) -
     _widen_random_init(model, seed)
     model.save_pretrained(out_dir, safe_serialization=True)
 
-    dit = config.token2wav_config.dit_config
+    dit = config.token2wav_config.dit_config  # type: ignore[union-attr]  # set by every preset
     generator = torch.Generator().manual_seed(seed + 1)
     speakers = {
         name: {

@@ -74,7 +74,8 @@ def build_tokenizer(vocab_size: int, trained_size: int = 600) -> Tokenizer:
     seed.train_from_iterator([line for line in _CORPUS.splitlines() if line], trainer=trainer)
     trained = json.loads(seed.to_str())["model"]
     vocab: dict[str, int] = dict(trained["vocab"])
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    pairs = [m.split(" ") if isinstance(m, str) else m for m in trained["merges"]]
+    merges = [(str(a), str(b)) for a, b in pairs]
 
     filler_index = 0
     next_id = len(vocab)

@@ -16,14 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from omni_edge.kernels import launch, plain_graphs, torch_baseline
 from omni_edge.kernels.errors import KernelError
-from omni_edge.runtime.cuda import CudaError
+from omni_edge.runtime.cuda import CudaError, cuda_device_status
 
-ROPE = dict(q_heads=28, k_heads=4, head_dim=128, mrope_section=(16, 24, 24), theta=1e6)
+
+@dataclass(frozen=True)
+class RopeShape:
+    """The 7B Thinker's attention: 28 query heads, 4 KV heads of 128, mrope sections 16/24/24."""
+
+    q_heads: int = 28
+    k_heads: int = 4
+    head_dim: int = 128
+    mrope_section: tuple[int, int, int] = (16, 24, 24)
+    theta: float = 1e6
+
+
+ROPE = RopeShape()
 ROPE_SEQS = (1, 512)
 WINDOW_FRAMES, MEL = 144, 80
 STITCH = dict(channels=MEL, win_len=WINDOW_FRAMES, out_len=3000, src=48, dst=500, length=72)
@@ -91,29 +104,28 @@ def _bench_tmrope(seq: int, iterations: int) -> dict:
     from omni_edge.kernels.device import DeviceBuffer
 
     rng = np.random.default_rng(0)
-    q = rng.standard_normal((1, ROPE["q_heads"], seq, ROPE["head_dim"]), dtype=np.float32)
-    k = rng.standard_normal((1, ROPE["k_heads"], seq, ROPE["head_dim"]), dtype=np.float32)
+    q = rng.standard_normal((1, ROPE.q_heads, seq, ROPE.head_dim), dtype=np.float32)
+    k = rng.standard_normal((1, ROPE.k_heads, seq, ROPE.head_dim), dtype=np.float32)
     pos = np.broadcast_to(np.arange(seq, dtype=np.int32), (3, 1, seq)).copy()
     bufs = [DeviceBuffer(a) for a in (q, k, pos, np.zeros_like(q), np.zeros_like(k))]
-    shape = launch.TmropeShape(1, ROPE["q_heads"], ROPE["k_heads"], seq, ROPE["head_dim"])
+    ptrs = (bufs[0].ptr, bufs[1].ptr, bufs[2].ptr, bufs[3].ptr, bufs[4].ptr)  # q, k, positions, q_out, k_out
+    shape = launch.TmropeShape(1, ROPE.q_heads, ROPE.k_heads, seq, ROPE.head_dim)
     try:
         kernel = _kernel_entry(
-            lambda: launch.launch_tmrope(*(b.ptr for b in bufs), shape, ROPE["mrope_section"], ROPE["theta"]),
+            lambda: launch.launch_tmrope(*ptrs, shape, ROPE.mrope_section, ROPE.theta),
             iterations,
         )
     finally:
         for b in bufs:
             b.free()
-    graph = plain_graphs.tmrope_graph(
-        ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"], ROPE["q_heads"], ROPE["k_heads"]
-    )
+    graph = plain_graphs.tmrope_graph(ROPE.head_dim, ROPE.mrope_section, ROPE.theta, ROPE.q_heads, ROPE.k_heads)
     feeds = {"q": q, "k": k, "positions": pos}
     return {
         "kernel": kernel,
         "plain": _plain_entry(graph, feeds, iterations),
         "torch": _torch_entry(
             lambda t: torch_baseline.tmrope(
-                t["q"], t["k"], t["positions"], ROPE["head_dim"], ROPE["mrope_section"], ROPE["theta"]
+                t["q"], t["k"], t["positions"], ROPE.head_dim, ROPE.mrope_section, ROPE.theta
             ),
             feeds,
             iterations,
@@ -129,10 +141,9 @@ def _bench_ode(iterations: int, stage: int = 4) -> dict:
     dit = rng.standard_normal((2, WINDOW_FRAMES, MEL), dtype=np.float32)
     ks = rng.standard_normal((3, WINDOW_FRAMES, MEL), dtype=np.float32)
     bufs = [DeviceBuffer(a) for a in (y, dit, ks, np.zeros_like(ks), np.zeros_like(y))]
+    ptrs = (bufs[0].ptr, bufs[1].ptr, bufs[2].ptr, bufs[3].ptr, bufs[4].ptr)  # y, dit_out, ks_in, ks_out, out
     try:
-        kernel = _kernel_entry(
-            lambda: launch.launch_ode_step(*(b.ptr for b in bufs), y.size, 0.1, 0.5, stage), iterations
-        )
+        kernel = _kernel_entry(lambda: launch.launch_ode_step(*ptrs, y.size, 0.1, 0.5, stage), iterations)
     finally:
         for b in bufs:
             b.free()
@@ -178,11 +189,14 @@ def _bench_stitch(iterations: int) -> dict:
 
 def bench_kernels(iterations: int = 100) -> dict:
     """p50 latency of each kernel and of its plain-op graph; {"skipped": reason} without a GPU."""
-    ok, device = launch.cuda_device_status()
+    ok, device = cuda_device_status()
     if not ok:
         return {"skipped": device}
     try:
-        results = {"device": device, "compute_capability": ".".join(map(str, launch.compute_capability()))}
+        results: dict[str, object] = {
+            "device": device,
+            "compute_capability": ".".join(map(str, launch.compute_capability())),
+        }
         for seq in ROPE_SEQS:
             results[f"tmrope_s{seq}"] = _bench_tmrope(seq, iterations)
         results["ode_rk4_update"] = _bench_ode(iterations)

@@ -24,6 +24,7 @@ attention MatMul's) stay.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,8 @@ class TmropeAttrs:
         rope = text_config.get("rope_parameters") or text_config.get("rope_scaling") or {}
         head_dim = text_config.get("head_dim") or text_config["hidden_size"] // text_config["num_attention_heads"]
         theta = rope.get("rope_theta", text_config.get("rope_theta", 1e6))
-        return cls(int(head_dim), tuple(int(s) for s in rope.get("mrope_section", (16, 24, 24))), float(theta))
+        t, h, w = (int(s) for s in rope.get("mrope_section", (16, 24, 24)))
+        return cls(int(head_dim), (t, h, w), float(theta))
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def supports_plugins(target) -> tuple[bool, str]:
 
 @dataclass(frozen=True)
 class _Rotation:
-    add: object  # the Add node producing the rotated tensor
+    add: Any  # the Add node producing the rotated tensor (an onnx-graphsurgeon Node)
     x: object  # the tensor being rotated
     cos_node: object
     sin_node: object

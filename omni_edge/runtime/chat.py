@@ -80,7 +80,10 @@ class TextTokenizer:
         return token_id
 
     def token_text(self, token_id: int) -> str:
-        return self._tokenizer.id_to_token(token_id)
+        text = self._tokenizer.id_to_token(token_id)
+        if text is None:
+            raise BundleError(f"the tokenizer has no token {token_id}; this is not a Qwen2.5-Omni tokenizer")
+        return text
 
     def encode(self, text: str) -> list[int]:
         """Special tokens in `text` are control tokens: for trusted text only (see encode_segments)."""

@@ -104,7 +104,7 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
         model = read_verified(bundle_dir, files, record.file, f"{name} graph")
         locations = check_external_locations(bundle_dir, record.file, model, files)
         data = {loc: read_verified(bundle_dir, files, loc, f"external data of {record.file}") for loc in locations}
-        engine = OrtEngine(name, model, threads=threads, external_data=data, label=record.file)
+        engine: Engine = OrtEngine(name, model, threads=threads, external_data=data, label=record.file)
     elif manifest.backend == "tensorrt":
         from omni_edge.runtime.trt_engine import TrtEngine
 

@@ -93,6 +93,19 @@ class KVCacheBase:
     def _set_padded(self, padded: int) -> None:
         self.padded = padded
 
+    # -- storage: what a cache keeps where -------------------------------------------------------------
+    def past_feeds(self, padded: int) -> dict:
+        """The past as graph inputs, `padded` slots per layer."""
+        raise NotImplementedError
+
+    def append(self, present: dict) -> None:
+        """The new tokens' keys/values (the graph's present outputs) into slots [length, length + new)."""
+        raise NotImplementedError
+
+    def _forward(self, engine, feeds: dict) -> dict:
+        """Run the engine on the feeds (the device cache keeps the new keys/values on the device)."""
+        raise NotImplementedError
+
     def run(self, prefill, decode, feeds: dict) -> dict:
         """One forward of the new tokens in `feeds` after the cached ones; returns the graph's other outputs."""
         new = feeds["inputs_embeds"].shape[1]

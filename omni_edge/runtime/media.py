@@ -56,7 +56,8 @@ class MediaEncoders:
 
         pixels = load_image(image) if isinstance(image, (str, Path)) else image
         patches, grid = preprocess_image(pixels)
-        grid_thw = tuple(int(v) for v in grid[0])
+        t, h, w = (int(v) for v in grid[0])
+        grid_thw = (t, h, w)
         return ImagePart(self._encode_patches(patches, grid_thw, "--image"), grid_thw)
 
     def encode_video(self, video, use_audio_in_video: bool, fps: float = 2.0) -> VideoPart:
@@ -74,7 +75,8 @@ class MediaEncoders:
             if use_audio_in_video and waveform is None:
                 raise InputError("use_audio_in_video needs the video's audio track; pass (frames, fps, waveform)")
         patches, grid, second_per_grid = preprocess_video(frames, fps)
-        grid_thw = tuple(int(v) for v in grid[0])
+        t, h, w = (int(v) for v in grid[0])
+        grid_thw = (t, h, w)
         embeds = self._encode_patches(patches, grid_thw, "--video")
-        audio = self.encode_audio(waveform) if use_audio_in_video else None
+        audio = self.encode_audio(waveform) if use_audio_in_video and waveform is not None else None
         return VideoPart(embeds, grid_thw, float(second_per_grid), audio)

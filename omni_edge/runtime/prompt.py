@@ -42,6 +42,7 @@ Part = str | AudioPart | ImagePart | VideoPart
 
 
 def _video_with_audio_text(part: VideoPart, info: MediaInfo, token) -> str:
+    assert part.audio is not None  # only videos with their sound track interleave
     t, h, w = part.grid_thw
     merge = info.spatial_merge_size
     frame_ids = np.repeat(np.arange(t), (h // merge) * (w // merge))

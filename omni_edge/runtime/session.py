@@ -262,6 +262,7 @@ class Session:
             # The Talker, one step behind: the row just fed is Y_j of the reply's j-th token.
             if speech is not None and generated:
                 if reply is None:
+                    assert conversation.track is not None  # speech bundles keep it (speech() refused others)
                     reply = self.speech().begin(speech, conversation.track, conversation.length - 1)
                 for chunk in reply.follow():
                     first_audio = first_audio or time.perf_counter() - started

@@ -21,7 +21,6 @@ get_tensor_shape, set_tensor_address and execute_async_v3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,19 @@ import numpy as np
 from omni_edge import trt_compat
 from omni_edge.bundle import TensorRTInfo
 from omni_edge.errors import BundleError, InputError
+from omni_edge.runtime.cuda import (
+    CudaError,
+    DeviceBuffer,
+    DeviceResource,
+    DeviceTensor,
+    check,
+    compute_capability,
+    cuda_device_status,
+    current_context,
+    destroy_stream,
+    driver,
+    new_stream,
+)
 
 
 def _targets_for(capability: str) -> str:
@@ -64,9 +76,6 @@ def check_tensorrt(info: TensorRTInfo | None, bundle_dir: Path, target: str = ""
 
 def check_gpu(info: TensorRTInfo, bundle_dir: Path) -> str:
     """This machine's GPU name, once its compute capability is the one the engines were built for."""
-    from omni_edge.kernels.errors import KernelError
-    from omni_edge.kernels.launch import compute_capability, cuda_device_status
-
     ok, device = cuda_device_status()
     if not ok:
         raise BundleError(
@@ -76,7 +85,7 @@ def check_gpu(info: TensorRTInfo, bundle_dir: Path) -> str:
         )
     try:
         here = ".".join(map(str, compute_capability()))
-    except KernelError as exc:
+    except CudaError as exc:
         raise BundleError(f"cannot query the GPU ({exc})") from None
     if here != info.compute_capability:
         raise BundleError(
@@ -86,53 +95,6 @@ def check_gpu(info: TensorRTInfo, bundle_dir: Path) -> str:
     return device
 
 
-class _DeviceBuffer:
-    """Grow-only device allocation for one tensor name, reused across runs."""
-
-    def __init__(self):
-        self.ptr, self.capacity = 0, 0
-
-    def reserve(self, nbytes: int, drv, check) -> int:
-        nbytes = max(nbytes, 1)
-        if nbytes > self.capacity:
-            self.free(drv, check)
-            self.ptr, self.capacity = int(check(drv.cuMemAlloc(nbytes))), nbytes
-        return self.ptr
-
-    def free(self, drv, check) -> None:
-        if self.ptr:
-            check(drv.cuMemFree(self.ptr))
-            self.ptr, self.capacity = 0, 0
-
-
-class ClosedWhenCollected:
-    """Device memory and streams are freed by close(), which also runs when the object is collected."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the driver may be gone already
-            pass
-
-
-def destroy_stream(drv, check, stream) -> None:
-    """Destroy a stream if there is one; returns None for the caller's handle."""
-    if stream is not None:
-        check(drv.cuStreamDestroy(stream))
-
-
-@dataclass(frozen=True)
-class DeviceTensor:
-    """A tensor in device memory, fed to an engine or kept from one without a host copy."""
-
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
 MAX_GRAPHS_PER_ENGINE = 4  # bindings (shapes + addresses) an engine keeps a captured CUDA graph for
 
 
@@ -140,8 +102,8 @@ class _GraphCache:
     """CUDA graphs of one engine's execute_async_v3, per binding. A binding is captured on its second run:
     the first plain run lets TensorRT finish its deferred, shape-dependent setup, which must not be captured."""
 
-    def __init__(self, drv, check):
-        self._drv, self._check = drv, check
+    def __init__(self):
+        self._drv, self._check = driver(), check
         self._graphs: dict[tuple, object] = {}
         self._seen: set[tuple] = set()
         self.disabled_because = ""
@@ -162,8 +124,6 @@ class _GraphCache:
         return True
 
     def _capture(self, binding: tuple, context, stream):
-        from omni_edge.kernels.errors import KernelError
-
         drv, check = self._drv, self._check
         if len(self._graphs) >= MAX_GRAPHS_PER_ENGINE:
             self.clear()
@@ -175,7 +135,7 @@ class _GraphCache:
         finally:
             try:  # capture must be ended whatever happened, or the stream stays unusable
                 graph = check(drv.cuStreamEndCapture(stream))
-            except KernelError as exc:
+            except CudaError as exc:
                 graph, self.disabled_because = None, f"stream capture failed ({exc})"
         if graph is None:
             return None
@@ -184,7 +144,7 @@ class _GraphCache:
                 self.disabled_because = "TensorRT could not enqueue under stream capture"
                 return None
             executable = check(drv.cuGraphInstantiate(graph, 0))
-        except KernelError as exc:
+        except CudaError as exc:
             self.disabled_because = f"graph instantiation failed ({exc})"
             return None
         finally:
@@ -198,7 +158,7 @@ class _GraphCache:
         self._graphs.clear()
 
 
-class TrtEngine(ClosedWhenCollected):
+class TrtEngine(DeviceResource):
     """One deserialized engine with its execution context, a CUDA stream and reusable device buffers."""
 
     def __init__(
@@ -214,29 +174,29 @@ class TrtEngine(ClosedWhenCollected):
         """`data`: the engine's bytes, already read and hashed by the caller (runtime.engine.open_engine),
         so the plan that was verified is the one deserialized; None reads `path`."""
         from omni_edge.kernels import plugins
-        from omni_edge.kernels.launch import check, current_context, driver
 
         bundle_dir = bundle_dir or path.parent
         trt = check_tensorrt(info, bundle_dir, target)
+        assert info is not None  # check_tensorrt refused a bundle that records no TensorRT build
         check_gpu(info, bundle_dir)
-        self._trt, self._drv, self._check = trt, driver(), check
+        self._trt, self._drv = trt, driver()
         self._stream, self.graphs, self._buffers = None, None, {}
         current_context()
         try:
             self._engine = plugins.deserialize_engine(
                 path.read_bytes() if data is None else data, trt.Logger(trt.Logger.WARNING), trt=trt
             )
-        except Exception as exc:  # KernelError, or TensorRT's own errors on a corrupt plan
+        except Exception as exc:  # KernelError, CudaError, or TensorRT's own errors on a corrupt plan
             raise BundleError(f"cannot load {path.name} ({exc}); re-export the bundle on this machine") from None
         self._context, self.graphs = self._new_context(info.flavour, cuda_graph)
-        self._stream = check(self._drv.cuStreamCreate(0))
+        self._stream = new_stream()
         self.name = name
         io = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         mode = trt.TensorIOMode
         self.input_names = [n for n in io if self._engine.get_tensor_mode(n) == mode.INPUT]
         self.output_names = [n for n in io if self._engine.get_tensor_mode(n) == mode.OUTPUT]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in io}
-        self._buffers = {n: _DeviceBuffer() for n in io}
+        self._buffers = {n: DeviceBuffer() for n in io}
 
     def _new_context(self, flavour: str, cuda_graph: bool):
         """The execution context, and the graph cache when this runtime must capture graphs itself.
@@ -254,13 +214,7 @@ class TrtEngine(ClosedWhenCollected):
             self.graph_mode = "tensorrt-rtx whole-graph capture"
             return engine.create_execution_context(config), None
         self.graph_mode = "stream capture" if cuda_graph else ""
-        return engine.create_execution_context(), (_GraphCache(self._drv, self._check) if cuda_graph else None)
-
-    def new_kv_cache(self, geometry):
-        """A KV cache in device memory that this engine (a decoder) reads by address."""
-        from omni_edge.runtime.trt_kv_cache import DeviceKVCache
-
-        return DeviceKVCache(geometry)
+        return engine.create_execution_context(), (_GraphCache() if cuda_graph else None)
 
     def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if not self._context.set_input_shape(name, shape):
@@ -272,7 +226,7 @@ class TrtEngine(ClosedWhenCollected):
 
     def _bind_input(self, name: str, value, hosts: dict) -> int:
         """The device address of one input, copied from the host unless it is on the device already."""
-        drv, check = self._drv, self._check
+        drv = self._drv
         if isinstance(value, DeviceTensor):
             if np.dtype(value.dtype) != self._dtypes[name]:
                 raise BundleError(
@@ -283,7 +237,7 @@ class TrtEngine(ClosedWhenCollected):
             return value.ptr
         array = np.ascontiguousarray(value, dtype=self._dtypes[name])
         self._set_shape(name, array.shape)
-        ptr = self._buffers[name].reserve(array.nbytes, drv, check)
+        ptr = self._buffers[name].reserve(array.nbytes)
         if array.nbytes:
             check(drv.cuMemcpyHtoDAsync(ptr, array.ctypes.data, array.nbytes, self._stream))
         hosts[name] = array  # the host array must live until the stream is synchronized
@@ -295,9 +249,11 @@ class TrtEngine(ClosedWhenCollected):
     def run_mixed(self, feeds: dict, keep_on_device=()) -> dict:
         """Feeds may be numpy arrays or DeviceTensors; outputs named in `keep_on_device` come back as
         DeviceTensors in this engine's buffers, valid until its next run."""
-        drv, check, stream = self._drv, self._check, self._stream
+        drv, stream = self._drv, self._stream
+        assert stream is not None, f"{self.name} was closed"
         keep_on_device = set(keep_on_device)
-        hosts, binding = {}, []
+        hosts: dict[str, np.ndarray] = {}
+        binding: list[tuple] = []
         for name in self.input_names:
             ptr = self._bind_input(name, feeds[name], hosts)
             self._context.set_tensor_address(name, ptr)
@@ -305,7 +261,7 @@ class TrtEngine(ClosedWhenCollected):
         outputs = {}
         for name in self.output_names:
             shape, dtype = tuple(self._context.get_tensor_shape(name)), self._dtypes[name]
-            ptr = self._buffers[name].reserve(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, drv, check)
+            ptr = self._buffers[name].reserve(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
             self._context.set_tensor_address(name, ptr)
             binding.append((name, shape, ptr))
             outputs[name] = DeviceTensor(ptr, shape, dtype) if name in keep_on_device else np.empty(shape, dtype)
@@ -322,5 +278,6 @@ class TrtEngine(ClosedWhenCollected):
         if self.graphs is not None:
             self.graphs.clear()
         for buffer in self._buffers.values():
-            buffer.free(self._drv, self._check)
-        self._stream = destroy_stream(self._drv, self._check, self._stream)
+            buffer.free()
+        destroy_stream(self._stream)
+        self._stream = None

@@ -121,4 +121,5 @@ class DeviceKVCache(KVCacheBase, DeviceResource):
             if ptr:
                 self._check(self._drv.cuMemFree(ptr))
         self._ptrs, self._scratch = {}, 0
-        self._stream = destroy_stream(self._stream)
+        destroy_stream(self._stream)
+        self._stream = None

@@ -49,11 +49,10 @@ MAX_RATIO = 200
 MAX_DECODED_PIXELS = 100_000_000
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PATCH_DIM = 3 * TEMPORAL * PATCH * PATCH  # 1176
 
 
 def smart_resize(
-    height: int, width: int, factor: int = FACTOR, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+    height: int, width: int, factor: int = FACTOR, min_pixels: float = MIN_PIXELS, max_pixels: float = MAX_PIXELS
 ) -> tuple[int, int]:
     """Sides that are multiples of `factor`, area within [min_pixels, max_pixels], aspect kept (Qwen2-VL)."""
     if height <= 0 or width <= 0:
@@ -173,7 +172,7 @@ def _check_pixel_count(width: int, height: int, source: str) -> None:
 def _resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.fromarray(rgb).resize((width, height), resample=Image.BICUBIC))
+    return np.asarray(Image.fromarray(rgb).resize((width, height), resample=Image.Resampling.BICUBIC))
 
 
 def _normalize(rgb: np.ndarray) -> np.ndarray:

@@ -60,7 +60,9 @@ def patch_positions(grid_thw, merge: int) -> np.ndarray:
 def window_order(grid_thw, merge: int, window_size: int, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(window_index over merge groups, window length in merge groups for each non-empty window)."""
     per_window = window_size // merge // patch_size
-    indices, lengths, offset = [], [], 0
+    indices: list[np.ndarray] = []
+    lengths: list[int] = []
+    offset = 0
     for t, h, w in grid_thw:
         gh, gw = h // merge, w // merge
         index = np.arange(t * gh * gw).reshape(t, gh, gw)
