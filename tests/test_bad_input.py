@@ -135,3 +135,9 @@ def test_check_speakers_accepts_the_real_table(tiny_checkpoint):
     assert "text_config" in check_config(tiny_checkpoint)["thinker_config"]
     with pytest.raises(ModelSourceError):
         check_speakers(tiny_checkpoint / "missing")
+
+
+def test_export_max_seq_len_beyond_any_bundle(tmp_path):
+    proc = cli("omni-export", "--model", "tiny", "--out", str(tmp_path / "b"), "--max-seq-len", str(10**12))
+    assert_one_line_error(proc, "--max-seq-len 1000000000000", "at most 1048576")
+    assert not (tmp_path / "b").exists()
