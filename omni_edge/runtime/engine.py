@@ -20,6 +20,7 @@ from omni_edge.errors import BundleError, InputError
 if TYPE_CHECKING:
     from omni_edge.bundle import Manifest
 
+
 class Engine(Protocol):
     name: str
     input_names: list[str]
