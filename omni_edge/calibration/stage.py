@@ -11,9 +11,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from omni_edge import naming
 from omni_edge.bundle import ComponentRecord, Manifest, sha256_file, write_manifest
-from omni_edge.calibration.accuracy import compare_graphs, end_to_end
+from omni_edge.calibration.accuracy import ReferenceAnswer, compare_graphs, end_to_end
 from omni_edge.calibration.calib_set import CalibrationSet
 from omni_edge.calibration.quantize import copy_graph, quantize_graph, settings_for
 from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feeds, split_feeds
@@ -31,14 +33,21 @@ def reduce_bundle(
     high_precision: str,
     calib: CalibrationSet,
     bar=None,
+    feeds: dict[str, list[dict[str, np.ndarray]]] | None = None,
+    reference: list[ReferenceAnswer] | None = None,
 ) -> tuple[Manifest, QuantizationReport]:
     """Write the reduced bundle into out_dir (every payload file, and an interim manifest); return that
     manifest and the report. `precisions`: graph name -> precision; graphs left at fp32 are copied.
 
     The calibration requests also give the held-out feeds that measure every reduced graph, fp16 ones too
-    (they need no calibration, and are measured on the synthetic set when the user gave none)."""
+    (they need no calibration, and are measured on the synthetic set when the user gave none).
+
+    `feeds` (what record_feeds returns) and `reference` (what reference_answers returns) for this bundle and
+    set: computed here when not given. A caller reducing one bundle at several precisions computes them once;
+    they are only read."""
     records = fp32_manifest.components
-    feeds = record_feeds(fp32_dir, calib, bar)
+    if feeds is None:
+        feeds = record_feeds(fp32_dir, calib, bar)
     if bar is not None:
         bar.update()
     reduced, accuracy = {}, {}
@@ -62,7 +71,7 @@ def reduce_bundle(
     manifest = replace(fp32_manifest, components=reduced, files={})
     write_manifest(out_dir, manifest)
     info = CalibrationInfo(calib.source, calib.counts(), {name: len(f) for name, f in feeds.items()})
-    e2e = end_to_end(fp32_dir, out_dir, calib, REPLY_TOKENS, CODEC_TOKENS, bar)
+    e2e = end_to_end(fp32_dir, out_dir, calib, REPLY_TOKENS, CODEC_TOKENS, bar, reference)
     if bar is not None:
         bar.update()
     return manifest, QuantizationReport(info, accuracy, e2e)
