@@ -13,6 +13,7 @@ from helpers import BIN, assert_one_line_error, cli
 from no_torch import run_without_torch
 
 
+@pytest.mark.slow
 def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
     out = tmp_path / "bundle"
     # Thinker only: the full export is covered by the session bundle; this checks the command itself.

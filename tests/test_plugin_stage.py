@@ -207,6 +207,7 @@ def _dq_fed_matmuls(model) -> set[str]:
     return {n.name for n in model.graph.node if n.op_type == "MatMul" and any(i in dq_outputs for i in n.input)}
 
 
+@pytest.mark.slow
 def test_int8_quantized_thinker_prefill_is_rewritten_too(cpu_bundle, hf_model, tmp_path):
     """ModelOpt's int8 PTQ puts Q/DQ pairs on every input of the rotation's Mul and Add ops; the matcher looks
     through them, and the attention MatMuls keep their own Q/DQ."""

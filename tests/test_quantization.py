@@ -28,12 +28,24 @@ from omni_edge.calibration.stage import reduce_bundle
 from omni_edge.precision_plan import component_precisions, graph_precisions
 from omni_edge.targets import get_target
 
+# Every test here quantizes or casts with ModelOpt, or runs omni-export: the inner loop leaves them out.
+pytestmark = pytest.mark.slow
+
 # int4-awq on the tiny model: random weights give nearly flat logits, and the minimum over outputs is the
 # last-position logits (measured cosine 0.898); a real checkpoint is measured by its own report.
 COSINE_FLOOR = {"fp16": 0.999, "int8": 0.95, "fp8": 0.95, "int4-awq": 0.85}
 # BigVGAN's Snake activations and long conv stack lose most in int8 (measured cosine 0.93 on the tiny model),
 # which is why every GPU target keeps it fp16 by default; an explicit all-int8 request still gets it.
 BIGVGAN_INT8_FLOOR = 0.9
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The FP32 bundle answering the synthetic set: what each graph was fed, and the answers that reduced
+    bundles are measured against."""
+
+    feeds: dict
+    reference: list
 
 
 @dataclass(frozen=True)
@@ -44,13 +56,20 @@ class Reduced:
     report: QuantizationReport
 
 
-def _reduce(cpu_bundle: Path, out: Path, target: str, precision: str = "auto") -> Reduced:
+def _reduce(cpu_bundle: Path, out: Path, target: str, replay: Replay, precision: str = "auto") -> Reduced:
     manifest = load_manifest(cpu_bundle, verify_files=False)
     t = get_target(target)
     precisions = graph_precisions(component_precisions(t, precision), manifest.components)
     out.mkdir()
     reduced, report = reduce_bundle(
-        cpu_bundle, out, manifest, precisions, t.high_precision, synthetic_calibration_set()
+        cpu_bundle,
+        out,
+        manifest,
+        precisions,
+        t.high_precision,
+        synthetic_calibration_set(),
+        feeds=replay.feeds,
+        reference=replay.reference,
     )
     return Reduced(out, precisions, reduced, report)
 
@@ -71,14 +90,25 @@ def _io_types(path: Path) -> list[tuple[str, int]]:
 
 
 @pytest.fixture(scope="session")
-def int8_cpu(cpu_bundle, tmp_path_factory) -> Reduced:
-    return _reduce(cpu_bundle, tmp_path_factory.mktemp("int8") / "bundle", "cpu", "int8")
+def fp32_replay(cpu_bundle) -> Replay:
+    """Once for the session: each reduction below would replay the same requests through the same FP32
+    bundle (the stage computes both itself when it is not handed them, as in an export)."""
+    from omni_edge.calibration.accuracy import reference_answers
+    from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feeds
+
+    calib = synthetic_calibration_set()
+    return Replay(record_feeds(cpu_bundle, calib), reference_answers(cpu_bundle, calib, REPLY_TOKENS, CODEC_TOKENS))
 
 
 @pytest.fixture(scope="session")
-def rtx_auto(cpu_bundle, tmp_path_factory) -> Reduced:
+def int8_cpu(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
+    return _reduce(cpu_bundle, tmp_path_factory.mktemp("int8") / "bundle", "cpu", fp32_replay, "int8")
+
+
+@pytest.fixture(scope="session")
+def rtx_auto(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
     """rtx-ada's defaults: Thinker int4-awq, Talker and encoders fp8, DiT and BigVGAN fp16."""
-    return _reduce(cpu_bundle, tmp_path_factory.mktemp("rtx") / "bundle", "rtx-ada")
+    return _reduce(cpu_bundle, tmp_path_factory.mktemp("rtx") / "bundle", "rtx-ada", fp32_replay)
 
 
 def test_int8_graphs_have_explicit_qdq_and_the_same_io(int8_cpu, cpu_bundle):
@@ -160,13 +190,12 @@ def test_rtx_graph_contents(rtx_auto):
     assert dit.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept fp32
 
 
-def test_fp8_is_measured_with_ort_optimizations_disabled(rtx_auto, cpu_bundle):
+def test_fp8_is_measured_with_ort_optimizations_disabled(rtx_auto, cpu_bundle, fp32_replay):
     """The report's fp8 numbers must come from unfused execution (ORT's fusions mis-handle FP8 Q/DQ)."""
     from omni_edge.calibration.accuracy import compare_graphs, ort_session
-    from omni_edge.calibration.record import record_feeds
 
     name = naming.AUDIO_ENCODER
-    feed = record_feeds(cpu_bundle, synthetic_calibration_set())[name][0]
+    feed = fp32_replay.feeds[name][0]
     reported = compare_graphs(cpu_bundle / f"{name}.onnx", rtx_auto.out / f"{name}.onnx", [feed], "fp8")
     unfused = ort_session(rtx_auto.out / f"{name}.onnx", disable_optimizations=True).run(None, feed)[0]
     expected = ort_session(cpu_bundle / f"{name}.onnx", disable_optimizations=False).run(None, feed)[0]

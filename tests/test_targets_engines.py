@@ -279,7 +279,8 @@ def test_profile_shapes_follow_recorded_axes(cpu_bundle):
 
 @pytest.fixture(scope="module")
 def rtx_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
-    """A real rtx-ada bundle (Thinker graphs + engines) exported through the CLI on this CPU machine."""
+    """A real rtx-ada bundle (Thinker graphs + engines) exported through the CLI on this CPU machine; the tests
+    that use it are marked slow."""
     _rtx()
     out = tmp_path_factory.mktemp("rtx") / "bundle"
     # fp32: these engines are compared with ONNX Runtime on a GPU; reduced rtx bundles: test_quantization
@@ -303,6 +304,7 @@ def rtx_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_rtx_export_records_engines_and_tensorrt(rtx_bundle):
     trt = _rtx()
     manifest = load_manifest(rtx_bundle)  # every file, engines included, matches its sha256
@@ -371,6 +373,7 @@ def rtx_copy(rtx_bundle, tmp_path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_tampered_engine_is_refused_at_load(rtx_copy):
     path = rtx_copy / f"{naming.THINKER_DECODE}.engine"
     data = bytearray(path.read_bytes())
@@ -379,6 +382,7 @@ def test_tampered_engine_is_refused_at_load(rtx_copy):
     assert_one_line_error(cli("omni-run", str(rtx_copy), "--prompt", "hi"), "thinker_decode.engine", "sha256")
 
 
+@pytest.mark.slow
 def test_engines_from_another_tensorrt_version_are_refused(rtx_copy):
     installed = _rtx().__version__
     path = rtx_copy / naming.MANIFEST_FILE
@@ -395,6 +399,7 @@ def test_engines_from_another_tensorrt_version_are_refused(rtx_copy):
     )
 
 
+@pytest.mark.slow
 def test_engines_for_another_gpu_are_refused(rtx_bundle, monkeypatch):
     from omni_edge.kernels import launch
     from omni_edge.runtime import trt_engine
@@ -409,6 +414,7 @@ def test_engines_for_another_gpu_are_refused(rtx_bundle, monkeypatch):
     assert "--target hopper" in message
 
 
+@pytest.mark.slow
 def test_rtx_bundle_without_a_gpu_says_so(rtx_bundle):
     from omni_edge.kernels.launch import cuda_device_status
 
