@@ -43,6 +43,8 @@ class ComponentRecord:
     profile: dict[str, list[int]] | None = None
     engine_file: str | None = None  # "<name>.engine" in TensorRT bundles
     engine_sha256: str | None = None
+    # worst output difference vs transformers' own module forward (spec.reference) at export; None: not checked
+    reference_max_abs_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class MediaInfo:
     temporal_patch_size: int
     spatial_merge_size: int
     window_size: int
+    audio_block_frames: int = 200  # mel frames per audio_encoder block: 2 * audio_config.n_window
 
 
 @dataclass(frozen=True)
@@ -130,10 +133,15 @@ class TalkerInfo:
 class Token2WavInfo:
     mel_dim: int
     repeats: int  # mel frames per codec token
-    block_size: int  # DiT attention block, in mel frames
-    num_code_embeddings: int  # codes >= this are mapped to 0 before the DiT
+    block_size: int  # DiT attention block, in mel frames: the streaming windows are whole blocks
+    # dit_config.num_embeds: the codec table has num_embeds + 1 rows (transformers' DiTCodecEmbedding), so
+    # codes 0..num_embeds are looked up; codes above it are mapped to 0 before the DiT
+    num_code_embeddings: int
     samples_per_frame: int  # BigVGAN upsampling
     sample_rate: int
+    # one per look-backward / look-ahead layer of the DiT: the streaming window's context, in blocks
+    look_back_blocks: int = 2
+    look_ahead_blocks: int = 1
 
 
 @dataclass(frozen=True)

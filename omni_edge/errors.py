@@ -27,3 +27,7 @@ class KVCacheOverflowError(OmniEdgeError):
 
 class InputError(OmniEdgeError):
     """Bad user input: prompt, media file, sampling option."""
+
+
+class UnsupportedConfigError(OmniEdgeError):
+    """The checkpoint's config has a value the export or the runtime does not support (yet)."""

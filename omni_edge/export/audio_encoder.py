@@ -1,4 +1,4 @@
-"""audio_encoder graph: the Whisper-style encoder as a batch of independent 2-second blocks.
+"""audio_encoder graph: the Whisper-style encoder as a batch of independent blocks of 2 * n_window frames.
 
 transformers packs all blocks into one sequence and splits attention with python loops over cu_seqlens
 (not exportable). Each block only ever attends to itself, so the same math is a plain batch over blocks
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from omni_edge.runtime.audio_blocks import BLOCK_FRAMES
+from omni_edge.runtime.audio_blocks import block_frames_for
 
 
 class AudioEncoderBlocks(nn.Module):
@@ -21,11 +21,12 @@ class AudioEncoderBlocks(nn.Module):
         attn = audio_tower.layers[0].self_attn
         self.num_heads = attn.num_heads
         self.scaling = attn.scaling
+        self.block_frames = block_frames_for(audio_tower.config.n_window)
 
     def forward(self, input_features, block_lengths):
-        """input_features [n, 128, 200], block_lengths [n] int64 -> [n, 50, output_dim]."""
+        """input_features [n, 128, 2*n_window], block_lengths [n] int64 -> [n, n_window/2, output_dim]."""
         tower = self.tower
-        frames = torch.arange(BLOCK_FRAMES, device=input_features.device)
+        frames = torch.arange(self.block_frames, device=input_features.device)
         frame_mask = (frames[None, :] < block_lengths[:, None]).unsqueeze(1).to(input_features.dtype)
         hidden = nn.functional.gelu(tower.conv1(input_features)) * frame_mask
         hidden = nn.functional.gelu(tower.conv2(hidden)).transpose(1, 2)  # [n, 100, D]
@@ -60,9 +61,28 @@ class AudioEncoderBlocks(nn.Module):
         return attn.out_proj(out)
 
 
-def dummy_inputs(audio_tower, lengths: list[int], seed: int = 0):
+def dummy_inputs(audio_tower, fractions: list[float], seed: int = 0):
+    """One block per entry, `fraction` of it valid (1.0: a full block), whatever the block length."""
+    block = block_frames_for(audio_tower.config.n_window)
+    lengths = [max(1, min(block, round(f * block))) for f in fractions]
     gen = torch.Generator().manual_seed(seed)
-    features = torch.randn(len(lengths), audio_tower.num_mel_bins, BLOCK_FRAMES, generator=gen)
+    features = torch.randn(len(lengths), audio_tower.num_mel_bins, block, generator=gen)
     block_lengths = torch.tensor(lengths, dtype=torch.int64)
-    features = features * (torch.arange(BLOCK_FRAMES)[None, None, :] < block_lengths[:, None, None])
+    features = features * (torch.arange(block)[None, None, :] < block_lengths[:, None, None])
     return features, block_lengths
+
+
+def reference_outputs(audio_tower, features, block_lengths) -> tuple:
+    """transformers' own audio tower on the same blocks, each block its own recording, laid out as the graph's
+    output [n, tokens_per_block, D]; rows past a block's valid tokens are NaN (not compared: the runtime
+    drops them)."""
+    from omni_edge.runtime.audio_blocks import tokens_for_frames
+
+    packed = torch.cat([features[i, :, :length] for i, length in enumerate(block_lengths.tolist())], dim=1)
+    with torch.no_grad():
+        tokens = audio_tower(packed, feature_lens=block_lengths).last_hidden_state
+    counts = [int(c) for c in tokens_for_frames(block_lengths.numpy())]
+    out = torch.full((len(counts), features.shape[2] // 4, tokens.shape[1]), float("nan"))
+    for i, piece in enumerate(torch.split(tokens, counts)):
+        out[i, : counts[i]] = piece
+    return (out,)

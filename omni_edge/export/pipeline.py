@@ -352,6 +352,8 @@ def _move_into_place(staging: Path, out: Path) -> None:
 def media_info(model) -> MediaInfo:
     thinker, vision = model.thinker.config, model.thinker.config.vision_config
     return MediaInfo(
+    from omni_edge.runtime.audio_blocks import block_frames_for
+
         audio_token_id=thinker.audio_token_index,
         image_token_id=thinker.image_token_index,
         video_token_id=thinker.video_token_index,
@@ -367,6 +369,7 @@ def media_info(model) -> MediaInfo:
         window_size=vision.window_size,
     )
 
+        audio_block_frames=block_frames_for(thinker.audio_config.n_window),
 
 def _write_embedding_table(model, path: Path) -> None:
     from safetensors.numpy import save_file

@@ -44,6 +44,8 @@ def token2wav_info(model) -> Token2WavInfo:
         num_code_embeddings=dit.num_embeds,
         samples_per_frame=samples_per_frame,
         sample_rate=100 * samples_per_frame,  # mel runs at 100 frames/s
+        look_back_blocks=len(dit.look_backward_layers),
+        look_ahead_blocks=len(dit.look_ahead_layers),
     )
 
 

@@ -1,6 +1,7 @@
 """Generate random-weight Qwen2.5-Omni checkpoints in the Hugging Face on-disk format, from presets.
 
-`tiny`: every width 32, for tests and demos. `medium`: the real Qwen2.5-Omni-3B widths with two layers per
+`tiny`: every width 32, for tests and demos. `odd`: other head counts, mrope sections, audio n_window and
+DiT block size than `tiny` (tests that nothing the config defines is hard-coded). `medium`: the real Qwen2.5-Omni-3B widths with two layers per
 stack, so CPU benchmarks of it say something about the real model's per-layer cost (sizes of matmuls, KV
 rows, the 151936-row lm_head) at a size that exports on a laptop.
 
@@ -189,7 +190,50 @@ def medium_config_dict() -> dict:
     return config
 
 
-PRESETS = {"tiny": tiny_config_dict, "medium": medium_config_dict}
+def odd_config_dict() -> dict:
+    """Shapes `tiny` never has, so numbers the code might hard-code instead of reading from the config show up:
+    Thinker 64 wide with 4/2 heads and mrope [4, 2, 2]; audio n_window 50 (1 s blocks); DiT block_size 16."""
+    thinker_hidden = 64
+    config = tiny_config_dict()
+    config["thinker_config"]["text_config"] = {
+        **config["thinker_config"]["text_config"],
+        "hidden_size": thinker_hidden,
+        "intermediate_size": 96,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,  # head_dim 16
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 2, 2]},
+    }
+    config["thinker_config"]["audio_config"] = {
+        **config["thinker_config"]["audio_config"],
+        "encoder_attention_heads": 4,
+        "d_model": 48,
+        "n_window": 50,
+        "output_dim": thinker_hidden,
+    }
+    config["thinker_config"]["vision_config"] = {
+        **config["thinker_config"]["vision_config"],
+        "hidden_size": 48,
+        "num_heads": 3,  # head_dim 16
+        "out_hidden_size": thinker_hidden,
+    }
+    config["talker_config"] = {
+        **config["talker_config"],
+        "embedding_size": thinker_hidden,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 1, 1]},
+    }
+    config["token2wav_config"]["dit_config"] = {
+        **config["token2wav_config"]["dit_config"],
+        "num_attention_heads": 4,
+        "head_dim": 8,
+        "block_size": 16,
+    }
+    return config
+
+
+PRESETS = {"tiny": tiny_config_dict, "medium": medium_config_dict, "odd": odd_config_dict}
 
 
 def default_cache_dir() -> Path:

@@ -56,11 +56,31 @@ def dit_dummy_inputs(dit, codes: int, reference_frames: int = 96, seed: int = 0)
     gen = torch.Generator().manual_seed(seed)
     return (
         torch.randn(1, codes * config.repeats, config.mel_dim, generator=gen),
-        torch.randint(0, 8192, (1, codes), generator=gen),
+        torch.randint(0, config.num_embeds + 1, (1, codes), generator=gen),  # every row of the codec table
         torch.randn(1, config.enc_emb_dim, generator=gen),
         torch.randn(1, reference_frames, config.mel_dim, generator=gen),
         torch.rand(1, generator=gen),
     )
+
+
+def dit_reference(dit, noisy_mel, codes, speaker_cond, reference_mel, time) -> tuple:
+    """transformers' DiT forward with its own argument layout (CFG batch of 2), the graph's inputs fed in."""
+    with torch.no_grad():
+        return (
+            dit(
+                hidden_states=noisy_mel,
+                condition_vector=reference_mel,
+                speaker_embedding=speaker_cond[:, None, :].repeat(1, noisy_mel.shape[1], 1),
+                quantized_code=codes,
+                time_step=time,
+            ),
+        )
+
+
+def bigvgan_reference(bigvgan, mel) -> tuple:
+    """transformers' own BigVGAN forward (which ends in squeeze().cpu()), as the graph's [1, samples]."""
+    with torch.no_grad():
+        return (bigvgan(mel).reshape(1, -1),)
 
 
 def bigvgan_dummy_inputs(bigvgan, frames: int, seed: int = 0):

@@ -22,7 +22,12 @@ def _vocoder(model):
 # BigVGAN on vocoder_context + chunk, give or take the last window; the full-utterance path (parity checks,
 # offline use) is allowed up to FULL_PATH_MAX_CODES codes (about 10 s of speech) in one call.
 FULL_PATH_MAX_CODES = 512
-WINDOWS = StreamWindows()
+
+
+def stream_windows(model) -> StreamWindows:
+    """The windows the runtime streams with, from the checkpoint's own DiT block size and context layers."""
+    dit = model.token2wav.config.dit_config
+    return StreamWindows.for_dit(dit.block_size, len(dit.look_backward_layers), len(dit.look_ahead_layers), dit.repeats)
 
 
 def _reference_frames(model) -> list[int]:
@@ -31,8 +36,8 @@ def _reference_frames(model) -> list[int]:
 
 
 def _dit_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
-    repeats = model.token2wav.config.dit_config.repeats
-    window = (WINDOWS.past + WINDOWS.chunk + WINDOWS.future) // repeats
+    repeats, windows = model.token2wav.config.dit_config.repeats, stream_windows(model)
+    window = (windows.past + windows.chunk + windows.future) // repeats
     frames = _reference_frames(model)  # each speaker's reference mel has its own fixed length
     return {
         "codes": (1, window, max(window, FULL_PATH_MAX_CODES)),
@@ -41,10 +46,15 @@ def _dit_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
 
 
 def _bigvgan_profile(model, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
-    repeats = model.token2wav.config.dit_config.repeats
+    repeats, windows = model.token2wav.config.dit_config.repeats, stream_windows(model)
     return {
-        "frames": (8, WINDOWS.vocoder_context + WINDOWS.chunk, WINDOWS.vocoder_context + FULL_PATH_MAX_CODES * repeats)
+        "frames": (8, windows.vocoder_context + windows.chunk, windows.vocoder_context + FULL_PATH_MAX_CODES * repeats)
     }
+
+
+def _build_dit(model):
+    stream_windows(model)  # refuses, before the export, a block size the runtime could not stream
+    return token2wav.DiTStep(_dit(model)).eval()
 
 
 def dit_spec() -> ComponentSpec:
@@ -52,7 +62,7 @@ def dit_spec() -> ComponentSpec:
     reference = torch.export.Dim("reference_frames", min=8, max=30000)
     return ComponentSpec(
         name=naming.DIT_WINDOW,
-        build_module=lambda model: token2wav.DiTStep(_dit(model)).eval(),
+        build_module=_build_dit,
         input_names=token2wav.DIT_INPUTS,
         output_names=token2wav.DIT_OUTPUTS,
         example_inputs=lambda model: token2wav.dit_dummy_inputs(_dit(model), 36),
@@ -63,6 +73,7 @@ def dit_spec() -> ComponentSpec:
             token2wav.dit_dummy_inputs(_dit(model), 72, 100, seed=1),
             token2wav.dit_dummy_inputs(_dit(model), 12, 50, seed=2),
         ],
+        reference=lambda model, inputs: token2wav.dit_reference(_dit(model), *inputs),
         atol=1e-4,
         rtol=1e-4,
         profile=_dit_profile,
@@ -85,6 +96,7 @@ def bigvgan_spec() -> ComponentSpec:
         # Waveform samples in [-1, 1] after ~100 stacked convolutions; measured 1.5e-5.
         atol=2e-4,
         rtol=1e-4,
+        reference=lambda model, inputs: token2wav.bigvgan_reference(_vocoder(model), *inputs),
         profile=_bigvgan_profile,
     )
 

@@ -95,12 +95,28 @@ class VisionEncoderGraph(nn.Module):
         return attn.proj(out)
 
 
-def graph_inputs(visual, pixel_patches: torch.Tensor, grid_thw, chunk: int | None = None) -> tuple:
+class GraphInputs(tuple):
+    """The graph's inputs, and the grids they were made for (transformers' own forward takes the grids)."""
+
+    grid_thw: list
+
+
+def graph_inputs(visual, pixel_patches: torch.Tensor, grid_thw, chunk: int | None = None) -> GraphInputs:
     config = visual.config
     extra = {} if chunk is None else {"chunk": chunk}
     idx = vision_indices(grid_thw, config.spatial_merge_size, config.window_size, config.patch_size, **extra)
     feeds = idx.feeds(pixel_patches.numpy())
-    return (pixel_patches, *(torch.from_numpy(feeds[name]) for name in INPUT_NAMES[1:]))
+    inputs = GraphInputs((pixel_patches, *(torch.from_numpy(feeds[name]) for name in INPUT_NAMES[1:])))
+    inputs.grid_thw = [tuple(g) for g in grid_thw]
+    return inputs
+
+
+def reference_outputs(visual, inputs: tuple) -> tuple:
+    """transformers' own vision tower (cu_seqlens attention, its own window index) on the same patches
+    (`inputs` made by graph_inputs, which records their grids)."""
+    assert isinstance(inputs, GraphInputs), "make vision check inputs with graph_inputs / dummy_inputs"
+    with torch.no_grad():
+        return (visual(inputs[0], grid_thw=torch.tensor(inputs.grid_thw, dtype=torch.int64)).pooler_output,)
 
 
 def dummy_inputs(visual, grid_thw, seed: int = 0, chunk: int | None = None) -> tuple:

@@ -37,7 +37,7 @@ class MediaEncoders:
         from omni_edge.runtime.audio_frontend import log_mel
 
         mel = log_mel(waveform_16k)
-        blocks, lengths = split_blocks(mel)
+        blocks, lengths = split_blocks(mel, self._manifest.media.audio_block_frames)
         encoded = self._engine(naming.AUDIO_ENCODER, "--audio").run(
             {"input_features": blocks, "block_lengths": lengths}
         )["audio_embeds"]

@@ -31,13 +31,30 @@ class Speaker:
 
 @dataclass(frozen=True)
 class StreamWindows:
-    """Window geometry in mel frames (100 per second); defaults are Qwen's streaming parameters."""
+    """Window geometry in mel frames (100 per second); defaults are Qwen's streaming parameters, which are
+    whole DiT blocks of the released block_size 24: use `for_dit` for a checkpoint's own block_size."""
 
     chunk: int = 72  # frames kept per chunk (3 DiT blocks of 24)
     past: int = 48  # DiT look-back context (2 blocks)
     future: int = 24  # DiT look-ahead context (1 block)
     vocoder_context: int = 40  # mel frames of left context for BigVGAN
     vocoder_holdback: int = 20  # mel frames whose audio waits for the next chunk
+
+    @classmethod
+    def for_dit(
+        cls, block_size: int, look_back_blocks: int = 2, look_ahead_blocks: int = 1, repeats: int = 2
+    ) -> StreamWindows:
+        """Qwen's windows in whole blocks of `block_size` frames: 3 kept, look_back_blocks behind (one per
+        look-backward layer of the DiT), look_ahead_blocks ahead (one per look-ahead layer). Window edges on
+        block edges make one DiT pass over a window give the kept frames what the whole sequence gives them."""
+        from omni_edge.errors import UnsupportedConfigError
+
+        if block_size < 1 or block_size % repeats:
+            raise UnsupportedConfigError(
+                f"dit_config.block_size = {block_size} is not supported: the streaming windows need whole codec "
+                f"tokens per block, so it must be a positive multiple of dit_config.repeats ({repeats})"
+            )
+        return cls(chunk=3 * block_size, past=look_back_blocks * block_size, future=look_ahead_blocks * block_size)
 
 
 def time_grid(points: int = NUM_TIME_POINTS, sway: float = SWAY_COEFFICIENT) -> np.ndarray:
@@ -95,9 +112,11 @@ def vocode(bigvgan: Engine, mel: np.ndarray) -> np.ndarray:
 
 
 def dit_codes(codes, num_embeddings: int) -> np.ndarray:
-    # The DiT's codec table has num_embeddings rows; Qwen's code maps the Talker's special ids to 0.
+    """Codes as the DiT looks them up. `num_embeddings` is dit_config.num_embeds (8193): transformers' codec
+    table has num_embeds + 1 rows, so code num_embeds (8193) is a row like any other, as in transformers.
+    Codes above it (the Talker's special ids, which transformers' DiT cannot index and fails on) become 0."""
     codes = np.asarray(codes, dtype=np.int64)
-    return np.where(codes >= num_embeddings, 0, codes)
+    return np.where(codes > num_embeddings, 0, codes)
 
 
 def full_token2wav(
