@@ -71,7 +71,9 @@ def test_preprocess_pil_modes_match_transformers(image_processor, mode):
     image = Image.fromarray(rng.integers(0, 256, (50, 60, 4), dtype=np.uint8), "RGBA")
     image = image if mode == "RGBA" else image.convert(mode)
     ref = image_processor(images=[image], return_tensors="np")
-    np.testing.assert_array_equal(preprocess_image(image)[0], ref["pixel_values"])
+    # The processor handed the image itself: transformers' convert_to_rgb (tests/test_config_fidelity.py has
+    # the README pipeline's, the default).
+    np.testing.assert_array_equal(preprocess_image(image, transparency="transformers")[0], ref["pixel_values"])
 
 
 def test_load_image_round_trip(tmp_path, image_processor):

@@ -16,9 +16,15 @@ from omni_edge.runtime.vision_index import vision_indices
 
 
 class MediaEncoders:
-    """The bundle's audio and vision encoders, opened lazily so text-only sessions never load them."""
+    """The bundle's audio and vision encoders, opened lazily so text-only sessions never load them.
 
-    def __init__(self, manifest: Manifest, open_engine):
+    `video_timing` and `transparency` pick the reference convention (vision_frontend's module docstring); the
+    defaults are what Qwen's README pipeline (qwen-omni-utils, then transformers' processor) gives."""
+
+    def __init__(
+        self, manifest: Manifest, open_engine, video_timing: str = "processor", transparency: str = "qwen-omni-utils"
+    ):
+        self.video_timing, self.transparency = video_timing, transparency
         self._manifest = manifest
         self._open_engine = open_engine  # name -> Engine
         self._engines: dict[str, Engine] = {}
@@ -54,19 +60,21 @@ class MediaEncoders:
     def encode_image(self, image) -> ImagePart:
         from omni_edge.runtime.vision_frontend import load_image, preprocess_image
 
-        pixels = load_image(image) if isinstance(image, (str, Path)) else image
-        patches, grid = preprocess_image(pixels)
+        pixels = load_image(image, self.transparency) if isinstance(image, (str, Path)) else image
+        patches, grid = preprocess_image(pixels, transparency=self.transparency)
         t, h, w = (int(v) for v in grid[0])
         grid_thw = (t, h, w)
         return ImagePart(self._encode_patches(patches, grid_thw, "--image"), grid_thw)
 
     def encode_video(self, video, use_audio_in_video: bool, fps: float = 2.0) -> VideoPart:
-        """`video`: a path, or (frames uint8 [T,H,W,3], fps[, waveform_16k]) already decoded."""
-        from omni_edge.runtime.vision_frontend import decode_video, load_video_audio, preprocess_video
+        """`video`: a path, sampled at `fps` and timed by self.video_timing, or (frames uint8 [T,H,W,3], fps[,
+        waveform_16k]) already decoded, timed by the fps given with it."""
+        from omni_edge.runtime.vision_frontend import decode_video, load_video_audio, preprocess_video, video_timing_fps
 
         waveform = None
         if isinstance(video, (str, Path)):
-            frames, fps = decode_video(video, fps)
+            frames, sampled = decode_video(video, fps)
+            fps = video_timing_fps(fps, sampled, self.video_timing)
             if use_audio_in_video:
                 waveform = load_video_audio(video)
         else:

@@ -10,13 +10,29 @@ Libraries:
   resampler to interleaved s16 at its native rate, the format the reference's audioread/ffmpeg pipe hands
   librosa, then downmixed and resampled like load_audio.
   Known difference: qwen-omni-utils resizes video frames with torchvision's antialiased bicubic, we use
-  Pillow's (same a=-0.5 cubic kernel); pixels may differ slightly (not measured: no torchvision here).
+  Pillow's (same a=-0.5 cubic kernel) on uint8. Measured against torchvision's resize (torch's antialiased
+  bicubic interpolate, rounded back to uint8): normalized patch values differ by at most 0.32 and 5e-4 on
+  average on photos and clips (a one-level pixel difference is 0.015), the Thinker's logits by 2-3e-3, no
+  greedy token flipped; tests/test_config_fidelity.py holds the bound (max 0.35, mean 1e-3).
+
+Transparency (images): TRANSPARENCY_MODES. "qwen-omni-utils" (the default, what Qwen's README pipeline does:
+fetch_image's to_rgb runs before transformers' processor sees the image) composites only RGBA onto white;
+LA, PA and palette images with a transparent index lose their alpha (Pillow's convert("RGB")).
+"transformers" composites every kind of transparency onto white, as transformers' convert_to_rgb does when it
+is handed the file's image directly.
+
+Video timing (TMRoPE's seconds per temporal patch): VIDEO_TIMINGS. "processor" (the default) is what users of
+Qwen's README pipeline get: process_mm_info(..., use_audio_in_video) without return_video_kwargs hands the
+processor no fps, so it assumes the requested 2 fps and a temporal patch (2 frames) is 1.0 s, whatever the
+sampler achieved. "sampled" is the other convention (process_mm_info(return_video_kwargs=True) passed on to the
+processor): the fps actually sampled, count / frames * video_fps (a 3.6 s clip samples 6 frames: 1.667 fps,
+1.2 s per patch). They differ for every clip whose sampling does not land on exactly 2 fps.
 
 Size policy: images larger than max_pixels (12.8 MP) are downscaled by smart_resize, like the reference.
 Files that decode to more than MAX_DECODED_PIXELS (100 MP) are refused before decoding, so a hostile or
 mistaken file cannot take gigabytes of memory. Video frames are sampled at `fps` (default 2), between
-4 and 768 frames; long videos get sparser frames and the fps actually achieved is returned, because
-TMRoPE needs the true seconds per temporal patch. decode_video (what the session uses) decodes as a stream and
+4 and 768 frames; long videos get sparser frames and the fps actually achieved is returned (for the
+"sampled" timing above). decode_video (what the session uses) decodes as a stream and
 resizes each sampled frame to the model's size as soon as it is decoded, so a long or high-resolution video
 never holds more than the sampled frames at the size the model sees; its token cost is known from the
 container header before that (omni_edge.runtime.media_budget).
@@ -49,6 +65,8 @@ MAX_RATIO = 200
 MAX_DECODED_PIXELS = 100_000_000
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+TRANSPARENCY_MODES = ("qwen-omni-utils", "transformers")
+VIDEO_TIMINGS = ("processor", "sampled")
 
 
 def smart_resize(
@@ -78,8 +96,8 @@ def smart_resize(
 # ---------------------------------------------------------------------------------------------- images
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB (transparency composited onto white, as the reference)."""
+def load_image(path: str | Path, transparency: str = "qwen-omni-utils") -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB, transparency handled as `transparency` says (module doc)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -91,7 +109,7 @@ def load_image(path: str | Path) -> np.ndarray:
             with Image.open(path) as img:
                 _check_pixel_count(img.width, img.height, str(path))
                 img.load()
-                return _rgb_array(img, str(path))
+                return _rgb_array(img, str(path), transparency)
     except Image.DecompressionBombError as exc:
         raise InputError(f"image {path} is too large to decode ({exc}); downscale it below 100 MP.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -122,13 +140,15 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
         ) from exc
 
 
-def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
+def preprocess_image(
+    image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, transparency: str = "qwen-omni-utils"
+):
     """HxWx3 uint8 array (or PIL image) -> (patches [N, 1176] float32, grid_thw int64 [[1, h, w]]).
 
     Matches Qwen2VLImageProcessorPil with Qwen2.5-Omni's preprocessor_config: bicubic resize to
     smart_resize's size, x/255, CLIP mean/std, and the patch order with each 2x2 merge group contiguous.
     """
-    rgb = _rgb_array(image, "image")
+    rgb = _rgb_array(image, "image", transparency)
     height, width = smart_resize(rgb.shape[0], rgb.shape[1], FACTOR, min_pixels, max_pixels)
     pixels = _normalize(_resize(rgb, height, width))  # [3, H, W]
     # The reference broadcasts the single frame over temporal_patch_size; two equal frames are the same.
@@ -136,13 +156,20 @@ def preprocess_image(image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_
     return patches, np.array([grid], dtype=np.int64)
 
 
-def _rgb_array(image, source: str) -> np.ndarray:
+def _rgb_array(image, source: str, transparency: str = "qwen-omni-utils") -> np.ndarray:
     from PIL import Image
 
+    if transparency not in TRANSPARENCY_MODES:
+        raise InputError(f"unknown transparency mode {transparency!r}; use one of {', '.join(TRANSPARENCY_MODES)}")
     if isinstance(image, Image.Image):
         _check_pixel_count(image.width, image.height, source)
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            # Same compositing as transformers' convert_to_rgb: transparent pixels become white.
+        if transparency == "qwen-omni-utils" and image.mode == "RGBA":
+            # qwen-omni-utils' to_rgb: paste with the alpha band as the mask (its rounding, not alpha_composite's).
+            white = Image.new("RGB", image.size, (255, 255, 255))
+            white.paste(image, mask=image.split()[3])
+            return np.asarray(white)
+        if transparency == "transformers" and ("A" in image.getbands() or image.info.get("transparency") is not None):
+            # transformers' convert_to_rgb: every kind of transparency composited onto white.
             rgba = image.convert("RGBA")
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         return np.asarray(image.convert("RGB"))
@@ -332,6 +359,16 @@ def _decode_frames(path: Path, wanted: np.ndarray, resize: bool) -> tuple[np.nda
     if filled < len(wanted):
         return None, decoded
     return out, decoded
+
+
+def video_timing_fps(requested: float, sampled: float, timing: str = "processor") -> float:
+    """The fps TMRoPE's seconds per temporal patch (temporal_patch_size / fps) is computed from, for a video
+    file sampled at `requested` fps that achieved `sampled` fps: the requested rate under "processor" (what
+    transformers' processor assumes when Qwen's README pipeline passes it no fps), the achieved one under
+    "sampled". See the module docstring."""
+    if timing not in VIDEO_TIMINGS:
+        raise InputError(f"unknown video timing {timing!r}; use one of {', '.join(VIDEO_TIMINGS)}")
+    return _check_fps(requested) if timing == "processor" else sampled
 
 
 def _frame_rgb(frame) -> np.ndarray:
