@@ -188,7 +188,11 @@ def log_mel(waveform_16k: np.ndarray) -> np.ndarray:
 def _log_mel_frames(padded: np.ndarray, block: int = 4096) -> np.ndarray:
     """torch.stft(center=True, reflect) power spectrum -> Slaney mel -> log10, [128, len // HOP + 1]."""
     signal = np.pad(padded, N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(signal, N_FFT)[::HOP]
+    return _log_mel_windows(np.lib.stride_tricks.sliding_window_view(signal, N_FFT)[::HOP], block)
+
+
+def _log_mel_windows(frames: np.ndarray, block: int = 4096) -> np.ndarray:
+    """[frames, N_FFT] sample windows -> [128, frames] log10 mel."""
     window, filters = _hann_window(), mel_filters()
     out = np.empty((N_MELS, frames.shape[0]), dtype=np.float64)
     for start in range(0, frames.shape[0], block):  # blocks keep a 300 s clip under ~20 MB of temporaries
@@ -196,6 +200,33 @@ def _log_mel_frames(padded: np.ndarray, block: int = 4096) -> np.ndarray:
         power = spec.real**2 + spec.imag**2
         out[:, start : start + block] = np.log10(np.maximum(power @ filters, 1e-10)).T
     return out
+
+
+# -- causal pieces for live input: the same frames, the normalisation's peak chosen by the caller ---------------
+
+
+def log_mel_span(wave: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Unnormalised log10 mel frames [128, stop - start] of a clip of which `wave` holds the first samples,
+    exactly as log_mel computes them. A frame needs the samples up to `frame * HOP + N_FFT // 2`; any window
+    reaching past `wave` sees zeros there, which is what log_mel sees past the end of a finished clip."""
+    lo, hi = start * HOP - N_FFT // 2, (stop - 1) * HOP + N_FFT // 2
+    samples = np.zeros(hi - lo, dtype=np.float64)
+    have = np.asarray(wave[max(lo, 0) : hi], dtype=np.float32).astype(np.float64)
+    samples[max(lo, 0) - lo : max(lo, 0) - lo + len(have)] = have
+    if lo < 0:  # torch.stft's reflect padding at the clip's start: sample -k is sample k
+        samples[: -lo] = np.asarray(wave[1 : 1 - lo], dtype=np.float32).astype(np.float64)[::-1]
+    return _log_mel_windows(np.lib.stride_tricks.sliding_window_view(samples, N_FFT)[::HOP])
+
+
+def clip_frames(samples: int) -> tuple[int, int]:
+    """(frames the model receives, frames log_mel's peak is taken over) for a finished clip of `samples`."""
+    return -(-samples // HOP), (samples + N_FFT + HOP) // HOP + 1
+
+
+def normalise_log_mel(log_spec: np.ndarray, peak: float) -> np.ndarray:
+    """log_mel's normalisation with a given peak: the floor `max(peak, -10) - 8`, then (x + 4) / 4."""
+    floor = max(peak, LOG_FLOOR) - 8.0
+    return ((np.maximum(log_spec, floor) + 4.0) / 4.0).astype(np.float32)
 
 
 def _hann_window() -> np.ndarray:

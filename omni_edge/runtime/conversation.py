@@ -64,6 +64,18 @@ class TalkerTrack:
     def positions(self, stop: int) -> np.ndarray:
         return np.concatenate(self._positions, axis=2)[:, :, :stop]
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` rows (a reply cut short by barge-in)."""
+        rows, positions, kept = [], [], 0
+        for chunk, ids in zip(self._rows, self._positions):
+            if kept >= length:
+                break
+            take = min(len(chunk), length - kept)
+            rows.append(chunk[:take])
+            positions.append(ids[:, :, :take])
+            kept += take
+        self._rows, self._positions, self.length = rows, positions, kept
+
     def clear(self) -> None:
         self._rows, self._positions, self.length = [], [], 0
 
@@ -82,6 +94,7 @@ class Conversation:
         self.next_position = 0  # TMRoPE id of the next fed token
         self.pending: list[int] = []  # the reply's last sampled token: never fed, the next turn feeds it
         self.turn_open = False  # the last assistant turn ended without <|im_end|>
+        self._marks: list[tuple[int, int]] = []  # (length, next_position) after every fed turn, for truncate
         if self.track is not None:
             self.track.clear()
 
@@ -90,17 +103,21 @@ class Conversation:
         """The ids, embeddings and TMRoPE ids of a user turn after what the conversation holds. User text
         stays text: `<|im_start|>` typed in a prompt is not a control token unless `allow_special_tokens`."""
         content = user_segments(parts, self.media, self.tokenizer.token_text, trusted=allow_special_tokens)
-        if self.length == 0 and not self.pending:
-            messages = ([Message("system", system)] if system else []) + [Message("user", content)]
-            ids = self.tokenizer.encode_segments(chat_segments(messages))
-        else:
-            if system:
-                raise InputError("a system prompt can only start a conversation; call reset() first")
-            closing = [self.tokenizer.im_end_id] if self.turn_open else []
-            ids = self.pending + closing + self.tokenizer.encode_segments([Segment("\n", True), *user_turn_segments(content)])
+        ids = self.user_turn_ids(content, system)
         ids_array = np.asarray(ids)
         embeds = splice_features(self.embeddings[ids_array], ids_array, parts, self.media)
         return Turn(ids, embeds, self._positions(ids, parts))
+
+    def user_turn_ids(self, content: tuple[Segment, ...], system: str | None = None) -> list[int]:
+        """The ids of a user turn with this content after what the conversation holds: the template around it,
+        and the pending token and closing <|im_end|> of the previous reply before it."""
+        if self.length == 0 and not self.pending:
+            messages = ([Message("system", system)] if system else []) + [Message("user", content)]
+            return self.tokenizer.encode_segments(chat_segments(messages))
+        if system:
+            raise InputError("a system prompt can only start a conversation; call reset() first")
+        closing = [self.tokenizer.im_end_id] if self.turn_open else []
+        return self.pending + closing + self.tokenizer.encode_segments([Segment("\n", True), *user_turn_segments(content)])
 
     def token_turn(self, token: int) -> Turn:
         """One sampled text token to feed."""
@@ -139,7 +156,9 @@ class Conversation:
     def fed(self, turn: Turn, hidden: np.ndarray) -> None:
         """The Thinker has fed `turn` (its KV is in the cache); `hidden` is its last hidden state [n, hidden]."""
         self.length += len(turn.ids)
-        self.next_position = int(turn.positions.max()) + 1
+        # A turn fed in pieces (live input) continues from the max over all of them, as one turn would.
+        self.next_position = max(self.next_position, int(turn.positions.max()) + 1)
+        self._marks.append((self.length, self.next_position))
         self.pending = []
         self.turn_open = True  # fed tokens always continue the assistant turn the user turn opened
         if self.track is not None:
@@ -151,3 +170,17 @@ class Conversation:
     def closed(self) -> None:
         """The reply ended with eos: the template's <|im_end|> is the pending token itself."""
         self.turn_open = False
+
+    def truncate(self, length: int) -> None:
+        """Forget every token after the first `length` fed ones (a reply cut short by barge-in), which must end
+        a fed turn (a user turn, a piece of one, or a sampled token). The assistant turn stays open: the next
+        user turn closes it with <|im_end|>. The caller truncates the KV cache to the same length."""
+        kept = [mark for mark in self._marks if mark[0] <= length]
+        if length and (not kept or kept[-1][0] != length):
+            raise InputError(f"cannot truncate the conversation to {length} tokens: not the end of a fed turn")
+        self._marks = kept
+        self.length, self.next_position = kept[-1] if kept else (0, 0)
+        self.pending = []
+        self.turn_open = bool(kept)
+        if self.track is not None:
+            self.track.truncate(length)
