@@ -214,7 +214,7 @@ def log_mel_span(wave: np.ndarray, start: int, stop: int) -> np.ndarray:
     have = np.asarray(wave[max(lo, 0) : hi], dtype=np.float32).astype(np.float64)
     samples[max(lo, 0) - lo : max(lo, 0) - lo + len(have)] = have
     if lo < 0:  # torch.stft's reflect padding at the clip's start: sample -k is sample k
-        samples[: -lo] = np.asarray(wave[1 : 1 - lo], dtype=np.float32).astype(np.float64)[::-1]
+        samples[:-lo] = np.asarray(wave[1 : 1 - lo], dtype=np.float32).astype(np.float64)[::-1]
     return _log_mel_windows(np.lib.stride_tricks.sliding_window_view(samples, N_FFT)[::HOP])
 
 

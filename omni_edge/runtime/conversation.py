@@ -117,7 +117,9 @@ class Conversation:
         if system:
             raise InputError("a system prompt can only start a conversation; call reset() first")
         closing = [self.tokenizer.im_end_id] if self.turn_open else []
-        return self.pending + closing + self.tokenizer.encode_segments([Segment("\n", True), *user_turn_segments(content)])
+        return (
+            self.pending + closing + self.tokenizer.encode_segments([Segment("\n", True), *user_turn_segments(content)])
+        )
 
     def token_turn(self, token: int) -> Turn:
         """One sampled text token to feed."""
