@@ -180,6 +180,14 @@ class LiveConversation:
         with self._lock:
             return self._end_turn() if self.turn is not None else None
 
+    def cancel(self) -> None:
+        """Stop the running reply as a barge-in would (the conversation keeps what was heard), without a new
+        user turn; safe from another thread."""
+        with self._lock:
+            if self._replying and not self._barged:
+                self._barged = True
+                self.session.cancel()
+
     def played(self, samples: int) -> None:
         """Reply samples played so far (the playback device's count); without it, every yielded sample is
         taken as played when a barge-in cuts the reply."""
