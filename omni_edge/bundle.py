@@ -18,7 +18,7 @@ from omni_edge.memory_plan import MemoryPlan
 from omni_edge.naming import MANIFEST_FILE
 from omni_edge.quantization_report import QuantizationReport
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one decoder graph per decoder (thinker_decoder, talker_decoder) for prefill and decode
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ def check_manifest(manifest, verify_files: bool) -> None:
         _check_geometry(manifest.talker.kv_cache, "talker.kv_cache")
     if not manifest.components:
         raise BundleError(f"the manifest lists no components; {_REFUSE}")
-    for required in (naming.THINKER_PREFILL, naming.THINKER_DECODE):
+    for required in (naming.THINKER_DECODER,):
         if required not in manifest.components:
             raise BundleError(f"the manifest has no {required} component, which every bundle needs; {_REFUSE}")
     for name, record in manifest.components.items():
@@ -219,7 +219,7 @@ def _check_value(value, hint, where: str) -> None:
         if value is not None:
             raise _wrong_type(where, value, hint)
     elif is_dataclass(hint):
-        if not isinstance(value, hint):
+        if not isinstance(value, typing.cast(type, hint)):
             raise _wrong_type(where, value, hint)
         _check_types(value, where)
     elif hint is int or hint is float:

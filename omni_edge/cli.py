@@ -150,9 +150,14 @@ def export_main(
     )
     bundle = export_bundle(request, _tqdm_progress)
     from omni_edge.bundle import load_manifest
+    from omni_edge.bundle_trust import manifest_sha256
 
     manifest = load_manifest(bundle, verify_files=False)
-    click.echo(f"bundle written to {bundle}", err=True)
+    click.echo(
+        f"bundle written to {bundle} (manifest sha256 {manifest_sha256(bundle)}: pin it with "
+        "omni-run --manifest-sha256)",
+        err=True,
+    )
     if manifest.memory_plan is not None:
         click.echo(f"memory plan: {manifest.memory_plan.summary()}", err=True)
     if manifest.quantization is not None:
@@ -259,6 +264,14 @@ def build_engines_main(bundle):
 @click.option("--seed", default=None, type=int, help="Seed for sampling, for reproducible runs.")
 @click.option("--threads", default=0, type=int, help="CPU threads for ONNX Runtime (0: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, token ids and timings.")
+@click.option(
+    "--manifest-sha256",
+    default=None,
+    metavar="HEX",
+    help="Refuse the bundle unless manifest.json has this sha256 (kept apart from the bundle, e.g. from "
+    "`sha256sum BUNDLE/manifest.json` on the machine that exported it): the manifest's hashes then vouch for "
+    "every other file.",
+)
 @_one_line_errors
 def run_main(
     bundle,
@@ -281,6 +294,7 @@ def run_main(
     seed,
     threads,
     as_json,
+    manifest_sha256,
 ):
     """Run a bundle: stream the reply to PROMPT as it is generated.
 
@@ -308,7 +322,7 @@ def run_main(
     check_threads(threads)
     sampling = SamplingConfig(greedy, temperature, top_k, top_p, repetition_penalty)
     sampling.validate()
-    session = Session(bundle, threads=threads)
+    session = Session(bundle, threads=threads, manifest_sha256=manifest_sha256)
     if out_wav is not None and session.manifest.talker is not None:
         check_max_codec_tokens(max_codec_tokens, session.manifest.talker)
     speech = None

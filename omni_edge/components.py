@@ -26,7 +26,8 @@ class GraphInfo:
     # and last windows), so TensorRT captures its launches once per binding and replays them as a CUDA graph.
     cuda_graph: bool = False
     # Calibration keeps every n-th call of graphs that run many times per request (neighbouring decode steps
-    # and ODE stages are nearly alike) and at most `calibration_feed_limit` feeds when each feed is costly.
+    # and ODE stages are nearly alike; a decoder's prefills are always kept) and at most
+    # `calibration_feed_limit` feeds when each feed is costly.
     calibration_keep_every: int = 1
     calibration_feed_limit: int | None = None
 
@@ -35,7 +36,7 @@ class GraphInfo:
 class Component:
     name: str  # as users write it in --components and --precision
     role: str  # one of ROLES
-    graphs: tuple[GraphInfo, ...]  # each graph holds its own copy of the component's weights
+    graphs: tuple[GraphInfo, ...]  # each graph holds its own copy of the component's weights: keep one
     checkpoint_prefixes: tuple[str, ...]  # hub layout and transformers 5's in-memory layout
     specs: str  # "module:function", (model) -> list[ComponentSpec] in the order of `graphs`
     head_prefixes: tuple[str, ...] = ()  # output head: quantization leaves it at high precision
@@ -53,8 +54,11 @@ COMPONENTS: tuple[Component, ...] = (
         "thinker",
         "thinker",
         (
-            GraphInfo(naming.THINKER_PREFILL, "prefill of 128/512/2048 tokens"),
-            GraphInfo(naming.THINKER_DECODE, "one token at contexts 128/512/2048", calibration_keep_every=4),
+            GraphInfo(
+                naming.THINKER_DECODER,
+                "prefill of 128/512/2048 tokens; one token at contexts 128/512/2048",
+                calibration_keep_every=4,
+            ),
         ),
         ("thinker.",),
         "omni_edge.export.decoder_specs:thinker_specs",
@@ -80,8 +84,11 @@ COMPONENTS: tuple[Component, ...] = (
         "talker",
         "talker",
         (
-            GraphInfo(naming.TALKER_PREFILL, "prefill of 128/512 rows"),
-            GraphInfo(naming.TALKER_DECODE, "one codec token at contexts 128/512/2048", calibration_keep_every=8),
+            GraphInfo(
+                naming.TALKER_DECODER,
+                "prefill of 128/512 rows; one codec token at contexts 128/512/2048",
+                calibration_keep_every=8,
+            ),
         ),
         ("talker.",),
         "omni_edge.export.decoder_specs:talker_specs",

@@ -29,15 +29,13 @@ def present_names(num_layers: int) -> list[str]:
     return [name for i in range(num_layers) for name in (present_key(i), present_value(i))]
 
 
-THINKER_PREFILL = "thinker_prefill"
-THINKER_DECODE = "thinker_decode"
+THINKER_DECODER = "thinker_decoder"  # one graph for prefill (empty past) and decode
 THINKER_EMBEDDING_FILE = "thinker_embed_tokens.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 AUDIO_ENCODER = "audio_encoder"
 VISION_ENCODER = "vision_encoder"
-TALKER_PREFILL = "talker_prefill"
-TALKER_DECODE = "talker_decode"
+TALKER_DECODER = "talker_decoder"
 DIT_WINDOW = "dit_window"
 BIGVGAN_WINDOW = "bigvgan_window"
 TALKER_CODEC_EMBEDDING_FILE = "talker_codec_embed.safetensors"

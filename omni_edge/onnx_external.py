@@ -74,6 +74,7 @@ _SCHEMA = {
 def _fields(buf: memoryview):
     """(field number, value) pairs: an int for varint/fixed fields, a memoryview for length-delimited ones."""
     pos, end = 0, len(buf)
+    value: int | memoryview | None
     while pos < end:
         tag, pos = _varint(buf, pos)
         number, wire = tag >> 3, tag & 7

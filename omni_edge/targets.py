@@ -24,6 +24,12 @@ class Target:
     def backend(self) -> str:
         return "onnxruntime" if self.tensorrt is None else "tensorrt"
 
+    def engine_target(self) -> tuple[str, str]:
+        """(TensorRT flavour, compute capability) of a GPU target; TargetError for an ONNX Runtime one."""
+        if self.tensorrt is None or self.compute_capability is None:
+            raise TargetError(f"target {self.name} runs ONNX Runtime; it has no TensorRT engines to build")
+        return self.tensorrt, self.compute_capability
+
     @property
     def high_precision(self) -> str:
         """What ops left unquantized (output heads, attention matmuls) run in: fp16 under TensorRT, fp32 under

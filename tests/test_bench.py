@@ -20,7 +20,7 @@ HAS_TORCH = all(importlib.util.find_spec(name) for name in ("torch", "transforme
 QUICK = dict(
     iterations=1, warmup=0, e2e_iterations=1, e2e_new_tokens=4, speech_codec_tokens=60, bandwidth_mib=32, threads=1
 )
-SPEECH_ENGINES = {"talker_prefill", "talker_decode", "dit_window", "bigvgan_window"}
+SPEECH_ENGINES = {"talker_decoder", "dit_window", "bigvgan_window"}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def report(cpu_bundle):
 
 def test_every_engine_of_the_bundle_has_rows(report):
     shapes = {(row["engine"], row["shape"]) for row in report["engines"]}
-    assert {("thinker_prefill", f"prefill {n} tokens") for n in (128, 512, 2048)} <= shapes
-    assert {("thinker_decode", f"decode 1 token at context {n}") for n in (128, 512)} <= shapes
+    assert {("thinker_decoder", f"prefill {n} tokens") for n in (128, 512, 2048)} <= shapes
+    assert {("thinker_decoder", f"decode 1 token at context {n}") for n in (128, 512)} <= shapes
     assert ("audio_encoder", "one 2 s block") in shapes and ("vision_encoder", "one 448x448 image") in shapes
     for row in report["engines"]:
         assert row["iterations"] == 1 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
@@ -83,9 +83,9 @@ def test_roofline_is_sane(report, cpu_bundle):
     assert roof["copy_bandwidth_gb_s"] == max(roof["copy_bandwidth_samples_gb_s"]) > 0
     assert len(roof["copy_bandwidth_samples_gb_s"]) == 2
     weights, files = decode_weight_bytes(cpu_bundle, load_manifest(cpu_bundle, verify_files=False))
-    assert roof["decode_weight_bytes"] == weights > 0 and "thinker_decode.onnx" in files
+    assert roof["decode_weight_bytes"] == weights > 0 and "thinker_decoder.onnx" in files
     assert roof["roofline_tokens_per_s"] == pytest.approx(roof["copy_bandwidth_gb_s"] * 1e9 / weights)
-    decode_rows = [row for row in report["engines"] if row["engine"] == "thinker_decode"]
+    decode_rows = [r for r in report["engines"] if r["engine"] == "thinker_decoder" and r["params"]["past"]]
     assert len(roof["decode"]) == len(decode_rows) > 0
     for item in roof["decode"]:
         assert 0 < item["roofline_tokens_per_s"] <= roof["roofline_tokens_per_s"] and item["fraction"] > 0
@@ -106,7 +106,7 @@ def test_cli_json_plot_engine_filter_and_no_reference(cpu_bundle, tmp_path):
     args = [
         str(cpu_bundle),
         "--engine",
-        "thinker_decode",
+        "thinker_decoder",
         "--iterations",
         "1",
         "--warmup",
@@ -127,7 +127,7 @@ def test_cli_json_plot_engine_filter_and_no_reference(cpu_bundle, tmp_path):
     result = CliRunner().invoke(bench_main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert {row["engine"] for row in report["engines"]} == {"thinker_decode"}
+    assert {row["engine"] for row in report["engines"]} == {"thinker_decoder"}
     assert report["reference"]["status"] == "skipped (--no-reference)"
     assert all(row["reference"] is None and row["latency_ratio"] is None for row in report["engines"])
     assert report["command"].startswith("omni-bench ") and (tmp_path / "b.png").stat().st_size > 0
@@ -137,7 +137,7 @@ def test_unknown_engine_is_a_one_line_error(cpu_bundle):
     from omni_edge.cli import bench_main
 
     result = CliRunner().invoke(bench_main, [str(cpu_bundle), "--engine", "warp_drive", "--no-reference"])
-    assert result.exit_code == 2 and "warp_drive" in result.stderr and "thinker_decode" in result.stderr
+    assert result.exit_code == 2 and "warp_drive" in result.stderr and "thinker_decoder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -14,6 +14,7 @@ import pytest
 from helpers import assert_one_line_error, cli
 
 from omni_edge import naming
+from omni_edge.bench.inputs import decoder_feeds
 from omni_edge.bundle import load_manifest
 from omni_edge.errors import BundleError
 from omni_edge.runtime.engine import OrtEngine, open_engine
@@ -75,15 +76,15 @@ def test_symlink_out_of_the_bundle_is_refused(bundle, tmp_path):
 
 
 def test_graph_not_among_hashed_files_is_refused(bundle):
-    _edit_manifest(bundle, lambda d: d["files"].pop("thinker_prefill.onnx"))
-    _refused(bundle, "thinker_prefill.onnx", "not among the manifest's hashed files")
+    _edit_manifest(bundle, lambda d: d["files"].pop("thinker_decoder.onnx"))
+    _refused(bundle, "thinker_decoder.onnx", "not among the manifest's hashed files")
 
 
 def test_component_graph_outside_the_bundle_is_refused(bundle, tmp_path):
-    shutil.copy(bundle / "thinker_decode.onnx", tmp_path / "evil.onnx")
+    shutil.copy(bundle / "thinker_decoder.onnx", tmp_path / "evil.onnx")
 
     def edit(data):
-        data["components"]["thinker_decode"]["file"] = "../evil.onnx"
+        data["components"]["thinker_decoder"]["file"] = "../evil.onnx"
 
     _edit_manifest(bundle, edit)
     _refused(bundle, "../evil.onnx")
@@ -102,7 +103,7 @@ def test_tables_must_be_hashed_too(bundle, field):
 # -- what was verified is what runs (time of check = time of use) ------------------------------------
 
 
-@pytest.mark.parametrize("rel", ["thinker_decode.onnx", "thinker_decode.onnx.data"])
+@pytest.mark.parametrize("rel", ["thinker_decoder.onnx", "thinker_decoder.onnx.data"])
 def test_graph_changed_after_load_is_refused_at_open(bundle, rel):
     manifest = load_manifest(bundle)  # verified here
     path = bundle / rel
@@ -110,37 +111,33 @@ def test_graph_changed_after_load_is_refused_at_open(bundle, rel):
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="sha256"):
-        open_engine(bundle, manifest, naming.THINKER_DECODE, threads=1)
+        open_engine(bundle, manifest, naming.THINKER_DECODER, threads=1)
 
 
 def test_verified_engine_computes_what_the_file_does(cpu_bundle):
     manifest = load_manifest(cpu_bundle)
-    name = naming.THINKER_PREFILL
+    name = naming.THINKER_DECODER
     verified = open_engine(cpu_bundle, manifest, name, threads=1)  # graph and external data from memory
     plain = OrtEngine(name, cpu_bundle / manifest.components[name].file, threads=1)
-    seq, hidden = 5, manifest.thinker.hidden_size
-    feeds = {
-        "inputs_embeds": np.random.default_rng(0).standard_normal((1, seq, hidden)).astype(np.float32),
-        "position_ids": np.broadcast_to(np.arange(seq), (3, 1, seq)).astype(np.int64).copy(),
-        "attention_mask": np.ones((1, seq), np.int64),
-    }
+    rows = np.random.default_rng(0).standard_normal((5, manifest.thinker.hidden_size))
+    feeds = decoder_feeds(rows, manifest.kv_cache, past=3)
     a, b = verified.run(feeds), plain.run(feeds)
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_graph_swapped_for_another_components_graph_is_refused(bundle):
-    # The Talker's prefill graph has the Thinker's input and output names; only its sizes differ.
-    shutil.copy(bundle / "talker_prefill.onnx", bundle / "thinker_prefill.onnx")
-    _rehash(bundle, "thinker_prefill.onnx")
+    # The Talker's decoder graph has the Thinker's input and output names; only its sizes differ.
+    shutil.copy(bundle / "talker_decoder.onnx", bundle / "thinker_decoder.onnx")
+    _rehash(bundle, "thinker_decoder.onnx")
     manifest = load_manifest(bundle)  # every hash matches
     with pytest.raises(BundleError, match="another graph"):
-        open_engine(bundle, manifest, naming.THINKER_PREFILL, threads=1)
+        open_engine(bundle, manifest, naming.THINKER_DECODER, threads=1)
 
 
 def test_session_refuses_a_swapped_graph_in_one_line(bundle):
-    shutil.copy(bundle / "talker_decode.onnx", bundle / "thinker_decode.onnx")
-    _rehash(bundle, "thinker_decode.onnx")
-    assert_one_line_error(cli("omni-run", str(bundle), "--prompt", "hi"), "thinker_decode.onnx", "another graph")
+    shutil.copy(bundle / "talker_decoder.onnx", bundle / "thinker_decoder.onnx")
+    _rehash(bundle, "thinker_decoder.onnx")
+    assert_one_line_error(cli("omni-run", str(bundle), "--prompt", "hi"), "thinker_decoder.onnx", "another graph")
 
 
 # -- external data: locations checked before any backend reads them ----------------------------------
@@ -160,7 +157,7 @@ def _point_external_data(bundle: Path, graph: str, location: str) -> None:
 
 @pytest.mark.parametrize("kind", ["parent", "absolute", "symlink", "unlisted"])
 def test_external_data_outside_the_bundle_is_refused(bundle, tmp_path, kind):
-    graph = "thinker_decode.onnx"
+    graph = "thinker_decoder.onnx"
     outside = tmp_path / "outside.data"
     shutil.copy(bundle / f"{graph}.data", outside)  # valid weights: a backend would load them happily
     if kind == "parent":
@@ -177,20 +174,20 @@ def test_external_data_outside_the_bundle_is_refused(bundle, tmp_path, kind):
     _point_external_data(bundle, graph, location)
     with pytest.raises(BundleError, match=message):
         manifest = load_manifest(bundle)
-        open_engine(bundle, manifest, naming.THINKER_DECODE, threads=1)
+        open_engine(bundle, manifest, naming.THINKER_DECODER, threads=1)
 
 
 def test_tensorrt_parser_gets_only_checked_graphs(bundle, tmp_path):
     from omni_edge.export.engine_build import _network
 
-    shutil.copy(bundle / "thinker_decode.onnx.data", tmp_path / "outside.data")
-    _point_external_data(bundle, "thinker_decode.onnx", "../outside.data")
+    shutil.copy(bundle / "thinker_decoder.onnx.data", tmp_path / "outside.data")
+    _point_external_data(bundle, "thinker_decoder.onnx", "../outside.data")
     manifest = load_manifest(bundle)
     # No TensorRT here: the check runs before the parser is created, so None stands in for it.
     with pytest.raises(BundleError, match="not a plain file name"):
-        _network(None, None, None, bundle / "thinker_decode.onnx", manifest.files)
+        _network(None, None, None, bundle / "thinker_decoder.onnx", manifest.files)
     with pytest.raises(BundleError, match="not a plain file name"):
-        _network(None, None, None, bundle / "thinker_decode.onnx", None)  # the export's own staging
+        _network(None, None, None, bundle / "thinker_decoder.onnx", None)  # the export's own staging
 
 
 def test_external_locations_are_found_everywhere(tmp_path):
@@ -258,7 +255,7 @@ def _set(path: str, value):
         (_set("talker.kv_cache.max_seq_len", 10**12), "talker.kv_cache.max_seq_len"),
         (_set("thinker.eos_token_ids", "eos"), "eos_token_ids should be list"),
         (_set("backend", "tflite"), "tflite"),
-        (lambda d: d["components"].pop("thinker_decode"), "no thinker_decode component"),
+        (lambda d: d["components"].pop("thinker_decoder"), "no thinker_decoder component"),
         (lambda d: d.pop("kv_cache"), "missing field 'kv_cache'"),
         (lambda d: d.update(extra=1), "not a valid omni-edge manifest"),
         (lambda d: d["files"].update({"tokenizer.json": "not-a-hash"}), "has no sha256"),
@@ -303,6 +300,19 @@ def test_manifest_pinned_from_outside(bundle):
     _edit_manifest(bundle, lambda d: d.update(source_model="someone else's"))
     with pytest.raises(BundleError, match="pinned"):
         load_manifest(bundle, manifest_sha256=pinned)
+    proc = cli("omni-run", str(bundle), "--prompt", "hi", "--manifest-sha256", pinned)
+    assert_one_line_error(proc, "pinned")
+
+
+def test_omni_run_runs_a_bundle_pinned_to_its_own_manifest(bundle):
+    from omni_edge.bundle_trust import manifest_sha256
+
+    pinned = manifest_sha256(bundle)
+    proc = cli(
+        "omni-run", str(bundle), "--prompt", "hi", "--max-new-tokens", "2", "--json", "--manifest-sha256", pinned
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["text_token_ids"]
 
 
 def test_onnxruntime_floor_validates_external_data():

@@ -98,7 +98,7 @@ def test_attention_mask_masks_only_the_padding_slots():
     assert attention_mask(0, 0, 4).tolist() == [[1, 1, 1, 1]]
 
 
-def _steps(cache, prefill, decode, hidden, garbage=None):
+def _steps(cache, decoder, hidden, garbage=None):
     """Logits of a fixed run of steps (prefill, single tokens, a chunk, a truncation and a re-feed)."""
     from omni_edge.runtime.positions import text_positions
 
@@ -113,7 +113,7 @@ def _steps(cache, prefill, decode, hidden, garbage=None):
                 cache._buffer[..., cache.length :, :].shape
             )
         embeds = np.random.default_rng(position).standard_normal((1, count, hidden)).astype(np.float32)
-        outputs = cache.run(prefill, decode, {"inputs_embeds": embeds, "position_ids": text_positions(position, count)})
+        outputs = cache.run(decoder, {"inputs_embeds": embeds, "position_ids": text_positions(position, count)})
         logits.append(outputs["logits"])
         position += count
     return logits, cache
@@ -127,11 +127,10 @@ def test_padded_past_matches_the_exact_past(cpu_bundle):
     from omni_edge.runtime.engine import OrtEngine
 
     manifest = load_manifest(cpu_bundle)
-    prefill = OrtEngine("prefill", cpu_bundle / manifest.components[naming.THINKER_PREFILL].file)
-    decode = OrtEngine("decode", cpu_bundle / manifest.components[naming.THINKER_DECODE].file)
+    decoder = OrtEngine("decoder", cpu_bundle / manifest.components[naming.THINKER_DECODER].file)
     hidden = manifest.thinker.hidden_size
-    exact, _ = _steps(KVCache(manifest.kv_cache), prefill, decode, hidden)
-    padded, cache = _steps(KVCache(manifest.kv_cache, bucket=8), prefill, decode, hidden, np.random.default_rng(1))
+    exact, _ = _steps(KVCache(manifest.kv_cache), decoder, hidden)
+    padded, cache = _steps(KVCache(manifest.kv_cache, bucket=8), decoder, hidden, np.random.default_rng(1))
     assert cache.padded % 8 == 0 and cache.padded > cache.length - 1
     for got, want in zip(padded, exact):
         # fp32 graph, different reduction lengths: measured <= 2e-6

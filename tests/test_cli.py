@@ -35,7 +35,7 @@ def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
     assert f"omni-run {out}" in proc.stderr  # the next command is printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kv_cache"]["max_seq_len"] == 256
-    assert set(manifest["components"]) == {"thinker_prefill", "thinker_decode"}
+    assert set(manifest["components"]) == {"thinker_decoder"}
     assert all(c["measured_max_abs_error"] <= c["atol"] for c in manifest["components"].values())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
@@ -153,12 +153,12 @@ def bundle_copy(cpu_bundle, tmp_path) -> Path:
 
 
 def test_bundle_missing_a_file(bundle_copy):
-    (bundle_copy / "thinker_decode.onnx.data").unlink()
-    assert_one_line_error(cli("omni-run", str(bundle_copy), "--prompt", "hi"), "thinker_decode.onnx.data", "missing")
+    (bundle_copy / "thinker_decoder.onnx.data").unlink()
+    assert_one_line_error(cli("omni-run", str(bundle_copy), "--prompt", "hi"), "thinker_decoder.onnx.data", "missing")
 
 
 def test_bundle_with_a_tampered_file(bundle_copy):
-    path = bundle_copy / "thinker_prefill.onnx.data"
+    path = bundle_copy / "thinker_decoder.onnx.data"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))

@@ -79,7 +79,7 @@ def test_stale_staging_of_a_dead_export_is_removed_and_said(tmp_path):
     other_bundle = tmp_path / f".c.partial-{_dead_pid()}@{host}-x5"
     for path in (dead, dead_fp32, live, elsewhere, legacy, other_bundle):
         path.mkdir()
-        (path / "thinker_prefill.onnx").write_bytes(b"x")
+        (path / "thinker_decoder.onnx").write_bytes(b"x")
     said: list[str] = []
     removed = staging.remove_stale_staging(out, said.append)
     assert sorted(removed) == sorted([dead, dead_fp32])

@@ -13,13 +13,14 @@ from helpers import from_bf16_bits, to_bf16_bits
 from omni_edge.kernels import launch
 from omni_edge.kernels import reference as R
 from omni_edge.kernels.errors import KernelError
+from omni_edge.runtime.cuda import cuda_device_status
 
 ROPE = dict(head_dim=128, mrope_section=(16, 24, 24), theta=1e6)
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    ok, why = launch.cuda_device_status()
+    ok, why = cuda_device_status()
     if not ok:
         pytest.skip(why if why.startswith("no CUDA device") else f"no CUDA device ({why})")
     return why
@@ -149,7 +150,7 @@ def test_bench_reports_each_kernel_or_skips():
     from omni_edge.kernels.bench import bench_kernels
 
     result = bench_kernels(iterations=5)
-    if not launch.cuda_device_status()[0]:
+    if not cuda_device_status()[0]:
         assert "no CUDA device" in result["skipped"]
         return
     for key in ("tmrope_s1", "tmrope_s512", "ode_rk4_update", "stitch"):

@@ -146,7 +146,7 @@ def test_rewrite_on_the_exported_thinker_prefill(cpu_bundle):
 
     from omni_edge.export.tiny import tiny_config_dict
 
-    model = onnx.load(str(cpu_bundle / "thinker_prefill.onnx"))
+    model = onnx.load(str(cpu_bundle / "thinker_decoder.onnx"))
     layers = tiny_config_dict()["thinker_config"]["text_config"]["num_hidden_layers"]
     rewritten, report = rewrite_tmrope(model, _attrs())
     assert (report.replaced, report.left_plain) == (layers, 0)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from omni_edge import naming
+from omni_edge.bench.inputs import decoder_feeds
+from omni_edge.bundle import KVCacheGeometry
 from omni_edge.errors import TargetError
 from omni_edge.kernels.errors import KernelError
 from omni_edge.targets import TARGETS
@@ -29,7 +31,7 @@ from omni_edge.kernels.graph_rewrite import PLUGIN_DOMAIN, TmropeAttrs  # noqa: 
 from omni_edge.kernels.plugins import TMROPE_PLUGIN  # noqa: E402
 
 FULL_TENSORRT = {"jetson-orin", "jetson-orin-nano", "jetson-thor", "hopper"}
-DECODERS = (naming.THINKER_PREFILL, naming.THINKER_DECODE, naming.TALKER_PREFILL, naming.TALKER_DECODE)
+DECODERS = (naming.THINKER_DECODER, naming.TALKER_DECODER)
 
 
 # ------------------------------------------------------------------------------------------------ decision
@@ -72,12 +74,7 @@ def test_unknown_mode_is_refused():
 def _num_layers(bundle: Path) -> dict[str, int]:
     manifest = json.loads((bundle / naming.MANIFEST_FILE).read_text())
     thinker, talker = manifest["kv_cache"]["num_layers"], manifest["talker"]["kv_cache"]["num_layers"]
-    return {
-        naming.THINKER_PREFILL: thinker,
-        naming.THINKER_DECODE: thinker,
-        naming.TALKER_PREFILL: talker,
-        naming.TALKER_DECODE: talker,
-    }
+    return {naming.THINKER_DECODER: thinker, naming.TALKER_DECODER: talker}
 
 
 def _copy_graphs(bundle: Path, out: Path, names=DECODERS) -> dict[str, str]:
@@ -100,8 +97,8 @@ def test_attrs_come_from_each_decoders_config(hf_model):
     assert set(attrs) == set(DECODERS)
     thinker = TmropeAttrs.from_text_config(config["thinker_config"]["text_config"])
     talker = TmropeAttrs.from_text_config(config["talker_config"])
-    assert attrs[naming.THINKER_PREFILL] == attrs[naming.THINKER_DECODE] == thinker
-    assert attrs[naming.TALKER_PREFILL] == attrs[naming.TALKER_DECODE] == talker
+    assert attrs[naming.THINKER_DECODER] == thinker
+    assert attrs[naming.TALKER_DECODER] == talker
 
 
 def test_every_decoder_graph_gets_one_plugin_per_layer(cpu_bundle, hf_model, tmp_path):
@@ -125,10 +122,10 @@ def test_every_decoder_graph_gets_one_plugin_per_layer(cpu_bundle, hf_model, tmp
 
 
 def test_rewritten_files_compute_what_the_plain_graph_did(cpu_bundle, hf_model, tmp_path):
-    """Round trip through disk, external data included: thinker_decode with a past, plugin vs plain ops."""
+    """Round trip through disk, external data included: thinker_decoder with a past, plugin vs plain ops."""
     from onnx.reference import ReferenceEvaluator
 
-    name = naming.THINKER_DECODE
+    name = naming.THINKER_DECODER
     graphs = _copy_graphs(cpu_bundle, tmp_path, [name])
     apply_plugins(tmp_path, graphs, tmrope_attrs_for(hf_model), True, "test")
     layers = _num_layers(cpu_bundle)[name]
@@ -161,14 +158,14 @@ def test_disabled_leaves_every_file_byte_identical(cpu_bundle, hf_model, tmp_pat
 def test_a_graph_without_rotary_is_an_error_not_a_plain_graph_labelled_plugin(hf_model, tmp_path):
     from omni_edge.kernels.plain_graphs import stitch_graph
 
-    onnx.save(stitch_graph(48, 72), str(tmp_path / "thinker_prefill.onnx"))
-    before = (tmp_path / "thinker_prefill.onnx").read_bytes()
+    onnx.save(stitch_graph(48, 72), str(tmp_path / "thinker_decoder.onnx"))
+    before = (tmp_path / "thinker_decoder.onnx").read_bytes()
     with pytest.raises(KernelError, match="rotary pattern was not found"):
         apply_plugins(
-            tmp_path, {naming.THINKER_PREFILL: "thinker_prefill.onnx"}, tmrope_attrs_for(hf_model), True, "test"
+            tmp_path, {naming.THINKER_DECODER: "thinker_decoder.onnx"}, tmrope_attrs_for(hf_model), True, "test"
         )
-    assert (tmp_path / "thinker_prefill.onnx").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["thinker_prefill.onnx"]  # no scratch left behind
+    assert (tmp_path / "thinker_decoder.onnx").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thinker_decoder.onnx"]  # no scratch left behind
 
 
 # ------------------------------------------------------------------------------------------------ quantized
@@ -177,16 +174,9 @@ def test_a_graph_without_rotary_is_an_error_not_a_plain_graph_labelled_plugin(hf
 class _Calibration:
     """ModelOpt's calibration reader: ONNX Runtime's get_next, plus get_first and rewind."""
 
-    def __init__(self, hidden: int, lengths=(5, 8, 12)):
+    def __init__(self, geo, hidden: int, lengths=(5, 8, 12)):
         rng = np.random.default_rng(0)
-        self.feeds = [
-            {
-                "inputs_embeds": rng.standard_normal((1, s, hidden), dtype=np.float32),
-                "position_ids": np.tile(np.arange(s, dtype=np.int64), (3, 1, 1)),
-                "attention_mask": np.ones((1, s), np.int64),
-            }
-            for s in lengths
-        ]
+        self.feeds = [decoder_feeds(rng.standard_normal((s, hidden)), geo, past=0) for s in lengths]  # prefills
         self.index = 0
 
     def get_next(self):
@@ -216,13 +206,15 @@ def test_int8_quantized_thinker_prefill_is_rewritten_too(cpu_bundle, hf_model, t
     )
     source = tmp_path / "fp32"
     source.mkdir()
-    _copy_graphs(cpu_bundle, source, [naming.THINKER_PREFILL])  # ModelOpt rewrites its input file too
+    _copy_graphs(cpu_bundle, source, [naming.THINKER_DECODER])  # ModelOpt rewrites its input file too
     manifest = json.loads((cpu_bundle / naming.MANIFEST_FILE).read_text())
-    quantized = tmp_path / "thinker_prefill.onnx"
+    quantized = tmp_path / "thinker_decoder.onnx"
     mq.quantize(
-        str(source / "thinker_prefill.onnx"),
+        str(source / "thinker_decoder.onnx"),
         quantize_mode="int8",
-        calibration_data_reader=_Calibration(manifest["thinker"]["hidden_size"]),
+        calibration_data_reader=_Calibration(
+            KVCacheGeometry(**manifest["kv_cache"]), manifest["thinker"]["hidden_size"]
+        ),
         calibration_eps=["cpu"],
         output_path=str(quantized),
         high_precision_dtype="fp32",
@@ -231,9 +223,9 @@ def test_int8_quantized_thinker_prefill_is_rewritten_too(cpu_bundle, hf_model, t
     before = onnx.load(str(quantized), load_external_data=False)
     assert Counter(n.op_type for n in before.graph.node)["QuantizeLinear"] > 0
 
-    choice = apply_plugins(tmp_path, {naming.THINKER_PREFILL: quantized.name}, tmrope_attrs_for(hf_model), True, "test")
-    layers = _num_layers(cpu_bundle)[naming.THINKER_PREFILL]
-    report = choice.graphs[naming.THINKER_PREFILL]
+    choice = apply_plugins(tmp_path, {naming.THINKER_DECODER: quantized.name}, tmrope_attrs_for(hf_model), True, "test")
+    layers = _num_layers(cpu_bundle)[naming.THINKER_DECODER]
+    report = choice.graphs[naming.THINKER_DECODER]
     assert (report["replaced"], report["left_plain"]) == (layers, 0)
     after = onnx.load(str(quantized))
     ops = Counter(n.op_type for n in after.graph.node)

@@ -23,9 +23,9 @@ pytest.importorskip("modelopt.onnx.quantization", reason="quantization needs omn
 from omni_edge import naming
 from omni_edge.bundle import Manifest, load_manifest
 from omni_edge.calibration.calib_set import synthetic_calibration_set
-from omni_edge.calibration.report import QuantizationReport
 from omni_edge.calibration.stage import reduce_bundle
 from omni_edge.precision_plan import component_precisions, graph_precisions
+from omni_edge.quantization_report import QuantizationReport
 from omni_edge.targets import get_target
 
 # Every test here quantizes or casts with ModelOpt, or runs omni-export: the inner loop leaves them out.
@@ -145,7 +145,7 @@ def test_int8_accuracy_report_per_graph_and_end_to_end(int8_cpu):
 
 
 def test_smoothquant_is_tried_on_int8_decoders(int8_cpu):
-    for name in (naming.THINKER_PREFILL, naming.THINKER_DECODE, naming.TALKER_PREFILL, naming.TALKER_DECODE):
+    for name in (naming.THINKER_DECODER, naming.TALKER_DECODER):
         assert "SmoothQuant" in int8_cpu.report.graphs[name].method, name  # kept, or tried and reported
     assert "SmoothQuant" not in int8_cpu.report.graphs[naming.BIGVGAN_WINDOW].method
 
@@ -162,8 +162,8 @@ def test_reduced_bundle_runs_in_the_runtime(int8_cpu):
 
 def test_rtx_defaults_per_component(rtx_auto):
     p = rtx_auto.precisions
-    assert p[naming.THINKER_PREFILL] == p[naming.THINKER_DECODE] == "int4-awq"
-    assert p[naming.TALKER_DECODE] == p[naming.AUDIO_ENCODER] == p[naming.VISION_ENCODER] == "fp8"
+    assert p[naming.THINKER_DECODER] == "int4-awq"
+    assert p[naming.TALKER_DECODER] == p[naming.AUDIO_ENCODER] == p[naming.VISION_ENCODER] == "fp8"
     assert p[naming.DIT_WINDOW] == p[naming.BIGVGAN_WINDOW] == "fp16"
     for name, graph in rtx_auto.report.graphs.items():
         assert graph.precision == p[name]
@@ -173,7 +173,7 @@ def test_rtx_defaults_per_component(rtx_auto):
 def test_rtx_graph_contents(rtx_auto):
     import onnx
 
-    thinker = _graph(rtx_auto.out / "thinker_prefill.onnx")
+    thinker = _graph(rtx_auto.out / "thinker_decoder.onnx")
     # int4 weights: blockwise DequantizeLinear of INT4 initializers; the lm_head stays unquantized
     int4 = [t for t in thinker.initializer if t.data_type == onnx.TensorProto.INT4]
     assert int4
@@ -183,7 +183,7 @@ def test_rtx_graph_contents(rtx_auto):
         head = producer[head.input[0]]
     assert head.op_type == "MatMul"
     assert not any(i in producer and producer[i].op_type == "DequantizeLinear" for i in head.input)
-    fp8 = _graph(rtx_auto.out / "talker_decode.onnx")
+    fp8 = _graph(rtx_auto.out / "talker_decoder.onnx")
     assert any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in fp8.initializer)
     dit = _graph(rtx_auto.out / "dit_window.onnx")
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in dit.initializer)
@@ -209,7 +209,7 @@ def test_fp16_keeps_rotary_angles_in_fp32_for_long_contexts(cpu_bundle, tmp_path
     from omni_edge.calibration.accuracy import ort_session
     from omni_edge.calibration.quantize import to_fp16
 
-    name = f"{naming.THINKER_PREFILL}.onnx"
+    name = f"{naming.THINKER_DECODER}.onnx"
     to_fp16(cpu_bundle / name, tmp_path / name)
     hidden = load_manifest(cpu_bundle, verify_files=False).thinker.hidden_size
     rng = np.random.default_rng(0)
@@ -262,12 +262,12 @@ def test_cli_int8_export_prints_and_records_accuracy(tiny_checkpoint, cache_dir,
         cache_dir=cache_dir,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "accuracy vs fp32:" in proc.stderr and "thinker_decode" in proc.stderr
+    assert "accuracy vs fp32:" in proc.stderr and "thinker_decoder" in proc.stderr
     assert "text tokens agree" in proc.stderr
     manifest = load_manifest(out)  # hashes of the quantized graphs match
     assert {r.precision for r in manifest.components.values()} == {"int8"}
     assert manifest.quantization.calibration.source == "synthetic"
-    assert set(manifest.quantization.graphs) == {naming.THINKER_PREFILL, naming.THINKER_DECODE}
+    assert set(manifest.quantization.graphs) == {naming.THINKER_DECODER}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or fp32 twin left
 
     run = _cli(
@@ -384,13 +384,13 @@ def test_orin_bundle_without_engines_carries_plugins_and_int4(tiny_checkpoint, c
     manifest = load_manifest(out)
     assert manifest.backend == "tensorrt" and manifest.tensorrt is None
     assert {r.precision for r in manifest.components.values()} == {"int4-awq"}
-    assert manifest.plugins.enabled and set(manifest.plugins.graphs) == {naming.THINKER_PREFILL, naming.THINKER_DECODE}
+    assert manifest.plugins.enabled and set(manifest.plugins.graphs) == {naming.THINKER_DECODER}
     for name, rewrite in manifest.plugins.graphs.items():
         assert rewrite["replaced"] == manifest.kv_cache.num_layers and rewrite["left_plain"] == 0
         ops = [n.op_type for n in onnx.load(str(out / f"{name}.onnx"), load_external_data=False).graph.node]
         assert ops.count("OmniEdgeTMRoPE") == manifest.kv_cache.num_layers and "Cos" not in ops
     # accuracy was measured on the plain-op graphs, before the plugin swap
-    assert manifest.quantization.graphs[naming.THINKER_DECODE].precision == "int4-awq"
+    assert manifest.quantization.graphs[naming.THINKER_DECODER].precision == "int4-awq"
 
     run = _cli("omni-run", str(out), "--prompt", "Hello", cache_dir=cache_dir)
     assert_one_line_error(run, "no TensorRT engines yet", f"omni-build-engines {out}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +28,16 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def prefill_feed(bundle: Path, token_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """thinker_prefill inputs for real embedding rows, so activations look like the runtime's."""
+    """thinker_decoder inputs for real embedding rows, so activations look like the runtime's."""
     from safetensors.numpy import load_file
 
-    hidden = json.loads((bundle / "manifest.json").read_text())["thinker"]["hidden_size"]
+    from omni_edge.bench.inputs import decoder_feeds
+    from omni_edge.bundle import load_manifest
+
+    manifest = load_manifest(bundle, verify_files=False)
     table = load_file(str(bundle / "thinker_embed_tokens.safetensors"))["weight"]
-    embeds = table[token_ids][None].astype(np.float32)
-    assert embeds.shape == (1, len(token_ids), hidden)
-    n = len(token_ids)
-    return {
-        "inputs_embeds": embeds,
-        "position_ids": np.tile(np.arange(n, dtype=np.int64), (3, 1, 1)),
-        "attention_mask": np.ones((1, n), dtype=np.int64),
-    }
+    assert table[token_ids].shape == (len(token_ids), manifest.thinker.hidden_size)
+    return decoder_feeds(table[token_ids], manifest.kv_cache, past=0)  # a prefill: the decoder, no past
 
 
 def run(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,14 +92,14 @@ def flatness(channel_max: np.ndarray) -> float:
 def smoothed_prefill(cpu_bundle, tmp_path_factory):
     rng = np.random.default_rng(0)
     calibration = [prefill_feed(cpu_bundle, rng.integers(0, 150_000, n)) for n in (9, 16, 23)]
-    out = tmp_path_factory.mktemp("smoothquant") / "thinker_prefill.onnx"
-    report = smooth_model(cpu_bundle / "thinker_prefill.onnx", out, calibration, alpha=0.5)
-    return cpu_bundle / "thinker_prefill.onnx", out, report
+    out = tmp_path_factory.mktemp("smoothquant") / "thinker_decoder.onnx"
+    report = smooth_model(cpu_bundle / "thinker_decoder.onnx", out, calibration, alpha=0.5)
+    return cpu_bundle / "thinker_decoder.onnx", out, report
 
 
 def test_smoothing_preserves_thinker_prefill(cpu_bundle, smoothed_prefill):
     original, smoothed, _ = smoothed_prefill
-    assert (smoothed.parent / "thinker_prefill.onnx.data").is_file()  # bundles keep weights beside the graph
+    assert (smoothed.parent / "thinker_decoder.onnx.data").is_file()  # bundles keep weights beside the graph
     rng = np.random.default_rng(1)  # held out: other tokens and lengths than calibration saw
     held_out = [prefill_feed(cpu_bundle, rng.integers(0, 150_000, n)) for n in (1, 7, 30)]
     assert_same_outputs(original, smoothed, held_out)

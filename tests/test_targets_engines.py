@@ -19,12 +19,15 @@ import pytest
 from helpers import assert_one_line_error, cli
 
 from omni_edge import naming, trt_compat
+from omni_edge.bench.inputs import decoder_feeds
 from omni_edge.bundle import Manifest, load_manifest, sha256_file, write_manifest
+from omni_edge.components import COMPONENT_NAMES
 from omni_edge.errors import BundleError, TargetError
 from omni_edge.memory_plan import BYTES_PER_PARAMETER, GIB, check_fits, plan_memory, read_safetensors_header
-from omni_edge.targets import COMPONENTS, TARGETS
+from omni_edge.runtime.encoder_memory import encoder_activation_plan
+from omni_edge.targets import TARGETS
 
-ALL_FP32 = {c: "fp32" for c in COMPONENTS}
+ALL_FP32 = {c: "fp32" for c in COMPONENT_NAMES}
 
 
 def _rtx():
@@ -34,7 +37,7 @@ def _rtx():
 
 
 def _gpu() -> str:
-    from omni_edge.kernels.launch import cuda_device_status
+    from omni_edge.runtime.cuda import cuda_device_status
 
     ok, why = cuda_device_status()
     if not ok:
@@ -52,12 +55,12 @@ def _data_bytes(path: Path) -> int:
 
 
 def test_memory_plan_counts_every_checkpoint_byte(tiny_checkpoint):
-    plan = plan_memory(tiny_checkpoint, ALL_FP32, 1024, list(COMPONENTS))
+    plan = plan_memory(tiny_checkpoint, ALL_FP32, 1024, list(COMPONENT_NAMES))
     stored = sum(_data_bytes(p) for p in tiny_checkpoint.glob("*.safetensors"))  # the tiny checkpoint is fp32
     assert sum(p.parameters + p.table_parameters for p in plan.parts) * 4 == stored
     by_name = {p.component: p for p in plan.parts}
-    assert set(by_name) == set(COMPONENTS)
-    assert by_name["thinker"].copies == 2 and by_name["audio_encoder"].copies == 1
+    assert set(by_name) == set(COMPONENT_NAMES)
+    assert by_name["thinker"].copies == 1 and by_name["audio_encoder"].copies == 1  # one decoder graph
     assert all(p.weight_bytes == p.parameters * 4 * p.copies for p in plan.parts)
     # The Thinker's graphs hold lm_head, not the embedding table (the runtime reads that one itself).
     config = json.loads((tiny_checkpoint / "config.json").read_text())
@@ -66,7 +69,13 @@ def test_memory_plan_counts_every_checkpoint_byte(tiny_checkpoint):
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     assert plan.kv_bytes["thinker"] == 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim * 1024 * 4
     scores, mlp = text["num_attention_heads"] * 1024 * 1024 * 4, 2 * 1024 * text["intermediate_size"] * 4
-    assert plan.activation_bytes == max(scores, mlp) + 2 * 1024 * text["hidden_size"] * 4
+    prefill = max(scores, mlp) + 2 * 1024 * text["hidden_size"] * 4
+    # The encoders run before the prefill: the larger of their peaks (at the largest media) is the bundle's.
+    encoders = encoder_activation_plan(config["thinker_config"], 1024)
+    assert set(plan.encoder_configs) == {"audio_config", "vision_config"}
+    assert plan.activation_bytes == max(prefill, *encoders.values())
+    text_only = plan_memory(tiny_checkpoint, ALL_FP32, 1024, ["thinker"])
+    assert text_only.activation_bytes == prefill and not text_only.encoder_configs
     assert "logits" not in plan.activation_basis  # the graphs' head runs on the last position only
     assert (
         plan.total_bytes == plan.weight_bytes + plan.table_bytes + sum(plan.kv_bytes.values()) + plan.activation_bytes
@@ -82,11 +91,11 @@ def test_memory_plan_scales_with_precision_and_components(tiny_checkpoint):
     config = json.loads((tiny_checkpoint / "config.json").read_text())["thinker_config"]["text_config"]
     head = config["vocab_size"] * config["hidden_size"]  # lm_head stays fp16 (the default high precision)
     assert int4.parts[0].head_parameters == head and int4.parts[0].head_precision == "fp16"
-    assert int4.parts[0].weight_bytes == (math.ceil((params - head) * BYTES_PER_PARAMETER["int4-awq"]) + head * 2) * 2
+    assert int4.parts[0].weight_bytes == math.ceil((params - head) * BYTES_PER_PARAMETER["int4-awq"]) + head * 2
     on_cpu = plan_memory(
         tiny_checkpoint, {**ALL_FP32, "thinker": "int8"}, 512, ["thinker"], TARGETS["cpu"].high_precision
     )
-    assert on_cpu.parts[0].weight_bytes == ((params - head) + head * 4) * 2
+    assert on_cpu.parts[0].weight_bytes == (params - head) + head * 4
     assert fp32.parts[0].head_precision == ""  # an unquantized head is priced with the rest
     assert int4.kv_bytes["thinker"] == fp32.kv_bytes["thinker"]  # quantized graphs keep fp32 KV inputs
     assert fp32.at_seq_len(256).kv_bytes["thinker"] * 2 == fp32.kv_bytes["thinker"]
@@ -143,7 +152,7 @@ def test_seven_b_thinker_is_refused_for_orin_nano_with_numbers(tiny_checkpoint, 
         "does not fit jetson-orin-nano",
         "and the target has 6 GiB",
         "7.69B params",
-        "int4-awq, head 545.00M fp16 x 2 graphs",
+        "int4-awq, head 545.00M fp16)",
         "KV cache",
         "at --max-seq-len 4096",
         "attention scores [28, 4096, 4096]",
@@ -161,7 +170,7 @@ def test_export_refuses_an_oversized_model_before_loading_it(tiny_checkpoint, tm
     proc = cli(
         "omni-export", "--model", str(ckpt), "--target", "cpu", "--components", "thinker", "--out", str(tmp_path / "b")
     )
-    assert_one_line_error(proc, "does not fit cpu", "16 GiB", "x 2 graphs", "--memory-gib", "--max-seq-len")
+    assert_one_line_error(proc, "does not fit cpu", "16 GiB", "--memory-gib", "--max-seq-len")
     assert time.perf_counter() - started < 60  # headers only: loading 7B weights would take far longer
     assert not (tmp_path / "b").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -170,8 +179,12 @@ def test_cpu_bundle_records_its_memory_plan(cpu_bundle):
     manifest = load_manifest(cpu_bundle, verify_files=False)
     plan = manifest.memory_plan
     assert plan is not None and plan.max_seq_len == 2048 and set(plan.kv_bytes) == {"thinker", "talker"}
-    assert manifest.tensorrt is None and manifest.components[naming.THINKER_PREFILL].engine_file is None
-    assert manifest.components[naming.THINKER_PREFILL].profile == {"seq": [1, 256, 2048]}
+    assert manifest.tensorrt is None and manifest.components[naming.THINKER_DECODER].engine_file is None
+    assert manifest.components[naming.THINKER_DECODER].profile == {
+        "seq": [1, 1, 2048],
+        "past": [0, 1024, 2047],
+        "total": [1, 1025, 2048],
+    }
 
 
 def test_manifest_without_new_fields_still_loads(cpu_bundle):
@@ -182,7 +195,7 @@ def test_manifest_without_new_fields_still_loads(cpu_bundle):
             record.pop(key)
     old = Manifest.from_dict(data)
     assert old.memory_plan is None and old.tensorrt is None
-    assert old.components[naming.THINKER_DECODE].profile is None
+    assert old.components[naming.THINKER_DECODER].profile is None
 
 
 # ------------------------------------------------------------------------------------- refusals before work
@@ -262,11 +275,11 @@ def test_profile_shapes_follow_recorded_axes(cpu_bundle):
     from omni_edge.export.engine_build import EngineBuildError, profile_shapes
 
     manifest = load_manifest(cpu_bundle, verify_files=False)
-    decode = profile_shapes(manifest.components[naming.THINKER_DECODE])
+    decode = profile_shapes(manifest.components[naming.THINKER_DECODER])
     hidden = manifest.thinker.hidden_size
-    assert decode["inputs_embeds"] == ([1, 1, hidden], [1, 1, hidden], [1, 2047, hidden])
-    assert decode["attention_mask"] == ([1, 2], [1, 1025], [1, 2048])
-    assert decode["past.0.key"][2][2] == 2047
+    assert decode["inputs_embeds"] == ([1, 1, hidden], [1, 1, hidden], [1, 2048, hidden])
+    assert decode["attention_mask"] == ([1, 1], [1, 1025], [1, 2048])
+    assert decode["past.0.key"][0][2] == 0 and decode["past.0.key"][2][2] == 2047  # a prefill has no past
     dit = profile_shapes(manifest.components[naming.DIT_WINDOW])
     assert dit["noisy_mel"][2][1] == 2 * dit["codes"][2][1]  # the "2*codes" axis scales with codes
     assert "speaker_cond" not in dit  # fully static inputs need no profile entry
@@ -318,18 +331,17 @@ def test_rtx_export_records_engines_and_tensorrt(rtx_bundle):
     )
     assert info.timing_cache is None and not (rtx_bundle / naming.TIMING_CACHE_FILE).exists()  # no-op in RTX
     assert manifest.tools["tensorrt-rtx"] == trt.__version__
-    for name in (naming.THINKER_PREFILL, naming.THINKER_DECODE):
+    for name in (naming.THINKER_DECODER,):
         record = manifest.components[name]
         assert record.engine_file == f"{name}.engine" and (rtx_bundle / record.engine_file).stat().st_size > 0
         assert (
             record.engine_sha256 == manifest.files[record.engine_file] == sha256_file(rtx_bundle / record.engine_file)
         )
         assert record.file in manifest.files  # the verified graph stays, so the engine can be rebuilt on a device
-    assert manifest.components[naming.THINKER_PREFILL].profile == {"seq": [1, 256, 256]}
-    assert manifest.components[naming.THINKER_DECODE].profile == {
-        "seq": [1, 1, 255],
-        "past": [1, 128, 255],
-        "total": [2, 129, 256],
+    assert manifest.components[naming.THINKER_DECODER].profile == {
+        "seq": [1, 1, 256],
+        "past": [0, 128, 255],
+        "total": [1, 129, 256],
     }
     assert manifest.memory_plan.max_seq_len == 256 and manifest.kv_cache.max_seq_len == 256
 
@@ -344,8 +356,7 @@ def test_rtx_engines_for_every_other_graph(cpu_bundle, tmp_path):
     assert set(names) == {
         naming.AUDIO_ENCODER,
         naming.VISION_ENCODER,
-        naming.TALKER_PREFILL,
-        naming.TALKER_DECODE,
+        naming.TALKER_DECODER,
         naming.DIT_WINDOW,
         naming.BIGVGAN_WINDOW,
     }
@@ -375,11 +386,11 @@ def rtx_copy(rtx_bundle, tmp_path) -> Path:
 
 @pytest.mark.slow
 def test_tampered_engine_is_refused_at_load(rtx_copy):
-    path = rtx_copy / f"{naming.THINKER_DECODE}.engine"
+    path = rtx_copy / f"{naming.THINKER_DECODER}.engine"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert_one_line_error(cli("omni-run", str(rtx_copy), "--prompt", "hi"), "thinker_decode.engine", "sha256")
+    assert_one_line_error(cli("omni-run", str(rtx_copy), "--prompt", "hi"), "thinker_decoder.engine", "sha256")
 
 
 @pytest.mark.slow
@@ -401,11 +412,10 @@ def test_engines_from_another_tensorrt_version_are_refused(rtx_copy):
 
 @pytest.mark.slow
 def test_engines_for_another_gpu_are_refused(rtx_bundle, monkeypatch):
-    from omni_edge.kernels import launch
     from omni_edge.runtime import trt_engine
 
-    monkeypatch.setattr(launch, "cuda_device_status", lambda: (True, "NVIDIA H100 80GB HBM3"))
-    monkeypatch.setattr(launch, "compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(trt_engine, "cuda_device_status", lambda: (True, "NVIDIA H100 80GB HBM3"))
+    monkeypatch.setattr(trt_engine, "compute_capability", lambda: (9, 0))
     info = load_manifest(rtx_bundle, verify_files=False).tensorrt
     with pytest.raises(BundleError) as refused:
         trt_engine.check_gpu(info, rtx_bundle)
@@ -416,7 +426,7 @@ def test_engines_for_another_gpu_are_refused(rtx_bundle, monkeypatch):
 
 @pytest.mark.slow
 def test_rtx_bundle_without_a_gpu_says_so(rtx_bundle):
-    from omni_edge.kernels.launch import cuda_device_status
+    from omni_edge.runtime.cuda import cuda_device_status
 
     if cuda_device_status()[0]:
         pytest.skip("this machine has a GPU; the GPU tests below cover loading")
@@ -428,7 +438,7 @@ def test_rtx_bundle_without_a_gpu_says_so(rtx_bundle):
 
 def _target_for_this_gpu():
     """A target whose engines this machine can build and run: TensorRT-RTX on RTX GPUs, else full TensorRT."""
-    from omni_edge.kernels.launch import compute_capability
+    from omni_edge.runtime.cuda import compute_capability
 
     here = ".".join(map(str, compute_capability()))
     for target in TARGETS.values():
@@ -465,25 +475,15 @@ def gpu_bundle(cpu_bundle, tmp_path_factory) -> Path:
 
 
 def test_trt_engine_matches_onnxruntime(gpu_bundle):
-    from omni_edge.runtime.engine import OrtEngine
-    from omni_edge.runtime.session import open_engine
+    from omni_edge.runtime.engine import OrtEngine, open_engine
 
     manifest = load_manifest(gpu_bundle)
-    rng = np.random.default_rng(0)
-    hidden, geo = manifest.thinker.hidden_size, manifest.kv_cache
-    new, past = 5, 7
-    feeds = {
-        "inputs_embeds": rng.standard_normal((1, new, hidden)).astype(np.float32),
-        "position_ids": np.broadcast_to(np.arange(past, past + new), (3, 1, new)).astype(np.int64),
-        "attention_mask": np.ones((1, past + new), np.int64),
-    }
-    for i in range(geo.num_layers):
-        for name in (naming.past_key(i), naming.past_value(i)):
-            feeds[name] = rng.standard_normal((1, geo.num_kv_heads, past, geo.head_dim)).astype(np.float32)
-    engine = open_engine(gpu_bundle, manifest, naming.THINKER_DECODE)
-    reference = OrtEngine("ref", gpu_bundle / manifest.components[naming.THINKER_DECODE].file)
+    rows = np.random.default_rng(0).standard_normal((5, manifest.thinker.hidden_size))
+    feeds = decoder_feeds(rows, manifest.kv_cache, past=7)
+    engine = open_engine(gpu_bundle, manifest, naming.THINKER_DECODER)
+    reference = OrtEngine("ref", gpu_bundle / manifest.components[naming.THINKER_DECODER].file)
     got, want = engine.run(feeds), reference.run(feeds)
-    record = manifest.components[naming.THINKER_DECODE]
+    record = manifest.components[naming.THINKER_DECODER]
     for name in reference.output_names:  # fp32 engines are built with TF32 off, so they meet the graph's tolerance
         np.testing.assert_allclose(got[name], want[name], atol=record.atol * 10, rtol=record.rtol * 10)
 
@@ -499,15 +499,12 @@ def test_session_on_gpu_generates_the_cpu_tokens(gpu_bundle, session):
     assert tokens(Session(gpu_bundle)).text_token_ids == tokens(session).text_token_ids
 
 
-def _thinker_pair(bundle: Path):
+def _thinker_decoder(bundle: Path):
     from omni_edge.runtime.trt_engine import TrtEngine
 
     manifest = load_manifest(bundle)
-    opened = [
-        TrtEngine(n, bundle / manifest.components[n].engine_file, manifest.tensorrt, bundle, manifest.target)
-        for n in (naming.THINKER_PREFILL, naming.THINKER_DECODE)
-    ]
-    return manifest, *opened
+    record = manifest.components[naming.THINKER_DECODER]
+    return manifest, TrtEngine(record.name, bundle / record.engine_file, manifest.tensorrt, bundle, manifest.target)
 
 
 def test_device_kv_cache_matches_the_host_cache(gpu_bundle, cpu_bundle):
@@ -518,13 +515,11 @@ def test_device_kv_cache_matches_the_host_cache(gpu_bundle, cpu_bundle):
     from omni_edge.runtime.positions import text_positions
     from omni_edge.runtime.trt_kv_cache import DeviceKVCache
 
-    manifest, prefill, decode = _thinker_pair(gpu_bundle)
+    manifest, decoder = _thinker_decoder(gpu_bundle)
     host = KVCache(manifest.kv_cache)
     device = DeviceKVCache(manifest.kv_cache, bucket=4)
-    ort = [
-        OrtEngine(n, cpu_bundle / manifest.components[n].file) for n in (naming.THINKER_PREFILL, naming.THINKER_DECODE)
-    ]
-    record, position, pitches = manifest.components[naming.THINKER_DECODE], 0, set()
+    ort = OrtEngine(naming.THINKER_DECODER, cpu_bundle / manifest.components[naming.THINKER_DECODER].file)
+    record, position, pitches = manifest.components[naming.THINKER_DECODER], 0, set()
     for count in (6, 1, 1, 1, 3, -5, 1, 2, 1, 1, 1):
         if count < 0:
             host.truncate(host.length + count)
@@ -533,7 +528,7 @@ def test_device_kv_cache_matches_the_host_cache(gpu_bundle, cpu_bundle):
             continue
         embeds = np.random.default_rng(position).standard_normal((1, count, manifest.thinker.hidden_size))
         feeds = {"inputs_embeds": embeds.astype(np.float32), "position_ids": text_positions(position, count)}
-        got, want = device.run(prefill, decode, feeds), host.run(*ort, feeds)
+        got, want = device.run(decoder, feeds), host.run(ort, feeds)
         pitches.add(device.padded)
         for name in ("logits", "last_hidden_state"):
             np.testing.assert_allclose(got[name], want[name], atol=record.atol * 10, rtol=record.rtol * 10)
@@ -547,17 +542,13 @@ def test_cuda_graph_replays_with_fresh_inputs(gpu_bundle):
     from omni_edge.runtime.trt_engine import TrtEngine
 
     manifest = load_manifest(gpu_bundle)
-    record = manifest.components[naming.THINKER_PREFILL]
+    record = manifest.components[naming.THINKER_DECODER]
     path = gpu_bundle / record.engine_file
     plain = TrtEngine("plain", path, manifest.tensorrt, gpu_bundle, manifest.target)
     graphed = TrtEngine("graphed", path, manifest.tensorrt, gpu_bundle, manifest.target, cuda_graph=True)
     for seed in range(4):  # run 1 plain, run 2 captures, runs 3-4 replay
-        embeds = np.random.default_rng(seed).standard_normal((1, 5, manifest.thinker.hidden_size))
-        feeds = {
-            "inputs_embeds": embeds.astype(np.float32),
-            "position_ids": np.broadcast_to(np.arange(5), (3, 1, 5)).astype(np.int64),
-            "attention_mask": np.ones((1, 5), np.int64),
-        }
+        rows = np.random.default_rng(seed).standard_normal((5, manifest.thinker.hidden_size))
+        feeds = decoder_feeds(rows, manifest.kv_cache, past=0)  # a prefill: the decoder with an empty past
         got, want = graphed.run(feeds), plain.run(feeds)
         for name in want:  # same engine, same kernels: only a non-deterministic tactic could differ at all
             np.testing.assert_allclose(got[name], want[name], atol=1e-6, rtol=1e-6)

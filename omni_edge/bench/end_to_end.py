@@ -9,6 +9,7 @@ they are never estimated.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +20,14 @@ from omni_edge.runtime.session import Done, Session
 from omni_edge.runtime.speech import SpeechOptions
 
 GREEDY = SamplingConfig(greedy=True)
+
+
+@dataclass
+class PromptRun:
+    """One end-to-end case: its report row, and the ids it fed (the reference replays exactly those)."""
+
+    row: dict
+    prompt_token_ids: list[int]
 
 
 def _run(session: Session, prompt: Prompt, new_tokens: int, speech: SpeechOptions | None = None):
@@ -36,14 +45,14 @@ def _run(session: Session, prompt: Prompt, new_tokens: int, speech: SpeechOption
     return result, wall_ms
 
 
-def run_prompt(session: Session, prompt: Prompt, new_tokens: int, policy: Policy, repeats: int) -> dict:
+def run_prompt(session: Session, prompt: Prompt, new_tokens: int, policy: Policy, repeats: int) -> PromptRun:
     ttft, tps = [], []
     for i in range(policy.warmup + repeats):
         result, _ = _run(session, prompt, new_tokens)
         if i >= policy.warmup:
             ttft.append(result.ttft_ms)
             tps.append(result.decode_tokens_per_s)
-    return {
+    row = {
         "kind": prompt.kind,
         "prompt": prompt.text,
         "prompt_tokens": len(result.prompt_token_ids),
@@ -52,13 +61,13 @@ def run_prompt(session: Session, prompt: Prompt, new_tokens: int, policy: Policy
         "ttft_ms_p50": float(np.median(ttft)),
         "ttft_ms_p90": float(np.percentile(ttft, 90)),
         "thinker_tokens_per_s_p50": float(np.median(tps)),
-        "_prompt_token_ids": list(result.prompt_token_ids),  # for the reference; dropped from the report
     }
+    return PromptRun(row, list(result.prompt_token_ids))
 
 
 def run_speech(
     session: Session, prompt: Prompt, new_tokens: int, codec_tokens: int, policy: Policy, repeats: int
-) -> dict:
+) -> PromptRun:
     """A spoken reply (default speaker, greedy Talker, RK4 token2wav), streamed as the runtime does it."""
     options = SpeechOptions(max_codec_tokens=codec_tokens)
     ttft, first_audio, rtf, codec_rate = [], [], [], []
@@ -72,7 +81,7 @@ def run_speech(
         if result.audio_seconds:
             rtf.append(wall_ms / 1000 / result.audio_seconds)
         codec_rate.append(len(result.codec_token_ids) / (wall_ms / 1000))
-    return {
+    row = {
         "status": "measured",
         "prompt": prompt.text,
         "speaker": options.speaker,
@@ -87,5 +96,5 @@ def run_speech(
         "first_audio_ms_p50": float(np.median(first_audio)) if first_audio else None,
         "rtf_p50": float(np.median(rtf)) if rtf else None,
         "codec_tokens_per_s_p50": float(np.median(codec_rate)),
-        "_prompt_token_ids": list(result.prompt_token_ids),
     }
+    return PromptRun(row, list(result.prompt_token_ids))

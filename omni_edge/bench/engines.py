@@ -59,10 +59,8 @@ class BundleEngines:
         self._opened: dict = {}
 
     def engine(self, name: str):
-        if name == naming.THINKER_PREFILL:
-            return self.session.thinker.prefill
-        if name == naming.THINKER_DECODE:
-            return self.session.thinker.decode
+        if name == naming.THINKER_DECODER:
+            return self.session.thinker.decoder
         if name not in self._opened:
             self._opened[name] = self._open(name)
         return self._opened[name]
@@ -72,19 +70,15 @@ class BundleEngines:
 
 
 # -- Thinker and Talker ---------------------------------------------------------------------------
-def _prefill_cases(manifest: Manifest) -> list[Case]:
+def _thinker_cases(manifest: Manifest) -> list[Case]:
+    """Prefills and decode steps: the same graph, with an empty past or a past of `context` tokens."""
     limit = manifest.kv_cache.max_seq_len
     return [
-        Case(naming.THINKER_PREFILL, f"prefill {n} tokens", n, "tokens", {"new": n, "past": 0})
+        Case(naming.THINKER_DECODER, f"prefill {n} tokens", n, "tokens", {"new": n, "past": 0})
         for n in PREFILL_LENGTHS
         if n <= limit
-    ]
-
-
-def _decode_cases(manifest: Manifest) -> list[Case]:
-    limit = manifest.kv_cache.max_seq_len
-    return [
-        Case(naming.THINKER_DECODE, f"decode 1 token at context {n}", 1, "tokens", {"new": 1, "past": n})
+    ] + [
+        Case(naming.THINKER_DECODER, f"decode 1 token at context {n}", 1, "tokens", {"new": 1, "past": n})
         for n in DECODE_CONTEXTS
         if n < limit
     ]
@@ -95,19 +89,14 @@ def _thinker_inputs(ctx: BundleEngines, case: Case) -> dict:
     return decoder_feeds(ctx.session.embeddings[ids], ctx.manifest.kv_cache, case.params["past"])
 
 
-def _talker_prefill_cases(manifest: Manifest) -> list[Case]:
+def _talker_cases(manifest: Manifest) -> list[Case]:
     limit = manifest.speech[0].kv_cache.max_seq_len
     return [
-        Case(naming.TALKER_PREFILL, f"prefill {n} rows", n, "tokens", {"new": n, "past": 0})
+        Case(naming.TALKER_DECODER, f"prefill {n} rows", n, "tokens", {"new": n, "past": 0})
         for n in TALKER_PREFILL_LENGTHS
         if n <= limit
-    ]
-
-
-def _talker_decode_cases(manifest: Manifest) -> list[Case]:
-    limit = manifest.speech[0].kv_cache.max_seq_len
-    return [
-        Case(naming.TALKER_DECODE, f"decode 1 codec token at context {n}", 1, "tokens", {"new": 1, "past": n})
+    ] + [
+        Case(naming.TALKER_DECODER, f"decode 1 codec token at context {n}", 1, "tokens", {"new": 1, "past": n})
         for n in DECODE_CONTEXTS
         if n < limit
     ]
@@ -184,7 +173,7 @@ def _dit_cases(manifest: Manifest) -> list[Case]:
 def _speaker(ctx: BundleEngines):
     from omni_edge.runtime.speech import load_speakers
 
-    return next(iter(load_speakers(ctx.session.bundle_dir, ctx.manifest).values()))
+    return next(iter(load_speakers(ctx.session.bundle_dir, ctx.manifest, ctx.manifest.files).values()))
 
 
 def _dit_inputs(ctx: BundleEngines, case: Case) -> dict:
@@ -224,12 +213,10 @@ def _bigvgan_inputs(ctx: BundleEngines, case: Case) -> dict:
 
 # graph -> (cases, inputs, ours); a graph of the component table without an entry is "no benchmark yet".
 _BENCHES: dict[str, tuple[Callable, Callable, Callable]] = {
-    naming.THINKER_PREFILL: (_prefill_cases, _thinker_inputs, _graph),
-    naming.THINKER_DECODE: (_decode_cases, _thinker_inputs, _graph),
+    naming.THINKER_DECODER: (_thinker_cases, _thinker_inputs, _graph),
     naming.AUDIO_ENCODER: (_audio_cases, _audio_inputs, _graph),
     naming.VISION_ENCODER: (_vision_cases, _vision_inputs, _vision_ours),
-    naming.TALKER_PREFILL: (_talker_prefill_cases, _talker_inputs, _graph),
-    naming.TALKER_DECODE: (_talker_decode_cases, _talker_inputs, _graph),
+    naming.TALKER_DECODER: (_talker_cases, _talker_inputs, _graph),
     naming.DIT_WINDOW: (_dit_cases, _dit_inputs, _dit_ours),
     naming.BIGVGAN_WINDOW: (_bigvgan_cases, _bigvgan_inputs, _graph),
 }

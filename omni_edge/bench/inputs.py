@@ -58,7 +58,7 @@ PROMPT_ENGINE = {"audio": naming.AUDIO_ENCODER, "image": naming.VISION_ENCODER}
 
 
 def decoder_feeds(rows: np.ndarray, geo: KVCacheGeometry, past: int) -> dict:
-    """Feeds of a prefill (past == 0) or decode graph (Thinker or Talker): `rows` [new, width], random past KV."""
+    """Feeds of a decoder graph (Thinker or Talker), a prefill when past == 0: `rows` [new, width], random past."""
     rng = np.random.default_rng(0)
     new = len(rows)
     feeds = {
@@ -66,7 +66,6 @@ def decoder_feeds(rows: np.ndarray, geo: KVCacheGeometry, past: int) -> dict:
         "position_ids": text_positions(past, new),
         "attention_mask": np.ones((1, past + new), dtype=np.int64),
     }
-    if past:
-        for name in naming.past_names(geo.num_layers):
-            feeds[name] = rng.standard_normal((1, geo.num_kv_heads, past, geo.head_dim)).astype(np.float32)
+    for name in naming.past_names(geo.num_layers):
+        feeds[name] = rng.standard_normal((1, geo.num_kv_heads, past, geo.head_dim)).astype(np.float32)
     return feeds

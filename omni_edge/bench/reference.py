@@ -184,12 +184,10 @@ def _talker_parts(model):
 
 
 REFERENCE = {
-    naming.THINKER_PREFILL: _decoder(_thinker_parts),
-    naming.THINKER_DECODE: _decoder(_thinker_parts),
+    naming.THINKER_DECODER: _decoder(_thinker_parts),
     naming.AUDIO_ENCODER: _audio,
     naming.VISION_ENCODER: _vision,
-    naming.TALKER_PREFILL: _decoder(_talker_parts),
-    naming.TALKER_DECODE: _decoder(_talker_parts),
+    naming.TALKER_DECODER: _decoder(_talker_parts),
     naming.DIT_WINDOW: _dit,
     naming.BIGVGAN_WINDOW: _bigvgan,
 }

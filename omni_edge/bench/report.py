@@ -54,7 +54,7 @@ def format_report(report: dict) -> str:
     ]
     if "decode_weight_bytes" in roof:
         lines.append(
-            f"thinker_decode weights {roof['decode_weight_bytes'] / 2**20:.0f} MiB -> roofline "
+            f"thinker_decoder weights {roof['decode_weight_bytes'] / 2**20:.0f} MiB -> roofline "
             f"{roof['roofline_tokens_per_s']:.1f} tok/s"
         )
         for item in roof["decode"]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omni_edge.bench import end_to_end
-from omni_edge.bench.engines import ENGINES, BundleEngines, EngineBench
+from omni_edge.bench.engines import ENGINES, BundleEngines, Case, EngineBench
 from omni_edge.bench.inputs import E2E_PROMPTS, PROMPT_ENGINE
 from omni_edge.bench.machine import describe_machine
 from omni_edge.bench.measure import Policy, copy_bandwidth, measure, resolve_threads
@@ -67,8 +67,17 @@ def _row(case, stats: dict) -> dict:
     }
 
 
+@dataclass
+class MeasuredCase:
+    """One measured case: its report row, and the case and inputs the reference runs again."""
+
+    case: Case
+    inputs: dict
+    row: dict
+
+
 def _engine_rows(ctx: BundleEngines, benches: list[EngineBench], policy: Policy, progress) -> tuple:
-    """(rows, engines not measured and why, [(case, inputs, row)] for the reference)."""
+    """(rows, engines not measured and why, the MeasuredCases for the reference)."""
     manifest = ctx.manifest
     rows, pending, measured = [], [], []
     for bench in benches:
@@ -81,7 +90,7 @@ def _engine_rows(ctx: BundleEngines, benches: list[EngineBench], policy: Policy,
         for case in bench.cases(manifest):
             inputs = bench.inputs(ctx, case)
             rows.append(_row(case, measure(bench.ours(ctx, case, inputs), policy)))
-            measured.append((case, inputs, rows[-1]))
+            measured.append(MeasuredCase(case, inputs, rows[-1]))
             progress(f"{case.engine} {case.label}: p50 {rows[-1]['p50_ms']:.2f} ms")
     return rows, pending, measured
 
@@ -93,13 +102,13 @@ def _end_to_end(session, config: BenchConfig, policy: Policy, progress) -> tuple
     e2e = []
     for prompt in prompts:
         e2e.append(end_to_end.run_prompt(session, prompt, config.e2e_new_tokens, policy, config.e2e_repeats()))
-        progress(f"end to end ({prompt.kind}): ttft {e2e[-1]['ttft_ms_p50']:.1f} ms")
-    speech = _speech_status(manifest)
-    if speech["status"] == "measured":
+        progress(f"end to end ({prompt.kind}): ttft {e2e[-1].row['ttft_ms_p50']:.1f} ms")
+    speech = end_to_end.PromptRun(_speech_status(manifest), [])
+    if speech.row["status"] == "measured":
         speech = end_to_end.run_speech(
             session, E2E_PROMPTS[0], config.e2e_new_tokens, config.speech_codec_tokens, policy, config.e2e_repeats()
         )
-        progress(f"end to end (speech): first audio {speech['first_audio_ms_p50'] or 0:.1f} ms")
+        progress(f"end to end (speech): first audio {speech.row['first_audio_ms_p50'] or 0:.1f} ms")
     return prompts, e2e, speech
 
 
@@ -122,8 +131,6 @@ def run_bench(bundle_dir: Path, config: BenchConfig, progress: Callable[[str], N
 
     bandwidth.append(copy_bandwidth(threads, config.bandwidth_mib))
     reference = _run_reference(manifest, threads, config, measured, prompts, e2e, speech, progress)
-    for row in [*e2e, speech]:
-        row.pop("_prompt_token_ids", None)
     machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return {
         "report_version": REPORT_VERSION,
@@ -144,8 +151,8 @@ def run_bench(bundle_dir: Path, config: BenchConfig, progress: Callable[[str], N
         "machine": machine,
         "engines": rows,
         "engines_pending": pending,
-        "end_to_end": e2e,
-        "speech": speech,
+        "end_to_end": [run.row for run in e2e],
+        "speech": speech.row,
         "reference": reference,
         "roofline": roofline(
             Path(bundle_dir),
@@ -174,36 +181,39 @@ def _run_reference(manifest: Manifest, threads, config, measured, prompts, e2e, 
     except OmniEdgeError as exc:  # our rows stand on their own; say why the comparison is missing
         return {"status": f"unavailable: {exc}"}
     policy = config.policy()
-    for case, inputs, row in measured:
-        stats = reference.measure_case(model, case, inputs, policy)
+    for item in measured:
+        case, row = item.case, item.row
+        stats = reference.measure_case(model, case, item.inputs, policy)
         if stats is None:
             continue
         row["reference"] = {**stats, "throughput": case.work / (stats["p50_ms"] / 1000)}
         row["latency_ratio"] = row["p50_ms"] / stats["p50_ms"]
         progress(f"reference {case.engine} {case.label}: p50 {stats['p50_ms']:.2f} ms")
-    for prompt, row in zip(prompts, e2e):
+    for prompt, run in zip(prompts, e2e):
+        row = run.row
         ref = reference.end_to_end(
-            model, prompt, row["_prompt_token_ids"], config.e2e_new_tokens, policy, config.e2e_repeats()
+            model, prompt, run.prompt_token_ids, config.e2e_new_tokens, policy, config.e2e_repeats()
         )
         row["reference"] = ref
         row["ttft_ratio"] = row["ttft_ms_p50"] / ref["ttft_ms_p50"]
         ref_tps = ref["thinker_tokens_per_s_p50"]
         row["tokens_per_s_ratio"] = row["thinker_tokens_per_s_p50"] / ref_tps if ref_tps else None
         progress(f"reference end to end ({prompt.kind}): ttft {ref['ttft_ms_p50']:.1f} ms")
-    if speech["status"] == "measured":
+    if speech.row["status"] == "measured":
+        spoken = speech.row
         ref = reference.speech_end_to_end(
             model,
             manifest,
-            speech["_prompt_token_ids"],
+            speech.prompt_token_ids,
             config.e2e_new_tokens,
             config.speech_codec_tokens,
-            speech["speaker"],
+            spoken["speaker"],
             policy,
             config.e2e_repeats(),
         )
-        speech["reference"] = ref
-        speech["first_audio_ratio"] = _ratio(speech["first_audio_ms_p50"], ref["first_audio_ms_p50"])
-        speech["rtf_ratio"] = _ratio(speech["rtf_p50"], ref["rtf_p50"])
+        spoken["reference"] = ref
+        spoken["first_audio_ratio"] = _ratio(spoken["first_audio_ms_p50"], ref["first_audio_ms_p50"])
+        spoken["rtf_ratio"] = _ratio(spoken["rtf_p50"], ref["rtf_p50"])
         progress(f"reference end to end (speech): first audio {ref['first_audio_ms_p50']:.1f} ms")
     del model
     gc.collect()
@@ -217,7 +227,7 @@ def _ratio(ours, ref):
 def _speech_status(manifest: Manifest) -> dict:
     from omni_edge import naming
 
-    engines = [naming.TALKER_PREFILL, naming.TALKER_DECODE, naming.DIT_WINDOW, naming.BIGVGAN_WINDOW]
+    engines = [naming.TALKER_DECODER, naming.DIT_WINDOW, naming.BIGVGAN_WINDOW]
     missing = [name for name in engines if name not in manifest.components]
     if missing or manifest.talker is None or manifest.token2wav is None:
         return {"status": "not in bundle", "missing_engines": missing}
@@ -225,10 +235,10 @@ def _speech_status(manifest: Manifest) -> dict:
 
 
 def decode_weight_bytes(bundle_dir: Path, manifest: Manifest) -> tuple[int, list[str]]:
-    """Bytes of the thinker_decode graph and its external data: what one decode step has to stream."""
+    """Bytes of the thinker_decoder graph and its external data: what one decode step has to stream."""
     from omni_edge import naming
 
-    record = manifest.components[naming.THINKER_DECODE]
+    record = manifest.components[naming.THINKER_DECODER]
     files = sorted(name for name in manifest.files if name == record.file or name.startswith(record.file + "."))
     files = files or [record.file]
     return sum(os.path.getsize(bundle_dir / name) for name in files), files
@@ -239,8 +249,8 @@ def roofline(bundle_dir: Path, manifest: Manifest, rows: list[dict], bandwidth: 
     from omni_edge import naming
 
     out = dict(bandwidth)
-    if naming.THINKER_DECODE not in manifest.components:
-        return {**out, "status": "no thinker_decode in bundle"}
+    if naming.THINKER_DECODER not in manifest.components:
+        return {**out, "status": "no thinker_decoder in bundle"}
     weights, files = decode_weight_bytes(bundle_dir, manifest)
     bytes_per_s = bandwidth["copy_bandwidth_gb_s"] * 1e9
     kv_per_token = manifest.kv_cache.bytes_per_token()
@@ -252,8 +262,8 @@ def roofline(bundle_dir: Path, manifest: Manifest, rows: list[dict], bandwidth: 
         decode=[],
     )
     for row in rows:
-        if row["engine"] != naming.THINKER_DECODE:
-            continue
+        if row["engine"] != naming.THINKER_DECODER or not row["params"]["past"]:
+            continue  # decode steps only: a prefill is compute bound
         context = row["params"]["past"]
         bound = bytes_per_s / (weights + context * kv_per_token)
         row["roofline_tokens_per_s"] = bound

@@ -87,7 +87,7 @@ def reference_answers(
     from omni_edge.runtime.session import Session
 
     session = Session(fp32_dir, verify=False)
-    speaks = naming.TALKER_PREFILL in session.manifest.components
+    speaks = naming.TALKER_DECODER in session.manifest.components
     answers = []
     for sample in calib.samples:
         result = _answer(session, sample, reply_tokens, codec_tokens if speaks else None)
@@ -114,7 +114,7 @@ def end_to_end(
     if len(reference) != len(requests):
         raise ValueError(f"{len(reference)} reference answers for {len(requests)} calibration requests")
     session = Session(reduced_dir, verify=False)
-    speaks = naming.TALKER_PREFILL in session.manifest.components
+    speaks = naming.TALKER_DECODER in session.manifest.components
     text, exact, codec, wave_err, snr = [], [], [], [], []
     for i, (sample, ref) in enumerate(zip(requests, reference)):
         if bar is not None:

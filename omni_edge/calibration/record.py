@@ -30,19 +30,30 @@ class RecordedFeeds:
     calls: dict[str, int] = field(default_factory=dict)
 
     def keep(self, name: str, feed: dict[str, np.ndarray]) -> None:
+        """Every n-th call of a graph (the component table's sampling); a decoder's prefills always."""
         call = self.calls.get(name, 0)
         self.calls[name] = call + 1
-        if call % graph(name).calibration_keep_every == 0:
+        if is_prefill(feed) or call % graph(name).calibration_keep_every == 0:
             self.feeds.setdefault(name, []).append({k: np.array(v, copy=True) for k, v in feed.items()})
 
     def thinned(self, limit: int = MAX_FEEDS_PER_GRAPH) -> dict[str, list[dict[str, np.ndarray]]]:
-        """At most `limit` feeds per graph, spread evenly over the run."""
+        """At most `limit` feeds per graph, spread evenly over the run; a decoder's prefills (every prompt
+        token's activations, the ranges that matter most) are kept first."""
         out = {}
         for name, feeds in self.feeds.items():
             count = min(limit, graph(name).calibration_feed_limit or limit, len(feeds))
-            index = np.unique(np.linspace(0, len(feeds) - 1, count).round().astype(int))
+            prefills = [i for i, feed in enumerate(feeds) if is_prefill(feed)][:count]
+            rest = [i for i in range(len(feeds)) if i not in set(prefills)]
+            picked = np.linspace(0, len(rest) - 1, count - len(prefills)).round().astype(int) if rest else []
+            index = sorted({*prefills, *(rest[i] for i in picked)})
             out[name] = [feeds[i] for i in index]
         return out
+
+
+def is_prefill(feed: dict[str, np.ndarray]) -> bool:
+    """A decoder graph's feed with an empty past: a prompt, not a decode step."""
+    past = feed.get(naming.past_key(0))
+    return past is not None and past.shape[2] == 0
 
 
 class RecordingEngine:
@@ -72,7 +83,7 @@ def record_feeds(
     recorded = RecordedFeeds()
     session = Session(bundle_dir, verify=False, wrap_engine=lambda engine: RecordingEngine(engine, recorded))
     components = session.manifest.components
-    speech = SpeechOptions(max_codec_tokens=codec_tokens) if naming.TALKER_PREFILL in components else None
+    speech = SpeechOptions(max_codec_tokens=codec_tokens) if naming.TALKER_DECODER in components else None
     for i, sample in enumerate(calib.samples):
         if bar is not None:
             bar.set_description(f"calibrating: request {i + 1}/{len(calib.samples)}")

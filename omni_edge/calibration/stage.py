@@ -22,7 +22,7 @@ from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feed
 from omni_edge.quantization_report import CalibrationInfo, GraphAccuracy, QuantizationReport
 
 SMOOTHQUANT_ALPHA = 0.5
-SMOOTHQUANT_GRAPHS = (naming.THINKER_PREFILL, naming.THINKER_DECODE, naming.TALKER_PREFILL, naming.TALKER_DECODE)
+SMOOTHQUANT_GRAPHS = (naming.THINKER_DECODER, naming.TALKER_DECODER)
 
 
 def reduce_bundle(

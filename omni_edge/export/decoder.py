@@ -41,22 +41,20 @@ def talker_parts(model) -> DecoderParts:
 
 
 class DecoderStep(nn.Module):
-    """One forward over `S` new tokens, with an optional explicit past."""
+    """One forward over `S` new tokens after an explicit past (empty for a prefill)."""
 
-    def __init__(self, parts: DecoderParts, with_past: bool):
+    def __init__(self, parts: DecoderParts):
         super().__init__()
         self.text_model = parts.text_model
         self.head = parts.head
         self.input_proj = parts.input_proj
         self.config = parts.text_model.config
         self.num_layers = self.config.num_hidden_layers
-        self.with_past = with_past
 
     def forward(self, inputs_embeds, position_ids, attention_mask, *past):
         cache = DynamicCache(config=self.config)
-        if self.with_past:
-            for layer in range(self.num_layers):
-                cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        for layer in range(self.num_layers):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
         new_tokens = inputs_embeds.shape[1]
         if self.input_proj is not None:
             inputs_embeds = self.input_proj(inputs_embeds)
@@ -88,23 +86,20 @@ def kv_geometry(parts: DecoderParts, max_seq_len: int) -> KVCacheGeometry:
     )
 
 
-def io_names(num_layers: int, with_past: bool) -> tuple[list[str], list[str]]:
-    inputs = ["inputs_embeds", "position_ids", "attention_mask"]
-    if with_past:
-        inputs += naming.past_names(num_layers)
+def io_names(num_layers: int) -> tuple[list[str], list[str]]:
+    inputs = ["inputs_embeds", "position_ids", "attention_mask", *naming.past_names(num_layers)]
     outputs = ["logits", "last_hidden_state"] + naming.present_names(num_layers)
     return inputs, outputs
 
 
-def dummy_inputs(parts: DecoderParts, with_past: bool, new_tokens: int, past_tokens: int, seed: int = 0):
+def dummy_inputs(parts: DecoderParts, new_tokens: int, past_tokens: int, seed: int = 0):
     geo = kv_geometry(parts, max_seq_len=0)
     gen = torch.Generator().manual_seed(seed)
     embeds = torch.randn(1, new_tokens, parts.input_width, generator=gen)
     total = past_tokens + new_tokens
     positions = torch.arange(past_tokens, total).view(1, 1, -1).expand(3, 1, -1).contiguous()
-    mask = torch.ones(1, total if with_past else new_tokens, dtype=torch.int64)
-    past = []
-    if with_past:
-        for _ in range(2 * geo.num_layers):
-            past.append(torch.randn(1, geo.num_kv_heads, past_tokens, geo.head_dim, generator=gen))
+    mask = torch.ones(1, total, dtype=torch.int64)
+    past = [
+        torch.randn(1, geo.num_kv_heads, past_tokens, geo.head_dim, generator=gen) for _ in range(2 * geo.num_layers)
+    ]
     return (embeds, positions, mask, *past)

@@ -50,7 +50,7 @@ def check_can_build(target: Target) -> None:
                 "pip install 'omni-edge[trt]' (it builds on a machine without a GPU too)"
             )
         trt = _import(flavour)
-        if trt_compat.rtx_compute_capability(trt, target.compute_capability) is None:
+        if trt_compat.rtx_compute_capability(trt, target.engine_target()[1]) is None:
             raise TargetError(
                 f"TensorRT-RTX {trt.__version__} cannot build for compute capability "
                 f"{target.compute_capability} ({target.name}); upgrade tensorrt-rtx"
@@ -65,7 +65,7 @@ def check_can_build(target: Target) -> None:
             "JetPack's TensorRT (apt install python3-libnvinfer, and a venv with --system-site-packages), on an "
             "x86 GPU machine `pip install tensorrt`"
         )
-    from omni_edge.kernels.launch import compute_capability, cuda_device_status
+    from omni_edge.runtime.cuda import compute_capability, cuda_device_status
 
     ok, device = cuda_device_status()
     if not ok:
@@ -113,7 +113,8 @@ def profile_shapes(record: ComponentRecord) -> dict[str, tuple[list[int], list[i
         if all(isinstance(d, int) for d in tensor.shape):
             continue
         where = f"{record.name} input {tensor.name}"
-        shapes[tensor.name] = tuple([axis_value(d, ranges, k, where) for d in tensor.shape] for k in range(3))
+        low, opt, high = ([axis_value(d, ranges, k, where) for d in tensor.shape] for k in range(3))
+        shapes[tensor.name] = (low, opt, high)
     return shapes
 
 
@@ -172,7 +173,7 @@ def build_engine(
         # against PyTorch at 1e-4, which TF32 does not keep. Reduced precision comes from the graph instead.
         config.clear_flag(trt.BuilderFlag.TF32)
     if target.tensorrt == "tensorrt-rtx":
-        capability = trt_compat.rtx_compute_capability(trt, target.compute_capability)
+        capability = trt_compat.rtx_compute_capability(trt, target.engine_target()[1])
         config.num_compute_capabilities = 1
         config.set_compute_capability(capability, 0)
     shapes = profile_shapes(record)
@@ -201,7 +202,8 @@ def build_engines(
     match; None (the export's own staging) checks only that they are plain files of bundle_dir."""
     bundle_dir = Path(bundle_dir)
     check_can_build(target)
-    trt = _import(target.tensorrt)
+    flavour, compute_capability = target.engine_target()
+    trt = _import(flavour)
     if target.tensorrt == "tensorrt":
         from omni_edge.kernels.plugins import register_plugins
 
@@ -228,9 +230,9 @@ def build_engines(
     if cache is not None:
         cache_path.write_bytes(bytes(cache.serialize()))
     return out, TensorRTInfo(
-        flavour=target.tensorrt,
+        flavour=flavour,
         version=trt.__version__,
-        compute_capability=target.compute_capability,
+        compute_capability=compute_capability,
         built_on=_builder_device(target),
         timing_cache=cache_path.name if cache is not None else None,
     )
@@ -239,7 +241,7 @@ def build_engines(
 def _builder_device(target: Target) -> str:
     if target.tensorrt == "tensorrt-rtx":
         return "cpu"  # ahead-of-time: no GPU is used, kernels are compiled on the user's GPU at load
-    from omni_edge.kernels.launch import cuda_device_status
+    from omni_edge.runtime.cuda import cuda_device_status
 
     return cuda_device_status()[1]
 

@@ -236,6 +236,7 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
             if reduced:
                 from omni_edge.calibration.stage import reduce_bundle
 
+                assert checked.calibration is not None  # a reduced precision was refused without --calib
                 write_manifest(fp32_dir, manifest)  # the calibration replay opens it as a bundle
                 manifest, quantization = reduce_bundle(
                     fp32_dir,
@@ -270,8 +271,9 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
             bar.update()
         _move_into_place(staging, out)
     except BaseException as exc:
-        for made in {staging, fp32_dir} - {None}:
-            shutil.rmtree(made, ignore_errors=True)
+        for made in (staging, fp32_dir):
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
         if disk_full(exc):
             raise disk_full_error(out.parent, needed) from None
         raise
@@ -304,7 +306,7 @@ def _fp32_manifest(
 
     _write_embedding_table(model, bundle_dir / naming.THINKER_EMBEDDING_FILE)
     shutil.copyfile(source.path / naming.TOKENIZER_FILE, bundle_dir / naming.TOKENIZER_FILE)
-    speech = naming.TALKER_PREFILL in records
+    speech = naming.TALKER_DECODER in records
     if speech:
         write_speech_tables(model, bundle_dir)
     text_config = model.thinker.config.text_config
@@ -350,10 +352,10 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 
 def media_info(model) -> MediaInfo:
-    thinker, vision = model.thinker.config, model.thinker.config.vision_config
-    return MediaInfo(
     from omni_edge.runtime.audio_blocks import block_frames_for
 
+    thinker, vision = model.thinker.config, model.thinker.config.vision_config
+    return MediaInfo(
         audio_token_id=thinker.audio_token_index,
         image_token_id=thinker.image_token_index,
         video_token_id=thinker.video_token_index,
@@ -367,9 +369,9 @@ def media_info(model) -> MediaInfo:
         temporal_patch_size=vision.temporal_patch_size,
         spatial_merge_size=vision.spatial_merge_size,
         window_size=vision.window_size,
+        audio_block_frames=block_frames_for(thinker.audio_config.n_window),
     )
 
-        audio_block_frames=block_frames_for(thinker.audio_config.n_window),
 
 def _write_embedding_table(model, path: Path) -> None:
     from safetensors.numpy import save_file
@@ -381,7 +383,7 @@ def _write_embedding_table(model, path: Path) -> None:
 def _tool_versions() -> dict[str, str | None]:
     import importlib.metadata as md
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("torch", "transformers", "onnx", "onnxruntime", "tensorrt", "tensorrt-rtx"):
         try:
             versions[dist] = md.version(dist)

@@ -61,7 +61,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_staging(out: Path, say: Callable[[str], None]) -> list[Path]:
     """Remove the staging directories next to `out` left by exports on this host that are no longer running."""
-    removed = []
+    removed: list[Path] = []
     if not out.parent.is_dir():
         return removed
     host = _host()
@@ -104,7 +104,7 @@ def check_disk_space(directory: Path, needed: int) -> None:
         )
 
 
-def disk_full(exc: BaseException) -> bool:
+def disk_full(exc: BaseException | None) -> bool:
     """Whether an exception is (or was caused by) a full disk or quota."""
     seen = set()
     while exc is not None and id(exc) not in seen:

@@ -61,14 +61,16 @@ def user_turn_segments(content: tuple[Segment, ...]) -> list[Segment]:
 
 
 class TextTokenizer:
-    def __init__(self, path: Path):
+    def __init__(self, source: Path | bytes):
+        """`source`: tokenizer.json, or its bytes as read and hashed from a bundle."""
         from tokenizers import Tokenizer
 
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
         try:
-            self._tokenizer = Tokenizer.from_file(str(path))
-            self._text_only = Tokenizer.from_file(str(path))  # special tokens in its input are plain text
+            self._tokenizer = Tokenizer.from_buffer(data)
+            self._text_only = Tokenizer.from_buffer(data)  # special tokens in its input are plain text
         except Exception as exc:
-            raise BundleError(f"cannot read tokenizer {path.name} ({exc}); re-export the bundle") from None
+            raise BundleError(f"cannot read the tokenizer ({exc}); re-export the bundle") from None
         self._text_only.encode_special_tokens = True
         self._special = [t.content for t in self._tokenizer.get_added_tokens_decoder().values()]
         self.im_end_id = self.token_id(IM_END)

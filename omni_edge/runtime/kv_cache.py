@@ -3,10 +3,10 @@
 Graphs return only the new tokens' keys/values; the cache writes them at the current length. The cache
 never grows: a request that would pass max_seq_len is refused before any graph runs.
 
-    outputs = cache.run(prefill, decode, {"inputs_embeds": ..., "position_ids": ...})
+    outputs = cache.run(decoder, {"inputs_embeds": ..., "position_ids": ...})
 
-`run` picks prefill (empty cache) or decode, adds the past and the attention mask, and appends the new
-keys/values. The past may be fed padded to a bucket of slots with the unfilled slots masked out: the
+`run` adds the past (empty for a prefill: one decoder graph serves both) and the attention mask, and
+appends the new keys/values. The past may be fed padded to a bucket of slots with the unfilled slots masked out: the
 decoder graphs take any past length with a matching mask, so one bound shape serves many steps. The
 device cache of the TensorRT backend (trt_kv_cache.py) relies on exactly that; here `bucket=0` feeds the
 exact length, which is cheapest for ONNX Runtime on a CPU.
@@ -106,16 +106,13 @@ class KVCacheBase:
         """Run the engine on the feeds (the device cache keeps the new keys/values on the device)."""
         raise NotImplementedError
 
-    def run(self, prefill, decode, feeds: dict) -> dict:
+    def run(self, decoder, feeds: dict) -> dict:
         """One forward of the new tokens in `feeds` after the cached ones; returns the graph's other outputs."""
         new = feeds["inputs_embeds"].shape[1]
         self.check_room(new)
-        if self.length == 0:
-            outputs = self._forward(prefill, {**feeds, "attention_mask": attention_mask(0, 0, new)})
-        else:
-            padded = self.bind_past(new)
-            mask = attention_mask(self.length, padded, new)
-            outputs = self._forward(decode, {**feeds, **self.past_feeds(padded), "attention_mask": mask})
+        padded = self.bind_past(new)
+        mask = attention_mask(self.length, padded, new)
+        outputs = self._forward(decoder, {**feeds, **self.past_feeds(padded), "attention_mask": mask})
         rest, present = present_split(outputs)
         self.append(present)
         return rest

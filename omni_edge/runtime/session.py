@@ -22,11 +22,13 @@ import numpy as np
 
 from omni_edge import naming
 from omni_edge.bundle import load_manifest
+from omni_edge.bundle_trust import read_table, read_verified
 from omni_edge.errors import InputError
 from omni_edge.runtime.chat import TextStreamer, TextTokenizer
 from omni_edge.runtime.conversation import Conversation, Turn
 from omni_edge.runtime.engine import Engine, open_engine
 from omni_edge.runtime.kv_cache import new_kv_cache
+from omni_edge.runtime.limits import check_seed, check_text
 from omni_edge.runtime.media import MediaEncoders
 from omni_edge.runtime.media_budget import check_turn_media
 from omni_edge.runtime.positions import text_positions
@@ -80,22 +82,24 @@ class Session:
         threads: int = 0,
         verify: bool = True,
         wrap_engine: Callable[[Engine], Engine] | None = None,
+        manifest_sha256: str | None = None,
     ):
         """`verify=False` skips the hashes (the export's own staging bundles). `wrap_engine` sees every engine
-        the session opens and may return a stand-in with the same interface (calibration records feeds)."""
-        from safetensors.numpy import load_file
-
+        the session opens and may return a stand-in with the same interface (calibration records feeds).
+        `manifest_sha256` pins manifest.json to a hash kept apart from the bundle (bundle_trust.manifest_sha256).
+        Every file is opened from the bytes that were hashed, so a file changed after load is refused."""
         self.bundle_dir = Path(bundle_dir)
-        self.manifest = load_manifest(self.bundle_dir, verify_files=verify)
+        self.manifest = load_manifest(self.bundle_dir, verify_files=verify, manifest_sha256=manifest_sha256)
+        self._files = files = self.manifest.files if verify else None
         wrap = wrap_engine or (lambda engine: engine)
         self._engines: list[Engine] = []
         self._open = lambda name: self._opened(wrap(open_engine(self.bundle_dir, self.manifest, name, threads, verify)))
-        self.embeddings = load_file(str(self.bundle_dir / self.manifest.thinker.embedding_file))["weight"]
-        self.tokenizer = TextTokenizer(self.bundle_dir / self.manifest.tokenizer_file)
+        self.embeddings = read_table(self.bundle_dir, files, self.manifest.thinker.embedding_file)["weight"]
+        self.tokenizer = TextTokenizer(read_verified(self.bundle_dir, files, self.manifest.tokenizer_file, "tokenizer"))
         self.eos_ids = frozenset(self.manifest.thinker.eos_token_ids)
         self.media = MediaEncoders(self.manifest, self._open)
-        cache = new_kv_cache(self.manifest.backend, self.manifest.kv_cache)
-        self.thinker = Thinker(self._open(naming.THINKER_PREFILL), self._open(naming.THINKER_DECODE), cache)
+        decoder = self._open(naming.THINKER_DECODER)  # first: it says so when this machine cannot run the bundle
+        self.thinker = Thinker(decoder, new_kv_cache(self.manifest.backend, self.manifest.kv_cache))
         self.conversation = Conversation(
             self.tokenizer, self.embeddings, self.manifest.media, speech=self.manifest.talker is not None
         )
@@ -120,7 +124,7 @@ class Session:
     def speech(self) -> SpeechPipeline:
         """The Talker, DiT and BigVGAN of the bundle, opened on first use."""
         if self._speech is None:
-            self._speech = SpeechPipeline(self.bundle_dir, self.manifest, self._open, self.embeddings)
+            self._speech = SpeechPipeline(self.bundle_dir, self.manifest, self._open, self.embeddings, self._files)
         return self._speech
 
     def cancel(self) -> None:
@@ -177,6 +181,8 @@ class Session:
         wrong with the request is refused here, before any event."""
         handed_over = time.perf_counter()
         self._cancel.clear()
+        check_text(prompt, "prompt")
+        check_text(system, "system")
         if not prompt.strip() and not (audio or images or videos):
             raise InputError("the prompt is empty; pass some text with --prompt or media with --audio/--image/--video")
         if use_audio_in_video and not videos:
@@ -213,9 +219,22 @@ class Session:
         )
         return self._handed_over(turn, max_new_tokens, sampling, seed, speech, handed_over)
 
+    def prefill(self, turn: Turn) -> None:
+        """Feed part of a user turn now, ahead of its reply (live input: each audio block as it arrives); the
+        reply is then generated from the rest with generate_from_ids. Refused while a turn is running."""
+        self.thinker.cache.check_room(len(turn.ids), "this input")
+        if not self._one_turn.acquire(blocking=False):
+            raise InputError("a turn is running on this session; feed input between turns")
+        try:
+            _, hidden = self.thinker.forward(turn)
+            self.conversation.fed(turn, hidden)
+        finally:
+            self._one_turn.release()
+
     def _handed_over(self, turn: Turn, max_new_tokens, sampling, seed, speech, started) -> Iterator[Event]:
         """Check the whole request once, then return its stream (which runs as it is read)."""
         sampling.validate()
+        check_seed(seed)
         if max_new_tokens < 1:
             raise InputError("--max-new-tokens must be at least 1")
         # The last sampled token is never fed, so a turn needs prompt + max_new_tokens - 1 cache slots.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omni_edge import naming
+from omni_edge.bundle_trust import read_table
 from omni_edge.errors import BundleError, InputError
 from omni_edge.runtime.conversation import TalkerTrack
 from omni_edge.runtime.sampling import SamplingConfig
@@ -33,10 +34,9 @@ class AudioChunk:
     index: int
 
 
-def load_speakers(bundle_dir, manifest) -> dict[str, Speaker]:
-    from safetensors.numpy import load_file
-
-    tables = load_file(str(bundle_dir / manifest.talker.speakers_file))
+def load_speakers(bundle_dir, manifest, files: dict[str, str] | None) -> dict[str, Speaker]:
+    """`files`: the manifest's hashes to check the table against (None: the export's own staging bundle)."""
+    tables = read_table(bundle_dir, files, manifest.talker.speakers_file)
     return {
         name: Speaker(name, bos, tables[f"{name}.cond"], tables[f"{name}.ref_mel"])
         for name, bos in manifest.talker.speakers.items()
@@ -46,15 +46,15 @@ def load_speakers(bundle_dir, manifest) -> dict[str, Speaker]:
 class SpeechPipeline:
     """The Talker, DiT and BigVGAN of a bundle, opened once per session; `begin` starts one spoken reply."""
 
-    def __init__(self, bundle_dir, manifest, open_engine, thinker_embeddings):
+    def __init__(self, bundle_dir, manifest, open_engine, thinker_embeddings, files: dict[str, str] | None):
         if manifest.talker is None or manifest.token2wav is None:
             raise BundleError(
                 f"bundle {bundle_dir} has no speech components (talker, dit, bigvgan); re-export it without "
                 "--components, or with --components talker,dit,bigvgan"
             )
         self.info = manifest.token2wav
-        self.speakers = load_speakers(bundle_dir, manifest)
-        self.talker = open_talker(bundle_dir, manifest, open_engine, thinker_embeddings)
+        self.speakers = load_speakers(bundle_dir, manifest, files)
+        self.talker = open_talker(bundle_dir, manifest, open_engine, thinker_embeddings, files)
         self.dit = open_engine(naming.DIT_WINDOW)
         self.bigvgan = open_engine(naming.BIGVGAN_WINDOW)
 

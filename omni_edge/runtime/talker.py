@@ -15,6 +15,7 @@ import numpy as np
 
 from omni_edge import naming
 from omni_edge.bundle import TalkerInfo
+from omni_edge.bundle_trust import read_table
 from omni_edge.runtime.engine import Engine
 from omni_edge.runtime.kv_cache import KVCacheBase, new_kv_cache
 from omni_edge.runtime.sampling import SamplingConfig, sample_token
@@ -41,14 +42,13 @@ class Talker:
     def __init__(
         self,
         info: TalkerInfo,
-        prefill: Engine,
-        decode: Engine,
+        decoder: Engine,
         codec_table: np.ndarray,
         thinker_embeddings: np.ndarray,
         cache: KVCacheBase,
     ):
         self.info = info
-        self.prefill, self.decode = prefill, decode
+        self.decoder = decoder
         self.codec_table = codec_table
         self.thinker_embeddings = thinker_embeddings
         self.cache = cache
@@ -60,7 +60,7 @@ class Talker:
 
     def _run(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
         feeds = {"inputs_embeds": embeds[None].astype(np.float32), "position_ids": positions}
-        outputs = self.cache.run(self.prefill, self.decode, feeds)
+        outputs = self.cache.run(self.decoder, feeds)
         self._next_position = int(positions.max()) + 1
         return outputs["logits"][0, -1]
 
@@ -125,15 +125,12 @@ class Talker:
             turn.codes.append(token)
 
 
-def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings) -> Talker:
-    from safetensors.numpy import load_file
-
+def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings, files: dict[str, str] | None) -> Talker:
     info = manifest.talker
-    codec = load_file(str(bundle_dir / info.codec_embedding_file))["weight"]
+    codec = read_table(bundle_dir, files, info.codec_embedding_file)["weight"]
     return Talker(
         info,
-        open_engine(naming.TALKER_PREFILL),
-        open_engine(naming.TALKER_DECODE),
+        open_engine(naming.TALKER_DECODER),
         codec,
         thinker_embeddings,
         new_kv_cache(manifest.backend, info.kv_cache),

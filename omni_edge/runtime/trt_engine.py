@@ -1,6 +1,6 @@
 """The TensorRT backend of the Engine interface: one `<component>.engine`, device buffers and a stream.
 
-    engine = TrtEngine("thinker_decode", bundle_dir / "thinker_decode.engine", manifest.tensorrt)
+    engine = TrtEngine("thinker_decoder", bundle_dir / "thinker_decoder.engine", manifest.tensorrt)
     outputs = engine.run({"inputs_embeds": ..., ...})      # numpy in, numpy out, like OrtEngine
 
 `run_mixed` also takes `DeviceTensor` feeds and keeps chosen outputs on the device: the KV cache

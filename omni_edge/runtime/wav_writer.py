@@ -12,6 +12,7 @@ import os
 import tempfile
 import wave
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class WavWriter:
     def __init__(self, path: Path | None, sample_rate: int):
         self.path = Path(path) if path is not None else None
         self.sample_rate = sample_rate
-        self._raw = None
+        self._raw: BinaryIO | None = None
         self._wav: wave.Wave_write | None = None
         self._tmp: str | None = None
 
@@ -62,6 +63,7 @@ class WavWriter:
             return
         self._close()
         if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+            assert self._tmp is not None and self.path is not None  # both set when the wav was opened
             os.chmod(self._tmp, 0o644)  # mkstemp makes it private; a reply is an ordinary file
             os.replace(self._tmp, self.path)
         else:
