@@ -23,8 +23,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from omni_edge import naming
 from omni_edge.bundle import load_manifest
 from omni_edge.errors import InputError, UnsupportedConfigError
-from omni_edge.runtime.audio_blocks import block_frames_for
+from omni_edge.runtime.audio_blocks import block_frames_for, split_blocks, tokens_for_frames
 from omni_edge.runtime.audio_frontend import log_mel
+from omni_edge.runtime.media_budget import audio_tokens
 from omni_edge.runtime.sampling import SamplingConfig
 from omni_edge.runtime.session import Done
 from omni_edge.runtime.token2wav import StreamWindows, dit_codes
@@ -65,6 +66,17 @@ def test_front_end_refuses_a_patch_size_it_was_not_written_for(hf_model):
             vision_encoder_spec().build_module(hf_model)
     finally:
         visual.config.patch_size = saved
+
+
+@pytest.mark.parametrize("frames", [1, 3, 99, 100, 101, 250, 399, 1234])
+def test_audio_token_count_does_not_depend_on_the_block(frames):
+    """So the media budget (priced with 200-frame blocks) holds for any n_window; transformers' own count."""
+    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
+
+    mel = np.zeros((128, frames), np.float32)
+    counts = {block: int(tokens_for_frames(split_blocks(mel, block)[1]).sum()) for block in (200, 100, 60)}
+    _, expected = Qwen2_5OmniAudioEncoder._get_feat_extract_output_lengths(None, torch.tensor([frames]))
+    assert set(counts.values()) == {int(expected)} == {audio_tokens(frames * 160)}
 
 
 @pytest.mark.slow

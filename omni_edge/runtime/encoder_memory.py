@@ -108,6 +108,7 @@ class AudioDims:
     ffn: int
     output_dim: int
     mel_bins: int = 128
+    block_frames: int = BLOCK_FRAMES  # 2 * n_window
 
     @classmethod
     def from_config(cls, config: dict) -> AudioDims:
@@ -117,15 +118,18 @@ class AudioDims:
             ffn=int(config["encoder_ffn_dim"]),
             output_dim=int(config["output_dim"]),
             mel_bins=int(config.get("num_mel_bins", 128)),
+            block_frames=2 * int(config.get("n_window", BLOCK_FRAMES // 2)),
         )
 
 
 def audio_activation_bytes(seconds: float, dims: AudioDims, itemsize: int = 4) -> int:
-    """Peak activation memory of the audio_encoder graph: independent 2 s blocks, each attending to itself
-    (scores [blocks, heads, 100, 100]), so it is linear in the clip's length."""
-    blocks = max(1, -(-math.ceil(seconds * SAMPLE_RATE / HOP) // BLOCK_FRAMES))
-    steps = BLOCK_FRAMES // 2  # after the stride-2 conv
-    conv = dims.mel_bins * BLOCK_FRAMES + 2 * dims.d_model * BLOCK_FRAMES
+    """Peak activation memory of the audio_encoder graph: independent blocks of 2 * n_window frames (2 s in
+    released checkpoints), each attending to itself (scores [blocks, heads, n_window, n_window]), so it is
+    linear in the clip's length."""
+    block = dims.block_frames
+    blocks = max(1, -(-math.ceil(seconds * SAMPLE_RATE / HOP) // block))
+    steps = block // 2  # after the stride-2 conv
+    conv = dims.mel_bins * block + 2 * dims.d_model * block
     attention = 3 * steps * dims.d_model + SCORE_COPIES * dims.heads * steps * steps
     mlp = 2 * steps * dims.ffn
     return itemsize * blocks * (2 * steps * dims.d_model + max(conv, attention, mlp))
@@ -156,7 +160,7 @@ def encoder_activation_plan(config: dict, max_seq_len: int, sides=PLAN_IMAGE_SID
         grid = largest_image_grid(tokens, dims)
         out[f"vision_encoder largest image ({tokens} tokens)"] = vision_activation_bytes([grid], dims)
     if "audio_config" in thinker:
-        seconds = min(MAX_AUDIO_SECONDS, max_seq_len / (TOKENS_PER_BLOCK / 2))  # 25 tokens per second
+        seconds = min(MAX_AUDIO_SECONDS, max_seq_len / (TOKENS_PER_BLOCK / 2))  # 25 tokens per second, any block
         out[f"audio_encoder {seconds:.0f} s"] = audio_activation_bytes(
             seconds, AudioDims.from_config(thinker["audio_config"])
         )

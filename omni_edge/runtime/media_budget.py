@@ -49,7 +49,8 @@ class MediaTokens:
 
 
 def audio_tokens(samples_16k: int) -> int:
-    """Audio tokens of a clip of `samples_16k` samples at 16 kHz (the audio encoder's 2 s blocks)."""
+    """Audio tokens of a clip of `samples_16k` samples at 16 kHz; the same for any encoder block length
+    (omni_edge.runtime.audio_blocks), so the 2 s blocks of released checkpoints stand for all."""
     frames = -(-int(samples_16k) // HOP)
     full, tail = divmod(frames, BLOCK_FRAMES)
     return full * TOKENS_PER_BLOCK + (int(tokens_for_frames(tail)) if tail else 0)
