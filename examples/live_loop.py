@@ -2,7 +2,7 @@
 user speaks over the answer, which stops it; the interruption becomes the next turn.
 
     python examples/live_loop.py BUNDLE --question tests/data/speech_question.wav \
-        --interrupt tests/data/speech_interrupt.wav --barge-after 0.5 [--speed 1] [--out-wav reply.wav]
+        --interrupt tests/data/speech_interrupt.wav --barge-after 0.5 [--speed 1] [--camera clip.mp4]
 
 The microphone is simulated in 20 ms chunks: silence, the question, silence until the turn ends, then, while
 the reply plays, silence and the interruption `--barge-after` seconds into the reply's audio. Time follows
@@ -34,8 +34,25 @@ def silence():
         yield np.zeros(CHUNK, np.float32)
 
 
-def run(bundle, question, interrupt=None, barge_after=0.5, speed=0.0, spoken=True, max_new_tokens=48, out=None):
-    """Run the loop; returns a summary: the live events, and per reply its text and how it ended."""
+def camera_frames(path):
+    """(seconds, uint8 [H, W, 3] RGB) for every frame of a video file, looped for ever: a camera."""
+    import av
+
+    loop = 0.0
+    while True:
+        with av.open(str(path)) as container:
+            last = 0.0
+            for frame in container.decode(video=0):
+                last = float(frame.time or 0.0)
+                yield loop + last, frame.to_ndarray(format="rgb24")
+        loop += last + 0.1
+
+
+def run(
+    bundle, question, interrupt=None, barge_after=0.5, speed=0.0, spoken=True, max_new_tokens=48, out=None, camera=None
+):
+    """Run the loop; returns a summary: the live events, and per reply its text and how it ended. With
+    `camera` (a video file), its frames arrive on the microphone's clock and every user turn sees them."""
     from omni_edge.live import LiveConversation, LiveOptions
     from omni_edge.runtime import AudioChunk, Done, SamplingConfig, Session, SpeechOptions, TextDelta
     from omni_edge.runtime.audio_frontend import load_audio
@@ -45,14 +62,23 @@ def run(bundle, question, interrupt=None, barge_after=0.5, speed=0.0, spoken=Tru
     speech = (
         SpeechOptions(solver="euler", max_codec_tokens=600) if spoken and session.manifest.talker is not None else None
     )
-    options = LiveOptions(max_new_tokens=max_new_tokens, sampling=SamplingConfig(greedy=True), speech=speech)
+    options = LiveOptions(
+        max_new_tokens=max_new_tokens, sampling=SamplingConfig(greedy=True), speech=speech, camera=camera is not None
+    )
     live = LiveConversation(session, options)
     mic = itertools.chain(chunks(np.zeros(8_000, np.float32)), chunks(load_audio(question)), silence())
     barge = list(chunks(load_audio(interrupt))) if interrupt else None
     events: list[dict] = []
     replies: list[dict] = []
 
+    frames = camera_frames(camera) if camera else None
+    next_frame = next(frames) if frames else None
+
     def hear(chunk):
+        nonlocal next_frame
+        while next_frame is not None and next_frame[0] <= live.mic_samples / 16_000:
+            live.feed_frame(next_frame[1], next_frame[0])
+            next_frame = next(frames)
         for event in live.feed_audio(chunk):
             events.append({"event": type(event).__name__, **vars(event)})
         if speed:
@@ -97,6 +123,7 @@ def main(argv=None):
     parser.add_argument("--barge-after", type=float, default=0.5, help="seconds into the reply's audio")
     parser.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
     parser.add_argument("--text-only", action="store_true", help="text replies (the barge-in comes at once)")
+    parser.add_argument("--camera", help="a video file played as the camera, on the microphone's clock")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--json", action="store_true", help="print a summary object at the end")
     args = parser.parse_args(argv)
@@ -108,6 +135,7 @@ def main(argv=None):
         args.speed,
         not args.text_only,
         args.max_new_tokens,
+        camera=args.camera,
     )
     if args.json:
         print(json.dumps(summary))

@@ -213,3 +213,46 @@ def test_barge_in_stops_within_one_chunk_and_the_next_turn_is_a_replay_of_what_w
     assert replay.text_token_ids == live_reply.text_token_ids
     assert replay.codec_token_ids == live_reply.codec_token_ids
     live_session.close()
+
+
+# -- camera ------------------------------------------------------------------------------------------------
+def camera_clip(seconds: float, fps: float = 30.0) -> list[tuple[float, np.ndarray]]:
+    """A 64x48 camera at `fps`: a bright square moving across a gradient (timestamps in seconds)."""
+    frames = []
+    for k in range(int(seconds * fps) + 1):
+        frame = np.tile(np.linspace(0, 200, 64, dtype=np.uint8)[None, :, None], (48, 1, 3))
+        x = int(k * 50 / (seconds * fps))
+        frame[10:30, x : x + 14] = [255, 40, 40]
+        frames.append((k / fps, frame))
+    return frames
+
+
+def test_live_camera_turn_is_the_whole_clip_with_its_sound_track(session, question):
+    """Camera and microphone together: per 2 s chunk its frames' tokens, then its audio tokens, with the ids
+    of rope_index for a video with its own audio (use_audio_in_video), and the same greedy reply."""
+    if "vision_encoder" not in session.manifest.components:
+        pytest.skip("the bundle has no vision_encoder")
+    camera = camera_clip(len(question) / 16_000)
+    turn = LiveTurn(session, "What do you see?", camera=True)
+    turn.mel.peak = peak(question)  # the reference's floor: this test checks the layout, not the mel rule
+    shown = 0
+    for start in range(0, len(question), CHUNK):
+        turn.add_audio(question[start : start + CHUNK])
+        now = (start + CHUNK) / 16_000
+        while shown < len(camera) and camera[shown][0] <= now:
+            turn.add_frame(camera[shown][1], camera[shown][0])
+            shown += 1
+    assert turn.blocks_prefilled == 3
+    live = result(turn.reply(16, GREEDY)).result
+    frames = np.stack(turn.frames[: int(np.ceil(len(question) / 16_000 * 2))])
+    assert len(frames) == 13  # 2 fps over 6.5 s; the odd one is repeated by the processor, live and offline
+    session.reset()
+    video = (frames, 2.0, question)
+    parts = session.media_parts(videos=[video], use_audio_in_video=True) + ["What do you see?"]
+    offline_turn = session.conversation.user_turn(parts)
+    fed = concat(turn.fed)
+    assert fed.ids == offline_turn.ids
+    np.testing.assert_array_equal(fed.positions, offline_turn.positions)
+    np.testing.assert_allclose(fed.embeds, offline_turn.embeds, rtol=1e-5, atol=1e-5)
+    offline = result(session.generate("What do you see?", 16, GREEDY, videos=[video], use_audio_in_video=True))
+    assert live.text_token_ids == offline.result.text_token_ids

@@ -51,6 +51,19 @@ def test_live_loop_with_barge_in(cpu_bundle, live_loop, spoken):
         assert 0.3 * 24_000 <= cut["samples"] < 24_000  # stopped right after the interruption began
 
 
+def test_live_loop_with_a_camera_clip(cpu_bundle, live_loop, tmp_path):
+    from media_files import write_video
+
+    camera = tmp_path / "camera.mp4"
+    write_video(camera, seconds=3, rate=10, audio=False)  # looped: the camera keeps running
+    summary = live_loop.run(
+        cpu_bundle, DATA / "speech_question.wav", None, spoken=False, out=io.StringIO(), camera=camera
+    )
+    (turn,) = [e for e in summary["events"] if e["event"] == "TurnEnded"]
+    assert turn["blocks_prefilled"] >= 3  # audio and frames prefilled together while the user spoke
+    assert summary["replies"][0]["finish"] in ("eos", "length")
+
+
 def test_the_ros2_adapter_speaks_and_is_cancelled(cpu_bundle):
     sys.path.insert(0, str(EXAMPLES / "ros2" / "omni_edge_ros"))
     try:
@@ -74,6 +87,7 @@ def test_the_ros2_adapter_speaks_and_is_cancelled(cpu_bundle):
         threads=1,
         max_codec_tokens=300,
         on_error=errors.append,
+        camera=True,
     )
     speech = np.concatenate([load_audio(DATA / "speech_question.wav"), np.zeros(16_000, np.float32)])
     pcm = (np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes()
@@ -81,12 +95,15 @@ def test_the_ros2_adapter_speaks_and_is_cancelled(cpu_bundle):
     bgr[..., 0] = 255  # blue in BGR
     adapter.on_image_message(0.0, 4, 6, "bgr8", 18, bgr.tobytes())
     assert adapter.frames[0][1][0, 0].tolist() == [0, 0, 255]
-    for start in range(0, len(pcm), 640):  # 20 ms messages
+    for start in range(0, len(pcm), 640):  # 20 ms messages, a camera frame every 100 ms
         adapter.on_audio_message(pcm[start : start + 640])
+        if start % 3200 == 0:
+            adapter.on_image_message(start / 32_000, 4, 6, "bgr8", 18, bgr.tobytes())
     adapter.wait(600)
     assert not errors
     assert "".join(texts).strip() and audio and all(rate == 24_000 for _, rate in audio)
     assert adapter.session.conversation.length > 150
+    assert adapter.live.options.camera and len(adapter.frames) == 8
     adapter.reset()
     assert adapter.session.conversation.length == 0
     np.testing.assert_array_equal(image_rgb(1, 2, "rgb8", 8, bytes(range(8))), [[[0, 1, 2], [3, 4, 5]]])

@@ -15,6 +15,7 @@ import queue
 import signal
 import sys
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -38,15 +39,16 @@ class Player:
     """Reply audio to the default output device as it streams (a no-op without --play)."""
 
     def __init__(self, enabled: bool):
-        self._stream = None
+        self._stream: Any = None
         self._sd = _sounddevice() if enabled else None
 
     def play(self, samples: np.ndarray, rate: int) -> None:
         if self._sd is None:
             return
         if self._stream is None:
-            self._stream = self._sd.OutputStream(samplerate=rate, channels=1, dtype="float32")
-            self._stream.start()
+            stream = self._sd.OutputStream(samplerate=rate, channels=1, dtype="float32")
+            stream.start()
+            self._stream = stream
         self._stream.write(samples.reshape(-1, 1))
 
     def stop(self) -> None:

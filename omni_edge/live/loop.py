@@ -54,6 +54,7 @@ class LiveOptions:
     speech: SpeechOptions | None = None  # spoken replies
     preroll_ms: int = 300  # audio kept from before the VAD's start decision (it decides after start_ms)
     barge_in: bool = True
+    camera: bool = False  # user turns carry camera frames (feed_frame), interleaved with the audio per 2 s
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class LiveConversation:
             self._next_ended = False  # ...and it ended before the reply had stopped
             self._played: int | None = None
             self.mic_samples = 0
+            self._frame: np.ndarray | None = None  # the latest camera frame while no turn is open
+            self._turn_start = 0  # microphone sample where the open turn's audio starts
 
     @property
     def reply_ready(self) -> bool:
@@ -164,9 +167,25 @@ class LiveConversation:
     def _open_turn(self, audio: np.ndarray) -> LiveTurn:
         conversation = self.session.conversation
         first = conversation.length == 0 and not conversation.pending
-        turn = LiveTurn(self.session, self.options.prompt, self.options.system if first else None)
+        o = self.options
+        turn = LiveTurn(self.session, o.prompt, o.system if first else None, camera=o.camera)
+        self._turn_start = self.mic_samples - len(audio)
+        if o.camera and self._frame is not None:
+            turn.add_frame(self._frame, 0.0)  # what the camera saw as the user started
         turn.add_audio(audio)
         return turn
+
+    def feed_frame(self, frame: np.ndarray, seconds: float | None = None) -> None:
+        """A camera frame (uint8 [H, W, 3] RGB) taken at `seconds` on the microphone's clock (default: now,
+        i.e. after the audio fed so far). Needs LiveOptions(camera=True)."""
+        if not self.options.camera:
+            raise InputError("this live conversation has no camera; pass LiveOptions(camera=True)")
+        with self._lock:
+            at = self.mic_samples / 16_000 if seconds is None else seconds
+            if self.turn is not None and not self._replying:
+                self.turn.add_frame(frame, max(0.0, at - self._turn_start / 16_000))
+            else:
+                self._frame = np.asarray(frame)
 
     def _end_turn(self) -> TurnEnded:
         assert self.turn is not None

@@ -42,6 +42,7 @@ class LiveAdapter:
         threads: int = 0,
         max_codec_tokens: int = 1024,
         on_error: Callable[[str], None] = print,
+        camera: bool = False,
     ):
         from omni_edge.live import LiveConversation, LiveOptions
         from omni_edge.runtime import SamplingConfig, Session, SpeechOptions
@@ -49,11 +50,13 @@ class LiveAdapter:
         self.session = Session(bundle, threads=threads)
         speech = SpeechOptions(speaker=speaker, max_codec_tokens=max_codec_tokens, solver="euler")
         speech = speech if speak and self.session.manifest.talker else None
-        options = LiveOptions(max_new_tokens=max_new_tokens, sampling=SamplingConfig(greedy=True), speech=speech)
+        options = LiveOptions(
+            max_new_tokens=max_new_tokens, sampling=SamplingConfig(greedy=True), speech=speech, camera=camera
+        )
         self.live = LiveConversation(self.session, options)
         self._on_text, self._on_audio, self._on_error = on_text, on_audio, on_error
         self._worker: threading.Thread | None = None
-        self.frames: list[tuple[float, np.ndarray]] = []  # camera frames: kept, not yet fed to the model
+        self.frames: list[tuple[float, np.ndarray]] = []  # the last camera frames received
 
     def on_audio_message(self, data: bytes) -> None:
         self.live.feed_audio(pcm_s16le(data))
@@ -62,7 +65,12 @@ class LiveAdapter:
             self._worker.start()
 
     def on_image_message(self, stamp: float, height: int, width: int, encoding: str, step: int, data: bytes):
-        self.frames = [*self.frames[-7:], (stamp, image_rgb(height, width, encoding, step, data))]
+        """A camera frame; with `camera`, fed to the user turn on the microphone's clock (its arrival: the
+        audio and image topics carry no common clock the adapter could trust)."""
+        frame = image_rgb(height, width, encoding, step, data)
+        self.frames = [*self.frames[-7:], (stamp, frame)]
+        if self.live.options.camera:
+            self.live.feed_frame(frame)
 
     def _reply(self) -> None:
         from omni_edge.errors import OmniEdgeError

@@ -3,12 +3,12 @@
     ros2 launch omni_edge_ros omni_edge.launch.py bundle:=/opt/bundles/omni3b
 
 Subscribes  audio     audio_common_msgs/AudioData   16 kHz mono s16le PCM (e.g. audio_capture, format wave)
-            image     sensor_msgs/Image             rgb8 or bgr8 (kept; not fed to the model yet)
+            image     sensor_msgs/Image             rgb8 or bgr8, fed to each user turn with camera:=true
 Publishes   text      std_msgs/String               text deltas as they stream
             audio_out audio_common_msgs/AudioData   24 kHz mono s16le PCM chunks as they stream
 Services    reset     std_srvs/Trigger              new conversation
             cancel    std_srvs/Trigger              stop the reply, keep what was heard
-Parameters  bundle (string), speaker (Chelsie|Ethan), max_new_tokens, max_codec_tokens, speak, threads
+Parameters  bundle (string), speaker (Chelsie|Ethan), max_new_tokens, max_codec_tokens, speak, camera, threads
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class OmniEdgeNode(Node):
         speak = self.declare_parameter("speak", True).value
         threads = self.declare_parameter("threads", 0).value
         max_codec_tokens = self.declare_parameter("max_codec_tokens", 1024).value
+        camera = self.declare_parameter("camera", False).value
         self.text_pub = self.create_publisher(String, "text", 10)
         self.audio_pub = self.create_publisher(AudioData, "audio_out", 50)
         self.adapter = LiveAdapter(
@@ -45,6 +46,7 @@ class OmniEdgeNode(Node):
             threads,
             max_codec_tokens,
             on_error=self.get_logger().error,
+            camera=camera,
         )
         self.create_subscription(AudioData, "audio", lambda m: self.adapter.on_audio_message(m.data), 100)
         self.create_subscription(Image, "image", self._image, 5)
