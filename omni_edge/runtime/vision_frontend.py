@@ -13,7 +13,8 @@ Libraries:
   Pillow's (same a=-0.5 cubic kernel) on uint8. Measured against torchvision's resize (torch's antialiased
   bicubic interpolate, rounded back to uint8): normalized patch values differ by at most 0.32 and 5e-4 on
   average on photos and clips (a one-level pixel difference is 0.015), the Thinker's logits by 2-3e-3, no
-  greedy token flipped; tests/test_config_fidelity.py holds the bound (max 0.35, mean 1e-3).
+  greedy token flipped; on the tests' synthetic noisy frames 0.10 and 2.8e-3. tests/test_config_fidelity.py
+  holds max 0.35, mean 5e-3.
 
 Transparency (images): TRANSPARENCY_MODES. "qwen-omni-utils" (the default, what Qwen's README pipeline does:
 fetch_image's to_rgb runs before transformers' processor sees the image) composites only RGBA onto white;
