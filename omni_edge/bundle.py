@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omni_edge.errors import BundleError
-from omni_edge.memory_plan import MemoryPlan
+from omni_edge.memory_plan import ITEMSIZE, MemoryPlan
 from omni_edge.naming import MANIFEST_FILE
 from omni_edge.quantization_report import QuantizationReport
 
@@ -79,7 +79,7 @@ class KVCacheGeometry:
     dtype: str = "float32"
 
     def bytes_per_token(self) -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * _itemsize(self.dtype)
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * ITEMSIZE[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,6 @@ def _talker_info(data: dict | None) -> TalkerInfo | None:
     if not data:
         return None
     return TalkerInfo(**{**data, "kv_cache": KVCacheGeometry(**data["kv_cache"])})
-
-
-def _itemsize(dtype: str) -> int:
-    return {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "int8": 1}[dtype]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

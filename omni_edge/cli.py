@@ -16,6 +16,7 @@ import click
 
 from omni_edge.components import COMPONENT_NAMES, COMPONENTS, SPEECH_COMPONENTS
 from omni_edge.errors import InputError, OmniEdgeError
+from omni_edge.runtime.vision_frontend import TRANSPARENCY_MODES, VIDEO_TIMINGS
 from omni_edge.targets import PRECISIONS, TARGETS
 
 
@@ -226,6 +227,22 @@ def build_engines_main(bundle):
     help="Also hear each --video's sound track, interleaved with its frames every 2 s.",
 )
 @click.option(
+    "--video-timing",
+    default=VIDEO_TIMINGS[0],
+    show_default=True,
+    type=click.Choice(list(VIDEO_TIMINGS)),
+    help="TMRoPE time of a video's frames: `processor` assumes 2 fps as transformers' processor does in Qwen's "
+    "README pipeline; `sampled` uses the fps the sampler reached (README: Media conventions).",
+)
+@click.option(
+    "--transparency",
+    default=TRANSPARENCY_MODES[0],
+    show_default=True,
+    type=click.Choice(list(TRANSPARENCY_MODES)),
+    help="Which reference flattens transparent images onto white: qwen-omni-utils (RGBA only, Qwen's README "
+    "pipeline) or transformers' processor (every mode).",
+)
+@click.option(
     "--out-wav",
     type=click.Path(path_type=Path),
     default=None,
@@ -280,6 +297,8 @@ def run_main(
     images,
     videos,
     use_audio_in_video,
+    video_timing,
+    transparency,
     out_wav,
     speaker,
     max_codec_tokens,
@@ -323,6 +342,7 @@ def run_main(
     sampling = SamplingConfig(greedy, temperature, top_k, top_p, repetition_penalty)
     sampling.validate()
     session = Session(bundle, threads=threads, manifest_sha256=manifest_sha256)
+    session.media.video_timing, session.media.transparency = video_timing, transparency
     if out_wav is not None and session.manifest.talker is not None:
         check_max_codec_tokens(max_codec_tokens, session.manifest.talker)
     speech = None

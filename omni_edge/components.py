@@ -38,7 +38,7 @@ class Component:
     role: str  # one of ROLES
     graphs: tuple[GraphInfo, ...]  # each graph holds its own copy of the component's weights: keep one
     checkpoint_prefixes: tuple[str, ...]  # hub layout and transformers 5's in-memory layout
-    specs: str  # "module:function", (model) -> list[ComponentSpec] in the order of `graphs`
+    specs: str  # "module:function", (model, target) -> list[ComponentSpec] in the order of `graphs`
     head_prefixes: tuple[str, ...] = ()  # output head: quantization leaves it at high precision
     table_prefixes: tuple[str, ...] = ()  # embedding tables the runtime keeps on the host, not in a graph
     required: bool = False  # in every bundle (every prompt needs it)

@@ -37,6 +37,7 @@ from omni_edge.targets import TARGETS, Target
 
 GIB = 1 << 30
 AWQ_GROUP = 128  # int4-awq: one fp16 scale per 128 weights
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "int8": 1}  # KV cache dtypes
 BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "int4-awq": 0.5 + 2 / AWQ_GROUP}
 _MAX_HEADER = 100 << 20  # safetensors caps its JSON header at 100 MB
 
@@ -182,7 +183,7 @@ def count_parameters(checkpoint: Path) -> ParameterCounts:
     return counts
 
 
-def _decoder(name: str, config: dict) -> DecoderDims:
+def _decoder(name: str, config: dict, kv_itemsize: int) -> DecoderDims:
     heads = config["num_attention_heads"]
     return DecoderDims(
         name=name,
@@ -193,9 +194,9 @@ def _decoder(name: str, config: dict) -> DecoderDims:
         hidden=config["hidden_size"],
         intermediate=config["intermediate_size"],
         vocab=config["vocab_size"],
-        # The runtime's cache follows the graphs' KV inputs, which stay fp32 at every precision (quantization
-        # keeps graph I/O types, so reduced bundles are fed like fp32 ones).
-        kv_itemsize=4,
+        # The runtime's cache follows the graphs' KV inputs: the target's KV dtype at every precision
+        # (quantization keeps graph I/O types, so reduced bundles are fed like fp32 ones).
+        kv_itemsize=kv_itemsize,
     )
 
 
@@ -226,18 +227,21 @@ def plan_memory(
     max_seq_len: int,
     components: tuple[str, ...] | list[str],
     high_precision: str = "fp16",
+    kv_dtype: str = "float32",
 ) -> MemoryPlan:
     """The plan for a bundle of `components` (names as in components.COMPONENTS) at the given precisions;
-    `high_precision` is what a quantized component's unquantized head runs in (Target.high_precision)."""
+    `high_precision` is what a quantized component's unquantized head runs in (Target.high_precision), and
+    `kv_dtype` the decoders' KV cache (Target.kv_dtype)."""
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     counts = count_parameters(checkpoint)
     parts = [
         _part(component, precisions.get(component, "fp32"), counts, high_precision)
         for component in [*components, *(["other"] if counts.graphs.get("other") else [])]
     ]
-    decoders = [_decoder("thinker", config["thinker_config"]["text_config"])]
+    kv_itemsize = ITEMSIZE[kv_dtype]
+    decoders = [_decoder("thinker", config["thinker_config"]["text_config"], kv_itemsize)]
     if "talker" in components and "talker_config" in config:
-        decoders.append(_decoder("talker", config["talker_config"]))
+        decoders.append(_decoder("talker", config["talker_config"], kv_itemsize))
     thinker = config["thinker_config"]
     encoders = {key: thinker[key] for name, key in _ENCODER_CONFIGS.items() if name in components and key in thinker}
     return _with_sequence(MemoryPlan(max_seq_len, tuple(parts), tuple(decoders), encoder_configs=encoders))

@@ -31,6 +31,12 @@ class Target:
         return self.tensorrt, self.compute_capability
 
     @property
+    def kv_dtype(self) -> str:
+        """The decoders' KV cache: fp16 under TensorRT (half the memory and bandwidth; attention still runs in
+        the graph's precision), fp32 under ONNX Runtime on a CPU (its fp16 kernels are few and slow)."""
+        return "float32" if self.tensorrt is None else "float16"
+
+    @property
     def high_precision(self) -> str:
         """What ops left unquantized (output heads, attention matmuls) run in: fp16 under TensorRT, fp32 under
         ONNX Runtime on a CPU (its fp16 kernels are few and slow)."""

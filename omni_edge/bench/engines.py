@@ -23,10 +23,6 @@ PREFILL_LENGTHS = (128, 512, 2048)
 DECODE_CONTEXTS = (128, 512, 2048)
 TALKER_PREFILL_LENGTHS = (128, 512)  # the Talker's prompt is the conversation so far, one row per token
 AUDIO_BLOCK_SECONDS = 2.0
-# The streaming token2wav windows of omni_edge/runtime/token2wav.StreamWindows (a middle chunk):
-DIT_WINDOW_FRAMES = 48 + 72 + 24  # 2 blocks back, 3 kept, 1 ahead
-BIGVGAN_WINDOW_FRAMES = 40 + 72  # left context + kept frames
-KEPT_SECONDS = 72 / 100  # audio one window adds to the stream (mel runs at 100 frames/s)
 
 
 @dataclass(frozen=True)
@@ -156,14 +152,26 @@ def _vision_ours(ctx: BundleEngines, case: Case, inputs: dict):
 
 
 # -- token2wav --------------------------------------------------------------------------------------
+def _windows(manifest: Manifest):
+    """The bundle's streaming windows (a middle chunk), from its DiT block size."""
+    from omni_edge.runtime.speech import stream_windows
+
+    return stream_windows(manifest.speech[1])
+
+
+def _kept_seconds(manifest: Manifest) -> float:
+    return _windows(manifest).chunk / 100  # audio one window adds to the stream (mel runs at 100 frames/s)
+
+
 def _dit_cases(manifest: Manifest) -> list[Case]:
-    frames = DIT_WINDOW_FRAMES
+    windows = _windows(manifest)
+    frames = windows.past + windows.chunk + windows.future
     return [
         Case(naming.DIT_WINDOW, f"{frames}-frame window, 1 evaluation", 1, "evaluations", {"frames": frames}),
         Case(
             naming.DIT_WINDOW,
             f"{frames}-frame window, RK4 solve (36 evals)",
-            KEPT_SECONDS,
+            _kept_seconds(manifest),
             "audio s",
             {"frames": frames, "solve": "rk4"},
         ),
@@ -200,10 +208,10 @@ def _dit_ours(ctx: BundleEngines, case: Case, inputs: dict):
 
 
 def _bigvgan_cases(manifest: Manifest) -> list[Case]:
-    frames = BIGVGAN_WINDOW_FRAMES
-    return [
-        Case(naming.BIGVGAN_WINDOW, f"{frames}-frame window (72 kept)", KEPT_SECONDS, "audio s", {"frames": frames})
-    ]
+    windows = _windows(manifest)
+    frames = windows.vocoder_context + windows.chunk
+    label = f"{frames}-frame window ({windows.chunk} kept)"
+    return [Case(naming.BIGVGAN_WINDOW, label, _kept_seconds(manifest), "audio s", {"frames": frames})]
 
 
 def _bigvgan_inputs(ctx: BundleEngines, case: Case) -> dict:

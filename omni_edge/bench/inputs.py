@@ -67,5 +67,5 @@ def decoder_feeds(rows: np.ndarray, geo: KVCacheGeometry, past: int) -> dict:
         "attention_mask": np.ones((1, past + new), dtype=np.int64),
     }
     for name in naming.past_names(geo.num_layers):
-        feeds[name] = rng.standard_normal((1, geo.num_kv_heads, past, geo.head_dim)).astype(np.float32)
+        feeds[name] = rng.standard_normal((1, geo.num_kv_heads, past, geo.head_dim)).astype(geo.dtype)
     return feeds

@@ -7,6 +7,7 @@ import importlib
 
 from omni_edge.components import COMPONENTS, SPEECH_COMPONENTS, Component
 from omni_edge.errors import OmniEdgeError
+from omni_edge.targets import Target, get_target
 
 
 def check_components(components: tuple[str, ...]) -> None:
@@ -16,9 +17,7 @@ def check_components(components: tuple[str, ...]) -> None:
         raise OmniEdgeError(f"unknown component(s) {', '.join(unknown)}; this version exports: {', '.join(known)}")
     speech = [c for c in SPEECH_COMPONENTS if c in components]
     if speech and len(speech) != len(SPEECH_COMPONENTS):
-        raise OmniEdgeError(
-            f"speech output needs all of {', '.join(SPEECH_COMPONENTS)} together; add the missing ones"
-        )
+        raise OmniEdgeError(f"speech output needs all of {', '.join(SPEECH_COMPONENTS)} together; add the missing ones")
 
 
 def selected(components: tuple[str, ...]) -> list[str]:
@@ -35,17 +34,21 @@ def graph_count(components: tuple[str, ...]) -> int:
 
 
 def spec_builder(component: Component):
-    """The component's (model) -> [ComponentSpec] function, imported on use (it needs torch)."""
+    """The component's (model, target) -> [ComponentSpec] function, imported on use (it needs torch)."""
     module, _, function = component.specs.partition(":")
     return getattr(importlib.import_module(module), function)
 
 
-def component_specs(model, components: tuple[str, ...]) -> list:
+def component_specs(model, components: tuple[str, ...], target: Target | None = None) -> list:
+    """The selected components' specs for `target` (cpu when None): some graphs depend on it (the KV dtype)."""
+    target = target or get_target("cpu")
     specs = []
     for component in _selected(components):
-        built = spec_builder(component)(model)
+        built = spec_builder(component)(model, target)
         if [s.name for s in built] != list(component.graph_names):  # the table and the builder must agree
-            raise OmniEdgeError(f"{component.name}: spec builder made {[s.name for s in built]}, the table lists "
-                                f"{list(component.graph_names)}")
+            raise OmniEdgeError(
+                f"{component.name}: spec builder made {[s.name for s in built]}, the table lists "
+                f"{list(component.graph_names)}"
+            )
         specs += built
     return specs

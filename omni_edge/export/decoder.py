@@ -41,10 +41,12 @@ def talker_parts(model) -> DecoderParts:
 
 
 class DecoderStep(nn.Module):
-    """One forward over `S` new tokens after an explicit past (empty for a prefill)."""
+    """One forward over `S` new tokens after an explicit past (empty for a prefill). The past comes in and the
+    new keys/values go out in `kv_dtype` (the KV cache's); attention runs in the model's own precision."""
 
-    def __init__(self, parts: DecoderParts):
+    def __init__(self, parts: DecoderParts, kv_dtype: str = "float32"):
         super().__init__()
+        self.kv_dtype = getattr(torch, kv_dtype)
         self.text_model = parts.text_model
         self.head = parts.head
         self.input_proj = parts.input_proj
@@ -53,8 +55,9 @@ class DecoderStep(nn.Module):
 
     def forward(self, inputs_embeds, position_ids, attention_mask, *past):
         cache = DynamicCache(config=self.config)
+        compute = inputs_embeds.dtype
         for layer in range(self.num_layers):
-            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+            cache.update(past[2 * layer].to(compute), past[2 * layer + 1].to(compute), layer)
         new_tokens = inputs_embeds.shape[1]
         if self.input_proj is not None:
             inputs_embeds = self.input_proj(inputs_embeds)
@@ -68,14 +71,14 @@ class DecoderStep(nn.Module):
         hidden = out.last_hidden_state
         presents = []
         for layer in range(self.num_layers):
-            presents.append(cache.layers[layer].keys[:, :, -new_tokens:, :])
-            presents.append(cache.layers[layer].values[:, :, -new_tokens:, :])
+            presents.append(cache.layers[layer].keys[:, :, -new_tokens:, :].to(self.kv_dtype))
+            presents.append(cache.layers[layer].values[:, :, -new_tokens:, :].to(self.kv_dtype))
         # Only the last position's logits are ever sampled from; the head over every prompt position would be
         # a [S, vocab] fp32 tensor (2.4 GB for a 4096-token 7B prefill) that no one reads.
         return (self.head(hidden[:, -1:]), hidden, *presents)
 
 
-def kv_geometry(parts: DecoderParts, max_seq_len: int) -> KVCacheGeometry:
+def kv_geometry(parts: DecoderParts, max_seq_len: int, dtype: str = "float32") -> KVCacheGeometry:
     config = parts.text_model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return KVCacheGeometry(
@@ -83,6 +86,7 @@ def kv_geometry(parts: DecoderParts, max_seq_len: int) -> KVCacheGeometry:
         num_kv_heads=config.num_key_value_heads,
         head_dim=head_dim,
         max_seq_len=max_seq_len,
+        dtype=dtype,
     )
 
 
@@ -92,7 +96,7 @@ def io_names(num_layers: int) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def dummy_inputs(parts: DecoderParts, new_tokens: int, past_tokens: int, seed: int = 0):
+def dummy_inputs(parts: DecoderParts, new_tokens: int, past_tokens: int, seed: int = 0, kv_dtype: str = "float32"):
     geo = kv_geometry(parts, max_seq_len=0)
     gen = torch.Generator().manual_seed(seed)
     embeds = torch.randn(1, new_tokens, parts.input_width, generator=gen)
@@ -100,6 +104,7 @@ def dummy_inputs(parts: DecoderParts, new_tokens: int, past_tokens: int, seed: i
     positions = torch.arange(past_tokens, total).view(1, 1, -1).expand(3, 1, -1).contiguous()
     mask = torch.ones(1, total, dtype=torch.int64)
     past = [
-        torch.randn(1, geo.num_kv_heads, past_tokens, geo.head_dim, generator=gen) for _ in range(2 * geo.num_layers)
+        torch.randn(1, geo.num_kv_heads, past_tokens, geo.head_dim, generator=gen).to(getattr(torch, kv_dtype))
+        for _ in range(2 * geo.num_layers)
     ]
     return (embeds, positions, mask, *past)

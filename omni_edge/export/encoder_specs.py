@@ -125,9 +125,9 @@ def vision_encoder_spec() -> ComponentSpec:
     )
 
 
-def audio_encoder_specs(model) -> list[ComponentSpec]:
+def audio_encoder_specs(model, target=None) -> list[ComponentSpec]:
     return [audio_encoder_spec()]
 
 
-def vision_encoder_specs(model) -> list[ComponentSpec]:
+def vision_encoder_specs(model, target=None) -> list[ComponentSpec]:
     return [vision_encoder_spec()]

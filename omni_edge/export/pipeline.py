@@ -177,8 +177,14 @@ def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Pa
     """The bundle's memory plan from the checkpoint's headers; refused here when it cannot fit the target."""
     from omni_edge.export.components import selected
 
+    target = checked.target
     plan = plan_memory(
-        checkpoint, checked.precisions, request.max_seq_len, selected(request.components), checked.target.high_precision
+        checkpoint,
+        checked.precisions,
+        request.max_seq_len,
+        selected(request.components),
+        target.high_precision,
+        target.kv_dtype,
     )
     check_fits(plan, checked.target, request.memory_gib)
     return plan
@@ -225,7 +231,7 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
             model = load_omni_model(source.path)
             bar.update()
             records = {}
-            for spec in component_specs(model, request.components):
+            for spec in component_specs(model, request.components, target):
                 bar.set_description(f"exporting {spec.name}")
                 records[spec.name] = export_and_verify(spec, model, fp32_dir, max_seq_len=request.max_seq_len)
                 bar.update()
@@ -320,7 +326,7 @@ def _fp32_manifest(
         # manifest before the final one names the target's backend.
         backend="onnxruntime",
         tools=_tool_versions(),
-        kv_cache=kv_geometry(thinker_parts(model), request.max_seq_len),
+        kv_cache=kv_geometry(thinker_parts(model), request.max_seq_len, target.kv_dtype),
         thinker=ThinkerInfo(
             hidden_size=text_config.hidden_size,
             vocab_size=text_config.vocab_size,
@@ -328,7 +334,7 @@ def _fp32_manifest(
             embedding_file=naming.THINKER_EMBEDDING_FILE,
         ),
         media=media_info(model),
-        talker=talker_info(model, request.max_seq_len) if speech else None,
+        talker=talker_info(model, request.max_seq_len, target.kv_dtype) if speech else None,
         token2wav=token2wav_info(model) if speech else None,
         tokenizer_file=naming.TOKENIZER_FILE,
         components=records,

@@ -12,10 +12,10 @@ from omni_edge.export.decoder import kv_geometry, talker_parts
 STOP_ON = ("tts_codec_pad_token_id", "tts_codec_end_token_id")
 
 
-def talker_info(model, max_seq_len: int) -> TalkerInfo:
+def talker_info(model, max_seq_len: int, kv_dtype: str = "float32") -> TalkerInfo:
     config = model.talker.config
     return TalkerInfo(
-        kv_cache=kv_geometry(talker_parts(model), max_seq_len),
+        kv_cache=kv_geometry(talker_parts(model), max_seq_len, kv_dtype),
         codec_embedding_file=naming.TALKER_CODEC_EMBEDDING_FILE,
         vocab_size=config.vocab_size,
         codec_bos_token_id=config.tts_codec_start_token_id,

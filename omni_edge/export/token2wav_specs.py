@@ -101,9 +101,9 @@ def bigvgan_spec() -> ComponentSpec:
     )
 
 
-def dit_specs(model) -> list[ComponentSpec]:
+def dit_specs(model, target=None) -> list[ComponentSpec]:
     return [dit_spec()]
 
 
-def bigvgan_specs(model) -> list[ComponentSpec]:
+def bigvgan_specs(model, target=None) -> list[ComponentSpec]:
     return [bigvgan_spec()]

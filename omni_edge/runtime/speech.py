@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from omni_edge import naming
+from omni_edge.bundle import Token2WavInfo
 from omni_edge.bundle_trust import read_table
 from omni_edge.errors import BundleError, InputError
 from omni_edge.runtime.conversation import TalkerTrack
 from omni_edge.runtime.sampling import SamplingConfig
 from omni_edge.runtime.talker import GREEDY_TALKER_SAMPLING, Talker, TalkerTurn, open_talker
-from omni_edge.runtime.token2wav import Speaker, Token2WavStream
+from omni_edge.runtime.token2wav import Speaker, StreamWindows, Token2WavStream
 
 DEFAULT_MAX_CODEC_TOKENS = 2048  # ~41 s of speech at 50 codes/s
 
@@ -32,6 +33,11 @@ class AudioChunk:
     samples: np.ndarray  # float32 mono
     sample_rate: int
     index: int
+
+
+def stream_windows(info: Token2WavInfo) -> StreamWindows:
+    """Whole DiT blocks of the checkpoint's own block_size, as recorded in the manifest at export."""
+    return StreamWindows.for_dit(info.block_size, info.look_back_blocks, info.look_ahead_blocks, info.repeats)
 
 
 def load_speakers(bundle_dir, manifest, files: dict[str, str] | None) -> dict[str, Speaker]:
@@ -91,6 +97,7 @@ class SpeechPipeline:
             self.info.repeats,
             self.info.samples_per_frame,
             options.solver,
+            windows=stream_windows(self.info),
         )
         return SpokenReply(self.talker, stream, speaker, options, track, first_row, self.info.sample_rate)
 
