@@ -18,7 +18,9 @@ def component_precisions(target: Target, precision: str) -> dict[str, str]:
     """Precision per component (components.COMPONENTS); raises TargetError for anything the target cannot run."""
     text = precision.strip()
     if "=" not in text:
-        chosen = dict(target.default_precision) if text == "auto" else {c: _checked(target, text) for c in COMPONENT_NAMES}
+        chosen = (
+            dict(target.default_precision) if text == "auto" else {c: _checked(target, text) for c in COMPONENT_NAMES}
+        )
     else:
         chosen = dict(target.default_precision)
         for item in filter(None, (part.strip() for part in text.split(","))):
