@@ -18,6 +18,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def soak(bundle: Path, minutes: float, question: Path, interrupt: Path, threads:
         live = LiveConversation(
             session, LiveOptions(max_new_tokens=16, sampling=SamplingConfig(greedy=True), speech=speech)
         )
-        mic = itertools.chain(asking, itertools.repeat(silence[0]))
+        mic: Iterator[np.ndarray] = itertools.chain(asking, itertools.repeat(silence[0]))
         limit = int(minutes * 60 * 16_000)
         earlier = 0  # microphone samples fed before the last reset (reset() restarts live.mic_samples)
         started, replies, barge_ins, resets = time.perf_counter(), 0, 0, 0
