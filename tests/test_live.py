@@ -256,3 +256,25 @@ def test_live_camera_turn_is_the_whole_clip_with_its_sound_track(session, questi
     np.testing.assert_allclose(fed.embeds, offline_turn.embeds, rtol=1e-5, atol=1e-5)
     offline = result(session.generate("What do you see?", 16, GREEDY, videos=[video], use_audio_in_video=True))
     assert live.text_token_ids == offline.result.text_token_ids
+
+
+def test_truncate_is_refused_inside_a_fed_turn(session):
+    from omni_edge.errors import InputError
+
+    result(session.generate("Hello there", 4, GREEDY))
+    prompt = session.conversation._marks[0][0]  # the first user turn, fed in one piece
+    with pytest.raises(InputError, match="not the end of a fed turn"):
+        session.conversation.truncate(prompt - 1)
+    session.conversation.truncate(prompt)
+    assert session.conversation.length == prompt and session.conversation.turn_open
+
+
+def test_live_bench_and_soak_run(cpu_bundle):
+    from omni_edge.live.bench import live_bench
+    from omni_edge.live.soak import soak
+
+    report = live_bench(cpu_bundle, DATA / "speech_question.wav", 1, 4, False, 1)
+    assert report["end_of_speech_to_first_text_ms"]["live"] > 0 and report["blocks_prefilled_while_speaking"] == 3
+    assert 0 < report["mel_values_changed"] < 0.5
+    curve = soak(cpu_bundle, 0.4, DATA / "speech_question.wav", DATA / "speech_interrupt.wav", 1, 1500)["curve"]
+    assert {"done", "barge-in"} <= {row["ended_by"] for row in curve}
