@@ -42,6 +42,7 @@ class Component:
     head_prefixes: tuple[str, ...] = ()  # output head: quantization leaves it at high precision
     table_prefixes: tuple[str, ...] = ()  # embedding tables the runtime keeps on the host, not in a graph
     required: bool = False  # in every bundle (every prompt needs it)
+    unsupported_precisions: tuple[str, ...] = ()  # refused before the export, whatever the target allows
     speech: bool = False  # speech output needs every speech component together
 
     @property
@@ -79,6 +80,8 @@ COMPONENTS: tuple[Component, ...] = (
         (GraphInfo(naming.VISION_ENCODER, "one 448x448 image"),),
         ("thinker.visual.", "thinker.model.visual."),
         "omni_edge.export.encoder_specs:vision_encoder_specs",
+        # Its chunked attention is an ONNX Scan, which ModelOpt 0.47's fp16 conversion cannot cast.
+        unsupported_precisions=("fp16",),
     ),
     Component(
         "talker",

@@ -7,6 +7,7 @@ thinker=int4-awq,dit=fp32  the target's defaults, with these components changed
 
 from __future__ import annotations
 
+from omni_edge import components as table
 from omni_edge.components import COMPONENT_NAMES, owner
 from omni_edge.errors import TargetError
 from omni_edge.targets import PRECISIONS, Target
@@ -30,9 +31,16 @@ def component_precisions(target: Target, precision: str) -> dict[str, str]:
                     f"--precision {item}: unknown component {component.strip()!r}; components: {', '.join(COMPONENT_NAMES)}"
                 )
             chosen[component.strip()] = _checked(target, value.strip())
-    for component, value in chosen.items():
+    for name, value in chosen.items():
         if value not in target.precisions:  # a default the target cannot run would be a preset bug
-            raise TargetError(f"target {target.name} cannot run {value} for {component}")
+            raise TargetError(f"target {target.name} cannot run {value} for {name}")
+        if value in table.component(name).unsupported_precisions:
+            others = [p for p in target.precisions if p not in table.component(name).unsupported_precisions]
+            pairs = ",".join(f"{c}={v}" for c, v in chosen.items() if c != name) + f",{name}={others[0]}"
+            raise TargetError(
+                f"{name} cannot be exported at {value} (see omni_edge/components.py); give it one of "
+                f"{', '.join(others)}, e.g. --precision {pairs}"
+            )
     return chosen
 
 

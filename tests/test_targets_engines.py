@@ -243,7 +243,10 @@ def test_precision_spec_overrides_target_defaults():
     orin = TARGETS["jetson-orin"]
     assert component_precisions(orin, "auto") == orin.default_precision
     assert component_precisions(orin, "auto")["thinker"] == "int4-awq"
-    assert set(component_precisions(orin, "fp16").values()) == {"fp16"}
+    with pytest.raises(TargetError, match="vision_encoder=fp32") as refused:  # its Scan cannot be cast to fp16
+        component_precisions(orin, "fp16")
+    fix = str(refused.value).split("--precision ")[1]
+    assert set(component_precisions(orin, fix).values()) == {"fp16", "fp32"}
     mixed = component_precisions(orin, "thinker=int8, dit=fp32")
     assert mixed == {**orin.default_precision, "thinker": "int8", "dit": "fp32"}
 

@@ -112,7 +112,21 @@ def to_fp16(src: Path, dst: Path) -> None:
     """Weights and activations in fp16, inputs and outputs kept fp32, rotary angles kept fp32."""
     import onnx
 
-    save_graph(fp16_graph(onnx.load(str(src)), src.name), dst)
+    model = onnx.load(str(src))
+    if has_subgraphs(model):
+        raise QuantizationError(
+            f"{src.name} cannot be cast to fp16: its chunked attention is an ONNX Scan, and ModelOpt's fp16 "
+            "conversion misplaces the casts of values a Scan body reads from the outer graph; give this "
+            "component fp32, int8 or fp8 (e.g. --precision vision_encoder=fp8)"
+        )
+    save_graph(fp16_graph(model, src.name), dst)
+
+
+def has_subgraphs(model) -> bool:
+    """Whether a graph holds control flow (Scan, Loop, If): nodes with a graph attribute."""
+    import onnx
+
+    return any(a.type == onnx.AttributeProto.GRAPH for n in model.graph.node for a in n.attribute)
 
 
 def fp16_graph(model, name: str):
@@ -234,7 +248,10 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
         if not out.is_file():
             raise QuantizationError(f"ModelOpt wrote no graph for {src.name} ({settings.precision})")
         model = onnx.load(str(out))
-        save_graph(fp16_graph(model, src.name) if settings.high_precision == "fp16" else model, dst)
+        # A graph with a Scan (the vision encoder's chunked attention) keeps its unquantized ops in fp32: ModelOpt
+        # 0.47's fp16 conversion misplaces the casts of values a Scan body reads from the outer graph.
+        fp16 = settings.high_precision == "fp16" and not has_subgraphs(model)
+        save_graph(fp16_graph(model, src.name) if fp16 else model, dst)
 
 
 def copy_graph(src: Path, dst: Path) -> None:
