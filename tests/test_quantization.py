@@ -211,13 +211,12 @@ def test_fp16_keeps_rotary_angles_in_fp32_for_long_contexts(cpu_bundle, tmp_path
 
     name = f"{naming.THINKER_DECODER}.onnx"
     to_fp16(cpu_bundle / name, tmp_path / name)
-    hidden = load_manifest(cpu_bundle, verify_files=False).thinker.hidden_size
-    rng = np.random.default_rng(0)
-    feed = {
-        "inputs_embeds": (rng.standard_normal((1, 8, hidden)) * 0.02).astype(np.float32),
-        "position_ids": np.tile(np.arange(3000, 3008), (3, 1, 1)).astype(np.int64),
-        "attention_mask": np.ones((1, 8), np.int64),
-    }
+    from omni_edge.bench.inputs import decoder_feeds
+
+    manifest = load_manifest(cpu_bundle, verify_files=False)
+    rows = np.random.default_rng(0).standard_normal((8, manifest.thinker.hidden_size)) * 0.02
+    feed = decoder_feeds(rows, manifest.kv_cache, past=0)  # a prefill...
+    feed["position_ids"] = np.tile(np.arange(3000, 3008), (3, 1, 1)).astype(np.int64)  # ...at positions 3000+
     expected = ort_session(cpu_bundle / name, False).run(["present.0.key"], feed)[0]
     got = ort_session(tmp_path / name, False).run(["present.0.key"], feed)[0]
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 2e-3
