@@ -71,3 +71,28 @@ def test_ctrl_c_cancels_the_reply_not_the_program(cpu_bundle):
 @pytest.mark.skipif(importlib.util.find_spec("sounddevice") is not None, reason="sounddevice is installed")
 def test_mic_without_sounddevice_is_one_line(cpu_bundle):
     assert_one_line_error(cli("omni-chat", str(cpu_bundle), "--mic"), "pip install 'omni-edge[mic]'")
+
+
+def test_camera_needs_the_microphone(cpu_bundle):
+    assert_one_line_error(cli("omni-chat", str(cpu_bundle), "--camera", "/dev/video0"), "--camera needs --mic")
+
+
+def test_the_camera_reader_feeds_frames_from_a_video_file(tmp_path):
+    import threading
+
+    from media_files import write_video
+
+    from omni_edge.live.chat import camera_reader
+
+    class Frames:  # the one method of LiveConversation the reader calls
+        def __init__(self):
+            self.shapes = []
+
+        def feed_frame(self, frame):
+            self.shapes.append((frame.shape, frame.dtype.name))
+
+    clip = tmp_path / "camera.mp4"
+    write_video(clip, seconds=1, rate=10, audio=False)
+    frames = Frames()
+    camera_reader(str(clip), frames, threading.Event(), realtime=False)
+    assert frames.shapes == [((48, 64, 3), "uint8")] * 10

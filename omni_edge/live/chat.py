@@ -3,6 +3,7 @@
     omni-chat build/tiny                      # type a line, the reply streams; /reset, /quit (or Ctrl-D)
     omni-chat build/tiny --speak --play       # spoken replies, played as they stream (sounddevice)
     omni-chat build/tiny --mic --speak --play # talk instead of typing: VAD turn-taking, barge-in
+    omni-chat build/tiny --mic --camera /dev/video0   # and let it see (a V4L2 device, or a video file)
 
 Ctrl-C stops the reply (text and audio) and keeps the conversation as far as it was shown; at the prompt it
 clears the line. Microphone and playback need the `mic` extra (sounddevice, PortAudio).
@@ -15,6 +16,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -134,6 +136,33 @@ def typed_loop(session, args, interrupts: Interrupts, player: Player) -> None:
         stream_reply(events, interrupts, player)
 
 
+def camera_reader(source: str, live, stop: threading.Event, realtime: bool = True) -> None:
+    """Frames of a camera (a V4L2 device such as /dev/video0) or of a video file (played at its own pace)
+    into `live.feed_frame`, until `stop` is set or the source ends."""
+    import av
+
+    device = source.startswith("/dev/video")
+    try:
+        container = av.open(source, format="v4l2") if device else av.open(source)
+    except av.error.FFmpegError as exc:
+        raise OmniEdgeError(f"cannot open the camera {source}: {exc}") from None
+    started = time.perf_counter()
+    with container:
+        for frame in container.decode(video=0):
+            if stop.is_set():
+                return
+            if realtime and not device and frame.time is not None:
+                time.sleep(max(0.0, float(frame.time) - (time.perf_counter() - started)))
+            live.feed_frame(frame.to_ndarray(format="rgb24"))
+
+
+def _camera_thread(source: str, live, stop: threading.Event) -> None:
+    try:
+        camera_reader(source, live, stop)
+    except OmniEdgeError as exc:  # the conversation goes on without pictures
+        print(f"error: {exc}; continuing without the camera", file=sys.stderr, flush=True)
+
+
 def mic_loop(session, args, interrupts: Interrupts, player: Player) -> None:
     from omni_edge.live import BargeIn, LiveConversation, LiveOptions, SpeechStarted, TurnEnded
     from omni_edge.runtime import AudioChunk, SamplingConfig, SpeechOptions, TextDelta
@@ -141,8 +170,13 @@ def mic_loop(session, args, interrupts: Interrupts, player: Player) -> None:
     sd = _sounddevice()
     sampling = SamplingConfig(greedy=True) if args.greedy else SamplingConfig()
     speech = SpeechOptions(speaker=args.speaker, max_codec_tokens=args.max_codec_tokens) if args.speak else None
-    options = LiveOptions(max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed, speech=speech)
+    options = LiveOptions(
+        max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed, speech=speech, camera=bool(args.camera)
+    )
     live = LiveConversation(session, options)
+    stop = threading.Event()
+    if args.camera:
+        threading.Thread(target=_camera_thread, args=(args.camera, live, stop), daemon=True).start()
     chunks: queue.Queue[np.ndarray] = queue.Queue()
     stream = sd.InputStream(
         samplerate=16_000, channels=1, dtype="float32", blocksize=320, callback=lambda d, *_: chunks.put(d[:, 0].copy())
@@ -168,6 +202,7 @@ def mic_loop(session, args, interrupts: Interrupts, player: Player) -> None:
             try:
                 hear(block=True)
             except KeyboardInterrupt:
+                stop.set()
                 return
             if not live.reply_ready:
                 continue
@@ -201,11 +236,14 @@ def main(argv=None) -> int:
     parser.add_argument("--max-codec-tokens", type=int, default=1024)
     parser.add_argument("--play", action="store_true", help="play the spoken reply as it streams (sounddevice)")
     parser.add_argument("--mic", action="store_true", help="talk instead of typing (sounddevice, webrtcvad)")
+    parser.add_argument("--camera", help="with --mic: a camera (/dev/video0) or video file each spoken turn sees")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         from omni_edge.runtime import Session
 
+        if args.camera and not args.mic:
+            raise OmniEdgeError("--camera needs --mic: camera frames go with spoken turns")
         player = Player(args.play)
         if args.mic:
             from omni_edge.live.vad import load_webrtcvad
