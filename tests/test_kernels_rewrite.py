@@ -140,7 +140,7 @@ def test_plugin_path_is_only_offered_where_it_can_run(target, expected):
     assert ok is expected, why
 
 
-def test_rewrite_on_the_exported_thinker_prefill(cpu_bundle):
+def test_rewrite_on_the_exported_thinker_decoder(cpu_bundle):
     """The real Thinker graph from omni-export: every layer's rotary becomes a plugin, outputs unchanged."""
     from onnx.reference import ReferenceEvaluator
 
@@ -150,14 +150,14 @@ def test_rewrite_on_the_exported_thinker_prefill(cpu_bundle):
     layers = tiny_config_dict()["thinker_config"]["text_config"]["num_hidden_layers"]
     rewritten, report = rewrite_tmrope(model, _attrs())
     assert (report.replaced, report.left_plain) == (layers, 0)
+    from omni_edge.bench.inputs import decoder_feeds
+    from omni_edge.bundle import load_manifest
+
     rng = np.random.default_rng(1)
     seq = 6
-    hidden = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-    feeds = {
-        "inputs_embeds": rng.standard_normal((1, seq, hidden), dtype=np.float32),
-        "position_ids": rng.integers(0, 300, (3, 1, seq)),
-        "attention_mask": np.ones((1, seq), np.int64),
-    }
+    manifest = load_manifest(cpu_bundle, verify_files=False)
+    feeds = decoder_feeds(rng.standard_normal((seq, manifest.thinker.hidden_size)), manifest.kv_cache, past=0)
+    feeds["position_ids"] = rng.integers(0, 300, (3, 1, seq))  # a prefill at scattered positions
     names = ["last_hidden_state", "present.0.key"]
     plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, feeds)
     fused = ReferenceEvaluator(rewritten, new_ops=[tmrope_plugin_op()]).run(names, feeds)

@@ -48,6 +48,15 @@ from omni_edge.runtime.vision_frontend import (
 )
 from omni_edge.runtime.vision_index import vision_indices
 
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """The vision graph's chunked attention is torch's scan, which runs through dynamo even in eager mode; its
+    compile state must not reach the next test's torch.export (an export after it failed in the same process)."""
+    yield
+    torch._dynamo.reset()
+
+
 CAPACITY = 4096
 
 
@@ -280,18 +289,14 @@ def test_vision_activations_grow_linearly_and_are_in_the_plan():
 
 
 @pytest.mark.slow
-def test_exported_scoped_graph_matches_transformers(hf_model, tmp_path):
-    """The ONNX graph (Scan over full-attention chunks) at sizes it was not exported with."""
+def test_exported_scoped_graph_matches_transformers(hf_model, cpu_bundle):
+    """The ONNX graph (Scan over full-attention chunks) at sizes it was not exported with. The bundle's own graph:
+    omni-export verified it against the wrapper and transformers' vision tower; a second torch export of the
+    Scan in the same process trips a torch graph break, so it is not exported again here."""
     import onnxruntime as ort
 
-    from omni_edge.export.encoder_specs import vision_encoder_spec
-    from omni_edge.export.verify_loop import export_graph, verify_graph
-
-    spec, visual = vision_encoder_spec(), hf_model.thinker.model.visual
-    module = spec.build_module(hf_model)
-    export_graph(spec, module, hf_model, tmp_path / "vision_encoder.onnx")
-    verify_graph(spec, module, hf_model, tmp_path / "vision_encoder.onnx")
-    session = ort.InferenceSession(str(tmp_path / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
+    visual = hf_model.thinker.model.visual
+    session = ort.InferenceSession(str(cpu_bundle / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(5)
     for shape in ((448, 448), (300, 200)):
         patches, grid = preprocess_image(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))

@@ -123,3 +123,11 @@ def test_user_text_cannot_open_a_system_turn(session):
         f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{plain}<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+def test_the_previous_spoken_reply_does_not_count_against_the_next(session):
+    """The Talker's cache is reset for every reply: rows the last reply left there must not refuse this one."""
+    talker_cache = session.speech().talker.cache
+    talker_cache.length = talker_cache.capacity - 10  # as a long previous reply leaves it
+    result = _result(session.generate("Hi", 3, GREEDY, speech=SpeechOptions(max_codec_tokens=30)))
+    assert result.finish_reason in ("eos", "length") and result.codec_token_ids

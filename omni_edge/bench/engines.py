@@ -66,18 +66,17 @@ class BundleEngines:
 
 
 # -- Thinker and Talker ---------------------------------------------------------------------------
-def _thinker_cases(manifest: Manifest) -> list[Case]:
+def _decoder_cases(graph: str, limit: int, prefills, rows: str, token: str) -> list[Case]:
     """Prefills and decode steps: the same graph, with an empty past or a past of `context` tokens."""
-    limit = manifest.kv_cache.max_seq_len
-    return [
-        Case(naming.THINKER_DECODER, f"prefill {n} tokens", n, "tokens", {"new": n, "past": 0})
-        for n in PREFILL_LENGTHS
-        if n <= limit
-    ] + [
-        Case(naming.THINKER_DECODER, f"decode 1 token at context {n}", 1, "tokens", {"new": 1, "past": n})
+    return [Case(graph, f"prefill {n} {rows}", n, "tokens", {"new": n, "past": 0}) for n in prefills if n <= limit] + [
+        Case(graph, f"decode 1 {token} at context {n}", 1, "tokens", {"new": 1, "past": n})
         for n in DECODE_CONTEXTS
         if n < limit
     ]
+
+
+def _thinker_cases(manifest: Manifest) -> list[Case]:
+    return _decoder_cases(naming.THINKER_DECODER, manifest.kv_cache.max_seq_len, PREFILL_LENGTHS, "tokens", "token")
 
 
 def _thinker_inputs(ctx: BundleEngines, case: Case) -> dict:
@@ -87,15 +86,7 @@ def _thinker_inputs(ctx: BundleEngines, case: Case) -> dict:
 
 def _talker_cases(manifest: Manifest) -> list[Case]:
     limit = manifest.speech[0].kv_cache.max_seq_len
-    return [
-        Case(naming.TALKER_DECODER, f"prefill {n} rows", n, "tokens", {"new": n, "past": 0})
-        for n in TALKER_PREFILL_LENGTHS
-        if n <= limit
-    ] + [
-        Case(naming.TALKER_DECODER, f"decode 1 codec token at context {n}", 1, "tokens", {"new": 1, "past": n})
-        for n in DECODE_CONTEXTS
-        if n < limit
-    ]
+    return _decoder_cases(naming.TALKER_DECODER, limit, TALKER_PREFILL_LENGTHS, "rows", "codec token")
 
 
 def _talker_inputs(ctx: BundleEngines, case: Case) -> dict:

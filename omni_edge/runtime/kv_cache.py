@@ -66,11 +66,14 @@ class KVCacheBase:
     def room(self) -> int:
         return self.capacity - self.length
 
-    def check_room(self, new_tokens: int, what: str = "this request") -> None:
-        if new_tokens > self.room():
+    def check_room(self, new_tokens: int, what: str = "this request", from_empty: bool = False) -> None:
+        """Refuse `new_tokens` more that do not fit; `from_empty`: after a reset (a spoken reply's Talker
+        cache starts empty), so what is in use now does not count."""
+        in_use = 0 if from_empty else self.length
+        if new_tokens > self.capacity - in_use:
             raise KVCacheOverflowError(
                 f"{what} needs {new_tokens} more tokens but the KV cache holds {self.capacity} "
-                f"and {self.length} are in use; shorten the prompt or conversation, lower "
+                f"and {in_use} are in use; shorten the prompt or conversation, lower "
                 f"--max-new-tokens, or re-export with a larger --max-seq-len"
             )
 

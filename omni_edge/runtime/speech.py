@@ -74,11 +74,13 @@ class SpeechPipeline:
         if options.solver not in ("rk4", "euler"):
             raise InputError(f"unknown ODE solver {options.solver!r}; use rk4 or euler")
         options.sampling.validate()
-        # Checked here, not when the Talker starts: by then the reply's text is already streaming.
+        # Checked here, not when the Talker starts: by then the reply's text is already streaming. The Talker's
+        # cache is reset for every reply, so the previous reply's rows do not count.
         self.talker.cache.check_room(
             self.talker.rows_needed(prompt_rows, options.max_codec_tokens),
             f"a spoken reply of up to {options.max_codec_tokens} codec tokens (--max-codec-tokens) after this "
             f"conversation's {prompt_rows} tokens",
+            from_empty=True,
         )
 
     def begin(self, options: SpeechOptions, track: TalkerTrack, first_row: int) -> SpokenReply:
