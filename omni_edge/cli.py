@@ -445,6 +445,16 @@ def run_report(result) -> dict:
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch (transformers) reference.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (progress goes to stderr).")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG: latency per engine, ratio vs reference.")
+@click.option(
+    "--live",
+    "live_wav",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    metavar="WAV",
+    help="Also the live case: this spoken question fed as a microphone would (20 ms chunks, each 2 s block "
+    "prefilled as it arrives), end of speech to first token and first audio against the whole-clip path.",
+)
+@click.option("--live-speak", is_flag=True, help="With --live: a spoken reply too (needs the speech components).")
 @_one_line_errors
 def bench_main(
     bundle,
@@ -459,6 +469,8 @@ def bench_main(
     no_reference,
     as_json,
     plot,
+    live_wav,
+    live_speak,
 ):
     """Measure every engine of a bundle (p50/p90/p99, throughput, peak RSS), end-to-end latency on fixed
     text/audio/image prompts, the same for the PyTorch reference, and decode against the bandwidth roofline.
@@ -467,6 +479,7 @@ def bench_main(
     Example:
       omni-bench build/tiny --iterations 50 --json > bench.json
       omni-bench build/medium --threads 1 --max-seconds 30 --json --plot bench.png > bench.json
+      omni-bench build/medium --live tests/data/speech_question.wav --live-speak --json > bench.json
     """
     import shlex
 
@@ -491,6 +504,12 @@ def bench_main(
         reference=not no_reference,
     )
     report = run_bench(bundle, config, progress=lambda line: click.echo(line, err=True))
+    if live_wav is not None:
+        from omni_edge.live.bench import live_bench
+
+        report["live"] = live_bench(bundle, live_wav, config.e2e_repeats(), new_tokens, live_speak, threads)
+        first = report["live"]["end_of_speech_to_first_text_ms"]
+        click.echo(f"live: end of speech to first token {first['live']} ms, whole clip {first['offline']} ms", err=True)
     report["command"] = shlex.join(["omni-bench", *sys.argv[1:]])
     if plot:
         report["plot"] = str(write_plot(report, plot))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -163,3 +164,17 @@ def test_medium_preset_has_real_widths_and_tiny_is_unchanged():
     assert audio.output_dim == vision.out_hidden_size == text.hidden_size
     assert (vision.hidden_size // vision.num_heads) % 4 == 0
     assert config.talker_config.embedding_size == text.hidden_size
+
+
+def test_live_case_times_the_end_of_speech_against_the_whole_clip(cpu_bundle):
+    from omni_edge.cli import bench_main
+
+    wav = Path(__file__).parent / "data" / "speech_question.wav"  # 6.5 s of espeak-ng speech
+    args = [str(cpu_bundle), "--engine", "thinker_decoder", "--iterations", "1", "--warmup", "0"]
+    args += ["--e2e-iterations", "1", "--new-tokens", "4", "--no-reference", "--json", "--live", str(wav)]
+    result = CliRunner().invoke(bench_main, args)
+    assert result.exit_code == 0, result.output
+    live = json.loads(result.stdout)["live"]
+    assert live["blocks_prefilled_while_speaking"] == 3  # three whole 2 s blocks arrive before the end
+    assert live["end_of_speech_to_first_text_ms"]["live"] > 0 and live["end_of_speech_to_first_text_ms"]["offline"] > 0
+    assert live["block_ms_max"] is not None and live["greedy_tokens"] == 4
