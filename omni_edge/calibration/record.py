@@ -43,7 +43,8 @@ class RecordedFeeds:
         for name, feeds in self.feeds.items():
             count = min(limit, graph(name).calibration_feed_limit or limit, len(feeds))
             prefills = [i for i, feed in enumerate(feeds) if is_prefill(feed)][:count]
-            rest = [i for i in range(len(feeds)) if i not in set(prefills)]
+            kept = set(prefills)
+            rest = [i for i in range(len(feeds)) if i not in kept]
             picked = np.linspace(0, len(rest) - 1, count - len(prefills)).round().astype(int) if rest else []
             index = sorted({*prefills, *(rest[i] for i in picked)})
             out[name] = [feeds[i] for i in index]

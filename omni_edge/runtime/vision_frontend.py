@@ -41,6 +41,7 @@ container header before that (omni_edge.runtime.media_budget).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -97,11 +98,11 @@ def smart_resize(
 # ---------------------------------------------------------------------------------------------- images
 
 
-def load_image(path: str | Path, transparency: str = "qwen-omni-utils") -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB, transparency handled as `transparency` says (module doc)."""
+@contextlib.contextmanager
+def _opened_image(path: Path, verb: str):
+    """The image opened lazily (nothing decoded yet), its pixel count checked; Pillow's errors as one line."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     check_media_file(path, "image")
     try:
         with warnings.catch_warnings():
@@ -109,36 +110,27 @@ def load_image(path: str | Path, transparency: str = "qwen-omni-utils") -> np.nd
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_pixel_count(img.width, img.height, str(path))
-                img.load()
-                return _rgb_array(img, str(path), transparency)
+                yield img
     except Image.DecompressionBombError as exc:
         raise InputError(f"image {path} is too large to decode ({exc}); downscale it below 100 MP.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(
-            f"cannot decode image {path}: {exc}. The file is corrupt, truncated or not an image format "
+            f"cannot {verb} image {path}: {exc}. The file is corrupt, truncated or not an image format "
             "Pillow reads (PNG, JPEG, WebP, BMP, GIF, TIFF, ...); re-save it as PNG or JPEG."
         ) from exc
+
+
+def load_image(path: str | Path, transparency: str = "qwen-omni-utils") -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB, transparency handled as `transparency` says (module doc)."""
+    with _opened_image(Path(path), "decode") as img:
+        img.load()
+        return _rgb_array(img, str(path), transparency)
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image file from its header: nothing is decoded (Pillow opens lazily)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    check_media_file(path, "image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixel_count(img.width, img.height, str(path))
-                return img.height, img.width
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image {path} is too large to decode ({exc}); downscale it below 100 MP.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(
-            f"cannot read image {path}: {exc}. The file is corrupt, truncated or not an image format "
-            "Pillow reads (PNG, JPEG, WebP, BMP, GIF, TIFF, ...); re-save it as PNG or JPEG."
-        ) from exc
+    with _opened_image(Path(path), "read") as img:
+        return img.height, img.width
 
 
 def preprocess_image(
