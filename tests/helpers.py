@@ -55,3 +55,29 @@ def tmrope_plugin_op():
             return q_out.astype(q.dtype), k_out.astype(k.dtype)
 
     return OmniEdgeTMRoPE
+
+
+def hf_greedy(hf_model, ids: list[int], new_tokens: int, **generate_kwargs) -> list[int]:
+    """transformers' greedy Thinker tokens after `ids`; media and flags go to generate as they are."""
+    import torch
+
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        out = hf_model.thinker.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            **generate_kwargs,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+def hf_audio_tower(hf_model, mel: np.ndarray) -> np.ndarray:
+    """transformers' audio tower on one log-mel clip [mel_bins, frames]."""
+    import torch
+
+    with torch.no_grad():
+        return hf_model.thinker.model.audio_tower(
+            input_features=torch.tensor(mel), feature_lens=torch.tensor([mel.shape[1]])
+        ).last_hidden_state.numpy()

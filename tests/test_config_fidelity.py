@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import hf_audio_tower, hf_greedy
 from media_cases import tone
 from PIL import Image
 from qwen_utils_ref import load_vision_process, readme_vision_info
@@ -93,12 +94,7 @@ def test_audio_follows_n_window(odd_session, odd_hf_model, seconds):
     """With 200-frame blocks (the old hard-coded value) this was off by up to 2.34 from the audio tower."""
     wave = tone(seconds)
     ours = odd_session.media.encode_audio(wave).embeds
-    mel = log_mel(wave)
-    with torch.no_grad():
-        ref = odd_hf_model.thinker.model.audio_tower(
-            input_features=torch.tensor(mel), feature_lens=torch.tensor([mel.shape[1]])
-        ).last_hidden_state
-    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(ours, hf_audio_tower(odd_hf_model, log_mel(wave)), atol=1e-4, rtol=1e-4)
 
 
 def _dit_inputs(dit, codes: int, seed: int, code_values=None):
@@ -264,21 +260,6 @@ def _processor_second_per_grid(videos, videos_kwargs: dict) -> float:
     return float(processed["video_second_per_grid"][0])
 
 
-def _hf_video_greedy(hf_model, ids, patches, grid, second_per_grid, new_tokens):
-    input_ids = torch.tensor([ids])
-    with torch.no_grad():
-        out = hf_model.thinker.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            pixel_values_videos=torch.tensor(patches),
-            video_grid_thw=torch.tensor(grid),
-            video_second_per_grid=torch.tensor([second_per_grid]),
-        )
-    return out[0, len(ids) :].tolist()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("seconds", "sampled_frames"), [(3.6, 6), (5.3, 10), (7.9, 14)])
 def test_video_timing_follows_the_readme_pipeline(odd_session, odd_hf_model, tmp_path, seconds, sampled_frames):
@@ -307,7 +288,14 @@ def test_video_timing_follows_the_readme_pipeline(odd_session, odd_hf_model, tmp
             odd_session.media.video_timing = "processor"
         result = events[-1].result
         assert isinstance(events[-1], Done)
-        ref = _hf_video_greedy(odd_hf_model, result.prompt_token_ids, patches, grid, expected, 8)
+        ref = hf_greedy(
+            odd_hf_model,
+            result.prompt_token_ids,
+            8,
+            pixel_values_videos=torch.tensor(patches),
+            video_grid_thw=torch.tensor(grid),
+            video_second_per_grid=torch.tensor([expected]),
+        )
         assert result.text_token_ids == ref, timing
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import hf_audio_tower, hf_greedy
 from media_cases import CASES, hf_inputs, picture, tone
 
 from omni_edge.runtime.audio_frontend import log_mel
@@ -14,20 +15,6 @@ from omni_edge.runtime.vision_frontend import preprocess_image
 
 GREEDY = SamplingConfig(greedy=True)
 NEW_TOKENS = 32
-
-
-def hf_greedy(hf_model, ids, new_tokens, media: dict, use_audio_in_video: bool) -> list[int]:
-    input_ids = torch.tensor([ids])
-    with torch.no_grad():
-        out = hf_model.thinker.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            use_audio_in_video=use_audio_in_video,
-            **media,
-        )
-    return out[0, len(ids) :].tolist()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -41,7 +28,9 @@ def test_greedy_tokens_match_transformers(session, hf_model, case):
     placeholders = {info.audio_token_id, info.image_token_id, info.video_token_id}
     assert placeholders & set(result.prompt_token_ids)
     use_audio_in_video = media.get("use_audio_in_video", False)
-    expected = hf_greedy(hf_model, result.prompt_token_ids, NEW_TOKENS, hf_inputs(**media), use_audio_in_video)
+    expected = hf_greedy(
+        hf_model, result.prompt_token_ids, NEW_TOKENS, use_audio_in_video=use_audio_in_video, **hf_inputs(**media)
+    )
     assert result.text_token_ids == expected
 
 
@@ -52,19 +41,14 @@ def test_text_turn_after_media_continues_positions(session, hf_model):
     first = [e for e in session.generate("Look.", 8, GREEDY, **media) if isinstance(e, Done)][0].result
     second = [e for e in session.generate("And now?", 8, GREEDY) if isinstance(e, Done)][0].result
     conversation = first.prompt_token_ids + first.text_token_ids[:-1] + second.prompt_token_ids
-    assert second.text_token_ids == hf_greedy(hf_model, conversation, 8, hf_inputs(**media), False)
+    assert second.text_token_ids == hf_greedy(hf_model, conversation, 8, use_audio_in_video=False, **hf_inputs(**media))
 
 
 @pytest.mark.parametrize("seconds", [0.5, 2.0, 4.7])
 def test_audio_encoder_graph_matches_module(session, hf_model, seconds):
     wave = tone(seconds)
     ours = session.media.encode_audio(wave).embeds
-    mel = log_mel(wave)
-    with torch.no_grad():
-        ref = hf_model.thinker.model.audio_tower(
-            input_features=torch.tensor(mel), feature_lens=torch.tensor([mel.shape[1]])
-        ).last_hidden_state
-    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(ours, hf_audio_tower(hf_model, log_mel(wave)), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(56, 56), (300, 200), (28, 640)])

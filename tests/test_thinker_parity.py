@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import hf_greedy
 
 from omni_edge.runtime.sampling import SamplingConfig
 from omni_edge.runtime.session import Done, TextDelta
@@ -17,18 +18,6 @@ PROMPTS = [
     "What is 2 + 2? Answer with a number.",
     "The quick brown fox",
 ]
-
-
-def hf_greedy(hf_model, ids: list[int], new_tokens: int) -> list[int]:
-    input_ids = torch.tensor([ids])
-    with torch.no_grad():
-        out = hf_model.thinker.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=new_tokens,
-            do_sample=False,
-        )
-    return out[0, len(ids) :].tolist()
 
 
 def run_turn(session, prompt, new_tokens=NEW_TOKENS):
