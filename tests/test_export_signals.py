@@ -158,7 +158,7 @@ def test_disk_full_during_export_says_needed_and_free(tmp_path, tiny_checkpoint,
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(verify_loop, "export_and_verify", disk_full)
+    monkeypatch.setattr(verify_loop, "export_with_expectations", disk_full)
     with pytest.raises(BundleError) as info:
         export_bundle(ExportRequest(str(tiny_checkpoint), "cpu", tmp_path / "b"), _no_progress)
     message = str(info.value)

@@ -39,16 +39,23 @@ def spec_builder(component: Component):
     return getattr(importlib.import_module(module), function)
 
 
+def selected_components(components: tuple[str, ...]) -> list[Component]:
+    """The selected components' table entries, in table order."""
+    return _selected(components)
+
+
+def specs_for(component: Component, model, target: Target) -> list:
+    """One component's specs for `target`: some graphs depend on it (the KV dtype)."""
+    built = spec_builder(component)(model, target)
+    if [s.name for s in built] != list(component.graph_names):  # the table and the builder must agree
+        raise OmniEdgeError(
+            f"{component.name}: spec builder made {[s.name for s in built]}, the table lists "
+            f"{list(component.graph_names)}"
+        )
+    return built
+
+
 def component_specs(model, components: tuple[str, ...], target: Target | None = None) -> list:
-    """The selected components' specs for `target` (cpu when None): some graphs depend on it (the KV dtype)."""
+    """The selected components' specs for `target` (cpu when None)."""
     target = target or get_target("cpu")
-    specs = []
-    for component in _selected(components):
-        built = spec_builder(component)(model, target)
-        if [s.name for s in built] != list(component.graph_names):  # the table and the builder must agree
-            raise OmniEdgeError(
-                f"{component.name}: spec builder made {[s.name for s in built]}, the table lists "
-                f"{list(component.graph_names)}"
-            )
-        specs += built
-    return specs
+    return [spec for component in _selected(components) for spec in specs_for(component, model, target)]

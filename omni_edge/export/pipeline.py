@@ -202,7 +202,7 @@ def _to_stderr(line: str) -> None:
 
 
 def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[str], None]) -> Path:
-    from omni_edge.export.checkpoint import load_omni_model, resolve_model_source
+    from omni_edge.export.checkpoint import resolve_model_source
 
     checked = check_request(request)
     target = checked.target
@@ -219,23 +219,20 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     try:  # from the first directory made: a signal at any point after it still removes what was made
         staging = make_staging(out, "partial")
         fp32_dir = make_staging(out, "fp32") if reduced else staging
-        from omni_edge.export.components import component_specs, graph_count
-        from omni_edge.export.verify_loop import export_and_verify
+        from omni_edge.export.components import graph_count
+        from omni_edge.export.lazy_model import LazyOmniModel
 
         graphs = graph_count(request.components)
         engines = target.tensorrt is not None and request.engines
-        # steps: load, one per graph, embeddings+tokenizer, manifest; reducing: record, one per graph,
+        # steps: headers, one per graph, tokenizer, manifest; reducing: record, one per graph,
         # end to end; engines: one per graph
         steps = graphs * (1 + engines + reduced) + 3 + 2 * reduced
-        with progress(steps, "loading checkpoint") as bar:
-            model = load_omni_model(source.path)
+        with progress(steps, "reading checkpoint headers") as bar:
+            lazy = LazyOmniModel(source.path)  # a skeleton: each component's weights are read when exported
+            model = lazy.model
             bar.update()
-            records = {}
-            for spec in component_specs(model, request.components, target):
-                bar.set_description(f"exporting {spec.name}")
-                records[spec.name] = export_and_verify(spec, model, fp32_dir, max_seq_len=request.max_seq_len)
-                bar.update()
-            bar.set_description("writing embeddings and tokenizer")
+            records = _export_components(lazy, request, target, fp32_dir, bar)
+            bar.set_description("writing tokenizer and manifest")
             manifest = _fp32_manifest(model, source, target, request, records, fp32_dir, plan)
             bar.update()
             quantization = None
@@ -289,6 +286,33 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     return out
 
 
+def _export_components(lazy, request: ExportRequest, target: Target, bundle_dir: Path, bar) -> dict:
+    """One component at a time: load its weights, write its graphs and what PyTorch computes for their check
+    inputs, release the weights, then verify in ONNX Runtime (which loads its own copy). The peak is the
+    largest component's weights once, never the model's or two copies."""
+    from omni_edge.export import verify_loop
+    from omni_edge.export.components import selected_components, specs_for
+    from omni_edge.export.lazy_model import graph_weights, table_weights
+    from omni_edge.export.tables import write_tables
+
+    records = {}
+    for component in selected_components(request.components):
+        bar.set_description(f"loading {component.name}")
+        with lazy.loaded(graph_weights(component.name)) as model:
+            exported = []
+            for spec in specs_for(component, model, target):
+                bar.set_description(f"exporting {spec.name}")
+                exported.append(verify_loop.export_with_expectations(spec, model, bundle_dir, request.max_seq_len))
+        for graph in exported:
+            bar.set_description(f"verifying {graph.spec.name}")
+            records[graph.spec.name] = verify_loop.verify_exported(graph)
+            bar.update()
+        if component.table_prefixes:
+            with lazy.loaded(table_weights(component.name)) as model:
+                write_tables(component.name, model, bundle_dir)
+    return records
+
+
 def _plugin_stage(bundle_dir: Path, records: dict, model, plugins: PluginDecision):
     """Swap rotary subgraphs for plugin nodes where chosen (after the ONNX Runtime accuracy runs, which
     cannot load plugins), and re-hash what changed."""
@@ -305,16 +329,14 @@ def _plugin_stage(bundle_dir: Path, records: dict, model, plugins: PluginDecisio
 def _fp32_manifest(
     model, source, target: Target, request: ExportRequest, records, bundle_dir: Path, plan: MemoryPlan
 ) -> Manifest:
-    """Write the tables beside the graphs and describe the FP32 bundle (payload files not hashed yet)."""
+    """Copy the tokenizer beside the graphs and tables and describe the FP32 bundle (payload files not hashed
+    yet). Reads only the config: the skeleton's weights are on the meta device here."""
     from omni_edge.export.checkpoint import checkpoint_sha256, read_eos_token_ids
     from omni_edge.export.decoder import kv_geometry, thinker_parts
-    from omni_edge.export.speech_info import talker_info, token2wav_info, write_speech_tables
+    from omni_edge.export.speech_info import talker_info, token2wav_info
 
-    _write_embedding_table(model, bundle_dir / naming.THINKER_EMBEDDING_FILE)
     shutil.copyfile(source.path / naming.TOKENIZER_FILE, bundle_dir / naming.TOKENIZER_FILE)
     speech = naming.TALKER_DECODER in records
-    if speech:
-        write_speech_tables(model, bundle_dir)
     text_config = model.thinker.config.text_config
     return Manifest(
         format_version=FORMAT_VERSION,
@@ -377,13 +399,6 @@ def media_info(model) -> MediaInfo:
         window_size=vision.window_size,
         audio_block_frames=block_frames_for(thinker.audio_config.n_window),
     )
-
-
-def _write_embedding_table(model, path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    table = model.thinker.get_input_embeddings().weight.detach().float().numpy()
-    save_file({"weight": table}, str(path))
 
 
 def _tool_versions() -> dict[str, str | None]:

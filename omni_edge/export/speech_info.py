@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omni_edge import naming
 from omni_edge.bundle import TalkerInfo, Token2WavInfo
 from omni_edge.export.decoder import kv_geometry, talker_parts
@@ -47,17 +45,3 @@ def token2wav_info(model) -> Token2WavInfo:
         look_back_blocks=len(dit.look_backward_layers),
         look_ahead_blocks=len(dit.look_ahead_layers),
     )
-
-
-def write_speech_tables(model, out_dir: Path) -> None:
-    from safetensors.numpy import save_file
-
-    codec = model.talker.get_input_embeddings().weight.detach().float().numpy()
-    save_file({"weight": codec}, str(out_dir / naming.TALKER_CODEC_EMBEDDING_FILE))
-    speakers = {}
-    for name, params in model.speaker_map.items():
-        speakers[f"{name}.cond"] = params["cond"].detach().float().reshape(1, -1).numpy()
-        speakers[f"{name}.ref_mel"] = (
-            params["ref_mel"].detach().float().reshape(1, -1, model.token2wav.config.dit_config.mel_dim).numpy()
-        )
-    save_file(speakers, str(out_dir / naming.SPEAKERS_FILE))

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,28 +50,56 @@ def export_graph(spec: ComponentSpec, module, model, path: Path) -> None:
         )
 
 
-def verify_graph(spec: ComponentSpec, module, model, path: Path) -> float:
-    """Run the graph in ONNX Runtime and the module in PyTorch on inputs of several shapes."""
-    return verify_graph_against(spec, module, model, path)[0]
+@dataclass
+class VerificationCase:
+    feeds: dict[str, np.ndarray]
+    module_outputs: list[np.ndarray]  # the export-friendly torch module's
+    reference_outputs: list[np.ndarray] | None  # transformers' own module's, when the spec names one
+
+
+@dataclass
+class ExportedGraph:
+    """A graph written to disk with what PyTorch computed for its check inputs: everything verification needs,
+    so the component's weights can be released before ONNX Runtime loads its own copy of them."""
+
+    spec: ComponentSpec
+    path: Path
+    cases: list[VerificationCase]
+    profile: dict[str, list[int]] | None
+
+
+def expected_outputs(spec: ComponentSpec, module, model) -> list[VerificationCase]:
+    """PyTorch's answers on inputs of several shapes (to catch shapes baked into the graph)."""
+    import torch
+
+    cases = []
+    for inputs in spec.check_inputs(model):
+        with torch.no_grad():
+            outputs = _numpy(module(*inputs))
+            reference = _numpy(spec.reference(model, inputs)) if spec.reference is not None else None
+        feeds = {name: tensor.numpy() for name, tensor in zip(spec.input_names, inputs)}
+        cases.append(VerificationCase(feeds, outputs, reference))
+    return cases
 
 
 def verify_graph_against(spec: ComponentSpec, module, model, path: Path) -> tuple[float, float | None]:
     """(worst |onnx - module|, worst |onnx - transformers' own forward| or None without spec.reference)."""
-    import onnxruntime as ort
-    import torch
+    return _verify(spec, _session(path), expected_outputs(spec, module, model))
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _verify(spec: ComponentSpec, session, cases: list[VerificationCase]) -> tuple[float, float | None]:
     worst, worst_reference = 0.0, None
-    for inputs in spec.check_inputs(model):
-        feeds = {name: tensor.numpy() for name, tensor in zip(spec.input_names, inputs)}
-        got = session.run(list(spec.output_names), feeds)
-        with torch.no_grad():
-            result = module(*inputs)
-        worst = max(worst, _compare(spec, got, _numpy(result), "PyTorch"))
-        if spec.reference is not None:
-            with torch.no_grad():
-                expected = spec.reference(model, inputs)
-            error = _compare(spec, got, _numpy(expected), "transformers' own module")
+    for case in cases:
+        got = session.run(list(spec.output_names), case.feeds)
+        worst = max(worst, _compare(spec, got, case.module_outputs, "PyTorch"))
+        if case.reference_outputs is not None:
+            error = _compare(spec, got, case.reference_outputs, "transformers' own module")
             worst_reference = max(worst_reference or 0.0, error)
     return worst, worst_reference
 
@@ -102,20 +131,25 @@ def _compare(spec: ComponentSpec, got: list, expected: list, what: str) -> float
     return worst
 
 
-def export_and_verify(
-    spec: ComponentSpec, model, out_dir: Path, precision: str = "fp32", max_seq_len: int = 4096
-) -> ComponentRecord:
-    import onnxruntime as ort
-
+def export_with_expectations(spec: ComponentSpec, model, out_dir: Path, max_seq_len: int = 4096) -> ExportedGraph:
+    """Phase one, while the component's weights are loaded: write the graph, compute PyTorch's answers."""
     module = spec.build_module(model)
     path = out_dir / f"{spec.name}.onnx"
     export_graph(spec, module, model, path)
-    worst, worst_reference = verify_graph_against(spec, module, model, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cases = expected_outputs(spec, module, model)
+    profile = {axis: list(r) for axis, r in spec.profile(model, max_seq_len).items()} if spec.profile else None
+    return ExportedGraph(spec, path, cases, profile)
+
+
+def verify_exported(exported: ExportedGraph, precision: str = "fp32") -> ComponentRecord:
+    """Phase two, after the weights are released: run the graph in ONNX Runtime against those answers."""
+    spec = exported.spec
+    session = _session(exported.path)
+    worst, worst_reference = _verify(spec, session, exported.cases)
     return ComponentRecord(
         name=spec.name,
-        file=path.name,
-        sha256=sha256_file(path),
+        file=exported.path.name,
+        sha256=sha256_file(exported.path),
         precision=precision,
         inputs=[_tensor_spec(arg) for arg in session.get_inputs()],
         outputs=[_tensor_spec(arg) for arg in session.get_outputs()],
@@ -123,8 +157,14 @@ def export_and_verify(
         rtol=spec.rtol,
         measured_max_abs_error=worst,
         reference_max_abs_error=worst_reference,
-        profile={axis: list(r) for axis, r in spec.profile(model, max_seq_len).items()} if spec.profile else None,
+        profile=exported.profile,
     )
+
+
+def export_and_verify(
+    spec: ComponentSpec, model, out_dir: Path, precision: str = "fp32", max_seq_len: int = 4096
+) -> ComponentRecord:
+    return verify_exported(export_with_expectations(spec, model, out_dir, max_seq_len), precision)
 
 
 def _tensor_spec(arg) -> TensorSpec:
