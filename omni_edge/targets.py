@@ -37,6 +37,21 @@ class Target:
         return "float32" if self.tensorrt is None else "float16"
 
     @property
+    def weight_only(self) -> bool:
+        """int8 and int4-awq as weight-only MatMulNBits under ONNX Runtime on a CPU (its kernels read the packed
+        weights; a W8A8 Q/DQ MatMul runs DequantizeLinear + fp32 MatMul every step, slower than fp32: measured),
+        ModelOpt's explicit Q/DQ under TensorRT (which fuses it into its int8/int4 kernels)."""
+        return self.tensorrt is None
+
+    @property
+    def quantized_heads(self) -> bool:
+        """Whether a quantized component's output heads (lm_head, codec head) are quantized with it. On a CPU they
+        are: at 3B widths the fp32 lm_head was 119 of the 142 ms of an int4 decode step, and 4-bit moved the
+        logits' cosine to fp32 only from 0.962 to 0.958 (measured). Under TensorRT they stay in fp16, as
+        ModelOpt's LLM recipes keep lm_head (not measured on a GPU here)."""
+        return self.tensorrt is None
+
+    @property
     def high_precision(self) -> str:
         """What ops left unquantized (output heads, attention matmuls) run in: fp16 under TensorRT, fp32 under
         ONNX Runtime on a CPU (its fp16 kernels are few and slow)."""
@@ -52,7 +67,7 @@ def _defaults(thinker: str, talker: str, encoder: str, token2wav: str) -> dict[s
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        # ONNX Runtime's CPU kernels run int8 and blockwise int4 Q/DQ; its fp16/fp8 paths are emulated.
+        # ONNX Runtime's CPU kernels run 8- and 4-bit MatMulNBits weights; its fp16/fp8 paths are emulated.
         Target(
             "cpu",
             "any machine, ONNX Runtime CPU",

@@ -1,4 +1,5 @@
-"""One graph, one precision: ModelOpt ONNX PTQ with explicit Q/DQ, or a plain fp16 cast.
+"""One graph, one precision: ModelOpt ONNX PTQ with explicit Q/DQ (TensorRT targets), weight-only MatMulNBits
+(ONNX Runtime on a CPU: weight_only.py), or a plain fp16 cast.
 
 Every function takes an fp32 graph file and writes the reduced-precision graph to another path, in the
 bundle's layout (`<name>.onnx` + `<name>.onnx.data`). Graph inputs and outputs keep their fp32/int64 types,
@@ -16,7 +17,10 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization.calibrate import CalibrationDataReader
 
+from omni_edge.calibration.weight_only import BITS as WEIGHT_ONLY_BITS
+from omni_edge.calibration.weight_only import has_weight_matmuls, weight_only_graph
 from omni_edge.errors import OmniEdgeError, TargetError
+from omni_edge.targets import Target
 
 # omni-edge precision -> (ModelOpt quantize_mode, calibration_method)
 MODELOPT_MODES = {
@@ -36,8 +40,9 @@ class QuantizationError(OmniEdgeError):
 class QuantizeSettings:
     precision: str  # "fp16", "int8", "fp8" or "int4-awq"
     high_precision: str  # "fp16" on GPUs (TensorRT runs the rest in half), "fp32" for ONNX Runtime on CPU
-    excluded_nodes: tuple[str, ...] = ()  # kept in high precision: output heads, attention matmuls
+    excluded_nodes: tuple[str, ...] = ()  # kept in high precision: output heads (GPU targets), attention matmuls
     block_size: int | None = None  # int4 only
+    weight_only: bool = False  # int8/int4 as MatMulNBits (Target.weight_only), not Q/DQ
 
 
 def check_modelopt() -> None:
@@ -69,8 +74,7 @@ def save_graph(model, path: Path) -> None:
 
 def head_nodes(model) -> tuple[str, ...]:
     """MatMul/Gemm nodes that write a graph output directly: the lm_head and codec head. Their outputs pick the
-    tokens, and they are a small share of the work, so they stay in high precision (as ModelOpt's LLM recipes
-    keep lm_head)."""
+    tokens; whether they are quantized with the rest is the target's (Target.quantized_heads)."""
     outputs = {o.name for o in model.graph.output}
     return tuple(n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.output[0] in outputs)
 
@@ -100,12 +104,14 @@ def _matmul_weight_rows(model) -> list[int]:
     ]
 
 
-def settings_for(src: Path, precision: str, high_precision: str) -> QuantizeSettings:
+def settings_for(src: Path, precision: str, target: Target) -> QuantizeSettings:
     import onnx
 
     model = onnx.load(str(src), load_external_data=False)
-    block = int4_block_size(model) if precision == "int4-awq" else None
-    return QuantizeSettings(precision, high_precision, head_nodes(model) + attention_matmuls(model), block)
+    weight_only = target.weight_only and precision in WEIGHT_ONLY_BITS
+    block = int4_block_size(model) if precision == "int4-awq" and not weight_only else None
+    heads = () if target.quantized_heads else head_nodes(model)
+    return QuantizeSettings(precision, target.high_precision, heads + attention_matmuls(model), block, weight_only)
 
 
 def to_fp16(src: Path, dst: Path) -> None:
@@ -199,19 +205,32 @@ def rotary_angle_nodes(model, positions: str = "position_ids") -> list[str]:
     return sorted(keep)
 
 
-def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[dict[str, np.ndarray]]) -> None:
-    """ModelOpt PTQ of `src` calibrated on `feeds` (what the runtime fed this graph), written to `dst`."""
-    import onnx
-
+def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[dict[str, np.ndarray]]) -> str:
+    """`src` reduced to `settings.precision`, calibrated on `feeds` (what the runtime fed this graph), written to
+    `dst`; returns the method, as the accuracy report names it."""
     if settings.precision == "fp16":
-        return to_fp16(src, dst)
+        to_fp16(src, dst)
+        return "fp16 cast"
     if settings.precision not in MODELOPT_MODES:
         raise QuantizationError(f"no quantization recipe for {settings.precision}")
-    if not feeds:
+    # int8 weight-only is round-to-nearest and needs no activations; the others are calibrated.
+    if not feeds and not (settings.weight_only and settings.precision == "int8" and has_weight_matmuls(src)):
         raise QuantizationError(
             f"{src.name}: the calibration run never reached this graph, so it cannot be "
             "calibrated; add calibration data that exercises it (media for the encoders)"
         )
+    if settings.weight_only and has_weight_matmuls(src):
+        result = weight_only_graph(src, dst, settings.precision, feeds, settings.excluded_nodes)
+        return result.method(settings.precision)
+    _modelopt_qdq(src, dst, settings, feeds)
+    mode, method = MODELOPT_MODES[settings.precision]
+    # BigVGAN holds convolutions only, which MatMulNBits cannot: Q/DQ on the cpu target too.
+    return f"ModelOpt {mode} {method}" + (" Q/DQ (no MatMul weights for MatMulNBits)" if settings.weight_only else "")
+
+
+def _modelopt_qdq(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[dict[str, np.ndarray]]) -> None:
+    import onnx
+
     check_modelopt()
     import modelopt.onnx.quantization as mq
 

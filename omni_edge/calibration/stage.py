@@ -20,6 +20,7 @@ from omni_edge.calibration.calib_set import CalibrationSet
 from omni_edge.calibration.quantize import copy_graph, quantize_graph, settings_for
 from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feeds, split_feeds
 from omni_edge.quantization_report import CalibrationInfo, GraphAccuracy, QuantizationReport
+from omni_edge.targets import Target, get_target
 
 SMOOTHQUANT_ALPHA = 0.5
 SMOOTHQUANT_GRAPHS = (naming.THINKER_DECODER, naming.TALKER_DECODER)
@@ -44,7 +45,13 @@ def reduce_bundle(
 
     `feeds` (what record_feeds returns) and `reference` (what reference_answers returns) for this bundle and
     set: computed here when not given. A caller reducing one bundle at several precisions computes them once;
-    they are only read."""
+    they are only read.
+
+    How each precision is written (Q/DQ or weight-only MatMulNBits, heads in or out) is the target's, the one
+    the manifest names; `high_precision` must be that target's."""
+    target = get_target(fp32_manifest.target)
+    if high_precision != target.high_precision:
+        raise ValueError(f"high precision {high_precision} for target {target.name} ({target.high_precision})")
     records = fp32_manifest.components
     if feeds is None:
         feeds = record_feeds(fp32_dir, calib, bar)
@@ -61,7 +68,7 @@ def reduce_bundle(
             if bar is not None:
                 bar.set_description(f"{precision} {name}")
             calib_feeds, held_out = split_feeds(feeds.get(name, []))
-            accuracy[name] = reduce_graph(src, dst, precision, high_precision, calib_feeds, held_out)
+            accuracy[name] = reduce_graph(src, dst, precision, target, calib_feeds, held_out)
             reduced[name] = replace(record, precision=precision, sha256=sha256_file(dst))
         if bar is not None:
             bar.update()
@@ -78,14 +85,14 @@ def reduce_bundle(
 
 
 def reduce_graph(
-    src: Path, dst: Path, precision: str, high_precision: str, calib_feeds: list, held_out: list
+    src: Path, dst: Path, precision: str, target: Target, calib_feeds: list, held_out: list
 ) -> GraphAccuracy:
-    """Quantize one graph and measure it; int8 decoders try SmoothQuant too and keep whichever is closer."""
-    settings = settings_for(src, precision, high_precision)
-    quantize_graph(src, dst, settings, calib_feeds)
-    method = _method(precision)
+    """Quantize one graph and measure it; int8 Q/DQ decoders try SmoothQuant too and keep whichever is closer
+    (weight-only int8 leaves activations in fp32, so there is nothing to smooth)."""
+    settings = settings_for(src, precision, target)
+    method = quantize_graph(src, dst, settings, calib_feeds)
     best = compare_graphs(src, dst, held_out, precision, method)
-    if precision == "int8" and src.stem in SMOOTHQUANT_GRAPHS:
+    if precision == "int8" and src.stem in SMOOTHQUANT_GRAPHS and not settings.weight_only:
         best = _try_smoothquant(src, dst, settings, calib_feeds, held_out, best)
     return best
 
@@ -100,8 +107,7 @@ def _try_smoothquant(src, dst, settings, calib_feeds, held_out, plain: GraphAccu
         report = smooth_model(src, smoothed, calib_feeds, alpha=SMOOTHQUANT_ALPHA)
         if report.smoothed_groups == 0:
             return plain
-        quantize_graph(smoothed, quantized, settings, calib_feeds)
-        method = f"{_method(settings.precision)} + SmoothQuant({SMOOTHQUANT_ALPHA})"
+        method = f"{quantize_graph(smoothed, quantized, settings, calib_feeds)} + SmoothQuant({SMOOTHQUANT_ALPHA})"
         candidate = compare_graphs(src, quantized, held_out, settings.precision, method)
         if candidate.relative_error >= plain.relative_error:
             return replace(
@@ -111,15 +117,6 @@ def _try_smoothquant(src, dst, settings, calib_feeds, held_out, plain: GraphAccu
         return candidate
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _method(precision: str) -> str:
-    from omni_edge.calibration.quantize import MODELOPT_MODES
-
-    if precision in MODELOPT_MODES:
-        mode, method = MODELOPT_MODES[precision]
-        return f"ModelOpt {mode} {method}"
-    return f"{precision} cast"
 
 
 def _graph_files(records: dict[str, ComponentRecord]) -> tuple[str, ...]:

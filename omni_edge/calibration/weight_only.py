@@ -1,0 +1,222 @@
+"""Weight-only int8 / int4 for ONNX Runtime on a CPU: every MatMul with a constant weight, output heads included,
+becomes a com.microsoft MatMulNBits (blockwise 8- or 4-bit weights).
+
+Why not ModelOpt's Q/DQ here: ONNX Runtime's CPU kernels run a W8A8 Q/DQ MatMul as DequantizeLinear + fp32
+MatMul every step (the medium int8 decode was slower than fp32), while MatMulNBits reads the packed weights
+directly. accuracy_level 4 quantizes each activation block to int8 inside the kernel; without it the 8-bit
+kernel has no fast path at all (a 2048x32768 weight, one thread: fp32 34 ms, 8-bit level 0 281 ms, level 4
+3.1 ms; 4-bit level 0 7.5 ms, level 4 1.5 ms, measured on this repository's 2-core bench machine).
+
+int4-awq keeps AWQ's weight clipping: per block of the input dimension and output column, the shrink of the
+weight range that minimises that block's output error on the calibration activations. The error of a block
+only needs the block-diagonal of X^T X (X: every calibration row fed to the MatMul), accumulated feed by feed,
+so the activations are never held: K x block floats per MatMul input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BITS = {"int8": 8, "int4-awq": 4}
+# 8-bit: blocks of 128 (accuracy barely changes with the block, and the scales are fewer bytes); 4-bit: 32, as
+# onnxruntime-genai's int4 (relative error of a random weight 0.081 against 0.100 at 128, same speed, measured).
+MAX_BLOCK = {"int8": 128, "int4-awq": 32}
+ACCURACY_LEVEL = 4
+CLIP_RATIOS = tuple(float(r) for r in np.linspace(1.0, 0.55, 10))  # AWQ's grid, shrinking to 0.5 at most
+_COLUMNS = 4096  # output columns clipped at once: bounds the search's temporaries (a few hundred MB at 3B widths)
+
+
+@dataclass(frozen=True)
+class WeightOnlyResult:
+    quantized: int  # MatMuls now MatMulNBits (Gemms converted first)
+    clipped: int  # of those, weights clipped on calibration activations (int4-awq)
+    block_size: int
+    kept: int  # weight MatMuls left fp32 (`keep`)
+    heads: int  # of the quantized, MatMuls writing a graph output (lm_head, codec head)
+    convolutions: int  # Conv/ConvTranspose nodes, whose weights stay fp32
+
+    def method(self, precision: str) -> str:
+        parts = [f"{self.quantized} MatMuls" + (" (the output head too)" if self.heads else "")]
+        if self.kept:
+            parts.append(f"{self.kept} kept fp32")
+        if self.clipped:
+            parts.append(f"AWQ clipping of {self.clipped} on the calibration activations")
+        if self.convolutions:
+            parts.append(f"{self.convolutions} convolutions kept fp32")
+        return (
+            f"MatMulNBits {BITS[precision]}-bit weight-only, block {self.block_size}, accuracy_level "
+            f"{ACCURACY_LEVEL}: " + "; ".join(parts)
+        )
+
+
+def weight_only_graph(
+    src: Path, dst: Path, precision: str, feeds: list[dict[str, np.ndarray]], keep: tuple[str, ...] = ()
+) -> WeightOnlyResult:
+    """`src` (fp32) -> `dst` with MatMulNBits weights; int4-awq clips each weight on `feeds` first. `keep`: node
+    names left in fp32 (the heads, where the target keeps them: Target.quantized_heads)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from omni_edge.calibration.quantize import QuantizationError, save_graph
+
+    model = onnx.load(str(src))
+    gemm_to_matmul(model.graph)
+    matmuls = [n for n in weight_matmuls(model.graph) if n.name not in keep]
+    keep_found = [n for n in weight_matmuls(model.graph) if n.name in keep]
+    if not matmuls:
+        raise QuantizationError(f"{src.name} has no MatMul weights for weight-only {precision}")
+    outputs = {o.name for o in model.graph.output}
+    heads = sum(n.output[0] in outputs for n in matmuls)
+    block = block_size(model.graph, matmuls, MAX_BLOCK[precision])
+    bits = BITS[precision]
+    clipped = 0
+    if bits == 4 and feeds:
+        grams = input_grams(src, matmuls, feeds, block)
+        weights = {t.name: t for t in model.graph.initializer}
+        for node in matmuls:
+            tensor = weights[node.input[1]]
+            w = onnx.numpy_helper.to_array(tensor)
+            tensor.CopyFrom(onnx.numpy_helper.from_array(clip_weight(w, grams[node.input[0]], bits), tensor.name))
+            clipped += 1
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block, is_symmetric=bits == 8, accuracy_level=ACCURACY_LEVEL, bits=bits
+    )
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=list(keep), algo_config=config)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # INFO per node
+    quantizer.process()
+    save_graph(quantizer.model.model, dst)
+    convolutions = sum(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
+    return WeightOnlyResult(len(matmuls), clipped, block, len(keep_found), heads, convolutions)
+
+
+def has_weight_matmuls(path: Path) -> bool:
+    """Whether a graph file has a MatMul (or a Gemm gemm_to_matmul converts) with a 2-D constant weight."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = {t.name: len(t.dims) for t in graph.initializer}
+    return any(n.op_type in ("MatMul", "Gemm") and dims.get(n.input[1]) == 2 for n in graph.node)
+
+
+def weight_matmuls(graph) -> list:
+    """MatMuls of the main graph whose second input is a 2-D initializer (the attention products are left)."""
+    dims = {t.name: len(t.dims) for t in graph.initializer}
+    return [n for n in graph.node if n.op_type == "MatMul" and dims.get(n.input[1]) == 2]
+
+
+def gemm_to_matmul(graph) -> int:
+    """Gemm(A, B, C) with transB=1 and alpha = beta = 1 (what torch.onnx writes for nn.Linear on 2-D inputs) ->
+    MatMul(A, B^T) + C, so MatMulNBits covers it (the quantizer rewrites MatMuls only)."""
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {t.name: t for t in graph.initializer}
+    count, nodes = 0, []
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]])
+        name = f"{node.input[1]}_matmul"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB") else w), name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}_matmul"))
+        if has_bias:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=node.name))
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = _inputs(graph)
+        kept = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return count
+
+
+def _inputs(graph) -> set[str]:
+    """Every tensor a node reads, in subgraph bodies too (a Scan body reads outer-scope initializers)."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for body in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= _inputs(body)
+    return names
+
+
+def block_size(graph, matmuls, largest: int) -> int:
+    """The largest power of two up to `largest` that divides every weight's input width (the clip search and
+    the blocks must line up; MatMulNBits would pad otherwise)."""
+    rows = {t.name: t.dims[0] for t in graph.initializer if len(t.dims) == 2}
+    widths = [rows[n.input[1]] for n in matmuls]
+    block = largest
+    while block > 16 and any(w % block for w in widths):  # MatMulNBits' smallest block is 16
+        block //= 2
+    return block
+
+
+def input_grams(src: Path, matmuls, feeds: list[dict[str, np.ndarray]], block: int) -> dict[str, np.ndarray]:
+    """Per MatMul input: sum over the feeds' rows of x_g^T x_g for each block g of the input, shape
+    (K / block, block, block), in float64. The fp32 graph runs with those inputs as extra outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    wanted = sorted({n.input[0] for n in matmuls})
+    graph = onnx.load(str(src), load_external_data=False)
+    graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # The graph is handed over as bytes (its weights stay where they are), so ORT is told where they are.
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(src.parent))
+    session = ort.InferenceSession(graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    grams: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for name, x in zip(wanted, session.run(wanted, feed)):
+            rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            blocks = rows.reshape(rows.shape[0], -1, block).transpose(1, 0, 2)  # (K/block, rows, block)
+            gram = blocks.transpose(0, 2, 1) @ blocks
+            grams[name] = grams[name] + gram if name in grams else gram
+    return grams
+
+
+def clip_weight(w: np.ndarray, gram: np.ndarray, bits: int) -> np.ndarray:
+    """`w` (K, N) with each (block, column) range shrunk by the CLIP_RATIOS entry whose quantized weights give
+    the least output error d^T (x_g^T x_g) d. The result quantizes (MatMulNBits' min/max rounding) to the
+    chosen clipped grid."""
+    k, n = w.shape
+    nblocks, block = gram.shape[0], gram.shape[1]
+    assert nblocks * block == k, (w.shape, gram.shape)
+    g = gram.astype(np.float32)
+    out = np.empty_like(w)
+    for c0 in range(0, n, _COLUMNS):
+        wb = w[:, c0 : c0 + _COLUMNS].reshape(nblocks, block, -1)
+        lo, hi = wb.min(axis=1, keepdims=True), wb.max(axis=1, keepdims=True)
+        best = wb
+        best_err = np.full((nblocks, wb.shape[2]), np.inf, dtype=np.float32)
+        for ratio in CLIP_RATIOS:
+            clipped = np.clip(wb, lo * ratio, hi * ratio)
+            d = wb - fake_quant(clipped, bits)
+            err = np.einsum("gkc,gkc->gc", g @ d, d)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best = np.where(better[:, None, :], clipped, best)
+        out[:, c0 : c0 + _COLUMNS] = best.reshape(k, -1)
+    return out
+
+
+def fake_quant(blocks: np.ndarray, bits: int) -> np.ndarray:
+    """Asymmetric round-to-nearest over axis 1 with zero inside the range, as MLAS quantizes MatMulNBits blocks."""
+    top = 2**bits - 1
+    lo = np.minimum(blocks.min(axis=1, keepdims=True), 0)
+    hi = np.maximum(blocks.max(axis=1, keepdims=True), 0)
+    scale = np.where(hi > lo, (hi - lo) / top, 1.0)
+    zero = np.clip(np.round(-lo / scale), 0, top)
+    return (np.clip(np.round(blocks / scale) + zero, 0, top) - zero) * scale
