@@ -165,8 +165,16 @@ def _parameters_on_meta():
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
+def build_on_meta(config):
+    """transformers' model for `config` with its parameters on the meta device."""
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    with _parameters_on_meta():
+        return Qwen2_5OmniForConditionalGeneration(config)
+
+
 def _skeleton(path: Path):
-    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+    from transformers import Qwen2_5OmniConfig
     from transformers.utils import logging as hf_logging
 
     from omni_edge.export.checkpoint import check_config, check_speakers
@@ -176,9 +184,7 @@ def _skeleton(path: Path):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # config warnings about talker-side ids are expected and harmless
     try:
-        config = Qwen2_5OmniConfig.from_pretrained(path)
-        with _parameters_on_meta():
-            model = Qwen2_5OmniForConditionalGeneration(config)
+        model = build_on_meta(Qwen2_5OmniConfig.from_pretrained(path))
     finally:
         hf_logging.set_verbosity(verbosity)
     if getattr(model, "has_talker", False):

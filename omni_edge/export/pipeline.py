@@ -190,6 +190,17 @@ def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Pa
     return plan
 
 
+def _check_export_memory(request: ExportRequest, checked: CheckedRequest, checkpoint: Path, say) -> None:
+    """The export's own peak, stage by stage, from the headers: printed, and refused if it cannot fit now."""
+    from omni_edge.export.components import selected
+    from omni_edge.export.export_memory import check_export_fits, machine_bytes, plan_export
+
+    components = selected(request.components)
+    export_plan = plan_export(checkpoint, components, reduced=checked.calibration is not None)
+    say(export_plan.summary())
+    check_export_fits(export_plan, components, machine_bytes())
+
+
 def export_bundle(request: ExportRequest, progress: Callable, say: Callable[[str], None] | None = None) -> Path:
     """`say` gets one-line notes (stale staging removed); default: stderr. SIGTERM is handled like Ctrl-C:
     the staging directories are removed before the process ends."""
@@ -208,6 +219,7 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     target = checked.target
     source = resolve_model_source(request.model)
     plan = plan_request(request, checked, source.path)  # before the minutes of loading and exporting
+    _check_export_memory(request, checked, source.path, say)
     out = request.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out, say)

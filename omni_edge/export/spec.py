@@ -16,7 +16,7 @@ class ComponentSpec:
     example_inputs: Callable[[Any], tuple]  # inputs traced at export
     dynamic_shapes: Callable[[], tuple]  # torch.export dynamic shapes, same structure as the inputs
     check_inputs: Callable[[Any], list[tuple]]  # other shapes run at verification, to catch baked shapes
-    atol: float  # max |onnx - torch| allowed per output at export-time verification
+    atol: float  # max |onnx - torch| per output at export-time verification, x the output's RMS when above 1
     rtol: float = 0.0
     # (model, max_seq_len) -> {axis name: (min, opt, max)} the runtime feeds: recorded in the manifest and
     # used as the TensorRT optimization profile. Every dynamic axis of the inputs needs a range.

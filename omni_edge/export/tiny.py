@@ -233,7 +233,22 @@ def odd_config_dict() -> dict:
     return config
 
 
-PRESETS = {"tiny": tiny_config_dict, "medium": medium_config_dict, "odd": odd_config_dict}
+def _presets() -> dict:
+    from omni_edge.export.full_size import deep_config_dict, full_3b_config_dict, full_7b_config_dict
+
+    return {
+        "tiny": tiny_config_dict,
+        "medium": medium_config_dict,
+        "odd": odd_config_dict,
+        "deep": deep_config_dict,
+        "full-3b": full_3b_config_dict,
+        "full-7b": full_7b_config_dict,
+    }
+
+
+PRESETS = _presets()
+# The ones written as the hub checkpoints are (sharded bf16, transformers 4.52 config), tensor by tensor.
+RELEASED_LAYOUT = ("deep", "full-3b", "full-7b")
 
 
 def default_cache_dir() -> Path:
@@ -278,27 +293,34 @@ def ensure_preset_checkpoint(preset: str, seed: int = TINY_SEED, cache_dir: Path
 
 def write_preset_checkpoint(out_dir: Path, preset: str, seed: int = TINY_SEED) -> None:
     import torch
-    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
-    torch.manual_seed(seed)
-    config = Qwen2_5OmniConfig(**PRESETS[preset]())
-    model = Qwen2_5OmniForConditionalGeneration(config).eval()
-    _widen_random_init(model, seed)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    config = PRESETS[preset]()
+    if preset in RELEASED_LAYOUT:
+        from omni_edge.export.released_layout import write_released_checkpoint
 
-    dit = config.token2wav_config.dit_config  # type: ignore[union-attr]  # set by every preset
+        write_released_checkpoint(out_dir, config, seed)
+    else:
+        from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+        torch.manual_seed(seed)
+        model = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(**config)).eval()
+        _widen_random_init(model, seed)
+        model.save_pretrained(out_dir, safe_serialization=True)
+
+    dit = config["token2wav_config"]["dit_config"]
+    vocab = config["thinker_config"]["text_config"]["vocab_size"]
     generator = torch.Generator().manual_seed(seed + 1)
     speakers = {
         name: {
             "bos_token": bos,
-            "cond": torch.randn(1, dit.enc_emb_dim, generator=generator),
-            "ref_mel": torch.randn(1, 96, dit.mel_dim, generator=generator),
+            "cond": torch.randn(1, dit["enc_emb_dim"], generator=generator),
+            "ref_mel": torch.randn(1, 96, dit["mel_dim"], generator=generator),
         }
         for name, bos in SPEAKER_BOS.items()
     }
     # save_pretrained does not write the speaker table; real checkpoints ship it next to the weights.
     torch.save(speakers, out_dir / "spk_dict.pt")
-    save_tokenizer(build_tokenizer(THINKER_VOCAB), out_dir)
+    save_tokenizer(build_tokenizer(vocab), out_dir)
 
 
 def _widen_random_init(model, seed: int) -> None:

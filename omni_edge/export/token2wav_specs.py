@@ -74,7 +74,9 @@ def dit_spec() -> ComponentSpec:
             token2wav.dit_dummy_inputs(_dit(model), 12, 50, seed=2),
         ],
         reference=lambda model, inputs: token2wav.dit_reference(_dit(model), *inputs),
-        atol=1e-4,
+        # fp32 reordering noise over 22 transformer blocks: 1.4e-4 x the output's RMS measured at full depth
+        # (the `deep` preset), 1e-5 at 4 blocks.
+        atol=3e-4,
         rtol=1e-4,
         profile=_dit_profile,
     )

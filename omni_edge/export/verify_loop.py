@@ -122,10 +122,13 @@ def _compare(spec: ComponentSpec, got: list, expected: list, what: str) -> float
         actual, ref = actual[used], ref[used]
         error = float(np.max(np.abs(actual - ref))) if actual.size else 0.0
         worst = max(worst, error)
-        if not np.allclose(actual, ref, atol=spec.atol, rtol=spec.rtol):
+        # atol is in units of the output's RMS where that exceeds 1: a deep random-weight stack (the DiT's 22
+        # layers) grows its activations, and fp32 reordering noise grows with them.
+        scale = max(1.0, float(np.sqrt(np.mean(np.square(ref, dtype=np.float64))))) if ref.size else 1.0
+        if not np.allclose(actual, ref, atol=spec.atol * scale, rtol=spec.rtol):
             raise ExportVerificationError(
                 f"{spec.name}: output {name} differs from {what} by {error:.3g} "
-                f"(tolerance atol={spec.atol}, rtol={spec.rtol}); the export is not faithful. "
+                f"(tolerance atol={spec.atol} x output RMS {scale:.3g}, rtol={spec.rtol}); the export is not faithful. "
                 "Report this with your transformers and torch versions"
             )
     return worst
