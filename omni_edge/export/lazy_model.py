@@ -72,9 +72,9 @@ class _Slot:
 class LazyOmniModel:
     """`model` is the skeleton; `loaded(select)` fills the selected parameters for the block's duration."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, shards: CheckpointShards | None = None):
         self.path = Path(path)
-        self.shards = CheckpointShards(self.path)
+        self.shards = shards or CheckpointShards(self.path)
         self.model = _skeleton(self.path)
         self._slots = self._match()
 

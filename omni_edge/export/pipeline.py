@@ -214,12 +214,13 @@ def _to_stderr(line: str) -> None:
 
 def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[str], None]) -> Path:
     from omni_edge.export.checkpoint import resolve_model_source
+    from omni_edge.export.shards import CheckpointShards
 
     checked = check_request(request)
     target = checked.target
     source = resolve_model_source(request.model)
+    shards = CheckpointShards(source.path)  # headers only: a missing, cut or mis-indexed shard fails here
     plan = plan_request(request, checked, source.path)  # before the minutes of loading and exporting
-    _check_export_memory(request, checked, source.path, say)
     out = request.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out, say)
@@ -227,6 +228,7 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     reduced = checked.calibration is not None
     needed = export_disk_bytes(plan, reduced, target.tensorrt is not None and request.engines)
     check_disk_space(out.parent, needed)
+    _check_export_memory(request, checked, source.path, say)
     staging = fp32_dir = None
     try:  # from the first directory made: a signal at any point after it still removes what was made
         staging = make_staging(out, "partial")
@@ -240,7 +242,7 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
         # end to end; engines: one per graph
         steps = graphs * (1 + engines + reduced) + 3 + 2 * reduced
         with progress(steps, "reading checkpoint headers") as bar:
-            lazy = LazyOmniModel(source.path)  # a skeleton: each component's weights are read when exported
+            lazy = LazyOmniModel(source.path, shards)  # a skeleton: each component's weights are read when exported
             model = lazy.model
             bar.update()
             records = _export_components(lazy, request, target, fp32_dir, bar)

@@ -56,11 +56,17 @@ SHARD_BYTES = 5_000_000_000  # transformers 4.52's default max_shard_size ("5GB"
 _ST_DTYPE = {"bfloat16": "BF16", "float32": "F32"}
 
 
+# Buffers transformers 4.52 registered as persistent, so the released checkpoints hold them (transformers 5
+# computes them at init and ignores the stored copy).
+RELEASED_BUFFERS = ("token2wav.code2wav_dit_model.rotary_embed.inv_freq",)
+
+
 @dataclass(frozen=True)
 class PlannedTensor:
     name: str  # hub name
     shape: tuple[int, ...]
     dtype: str  # torch dtype name as stored
+    buffer: object = None  # a RELEASED_BUFFERS value, as the skeleton computed it; None: a random parameter
 
     @property
     def nbytes(self) -> int:
@@ -88,7 +94,8 @@ def write_released_checkpoint(
         with open(out_dir / file, "wb") as handle:
             handle.write(_header(shard))
             for tensor in shard:
-                value = preset_value(tensor.name, tensor.shape, seed).to(getattr(torch, tensor.dtype))
+                value = tensor.buffer if tensor.buffer is not None else preset_value(tensor.name, tensor.shape, seed)
+                value = value.to(getattr(torch, tensor.dtype))  # type: ignore[attr-defined]
                 handle.write(value.contiguous().view(torch.uint8).numpy().tobytes())
                 weight_map[tensor.name] = file
                 done += tensor.nbytes
@@ -119,6 +126,9 @@ def planned_tensors(config_dict: dict) -> list[PlannedTensor]:
         seen.add(id(param))
         stored = hub_name(name)
         planned.append(PlannedTensor(stored, tuple(param.shape), released_dtype(stored)))
+    buffers = dict(model.named_buffers())
+    for name in RELEASED_BUFFERS:
+        planned.append(PlannedTensor(name, tuple(buffers[name].shape), released_dtype(name), buffers[name]))
     return planned
 
 

@@ -258,7 +258,7 @@ def default_cache_dir() -> Path:
 
 def checkpoint_key(preset: str, seed: int) -> str:
     # The key changes when the config or the generator's seed changes, so a stale cache is never reused.
-    blob = json.dumps({"config": PRESETS[preset](), "seed": seed, "format": 1}, sort_keys=True)
+    blob = json.dumps({"config": PRESETS[preset](), "seed": seed, "format": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
