@@ -1,4 +1,5 @@
-"""Reduced-precision bundles: ModelOpt Q/DQ graphs calibrated on recorded runtime feeds, measured against FP32.
+"""Reduced-precision bundles: ModelOpt Q/DQ graphs (GPU targets) and weight-only MatMulNBits graphs (cpu), from
+recorded runtime feeds, measured against FP32.
 
 The stage runs on the session's FP32 bundle (`cpu_bundle`), as the export runs it on its own FP32 staging
 bundle; the CLI tests cover the whole `omni-export --precision ... --calib ...` path.
@@ -11,7 +12,7 @@ small calibration changes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ COSINE_FLOOR = {"fp16": 0.999, "int8": 0.95, "fp8": 0.95, "int4-awq": 0.85}
 # BigVGAN's Snake activations and long conv stack lose most in int8 (measured cosine 0.93 on the tiny model),
 # which is why every GPU target keeps it fp16 by default; an explicit all-int8 request still gets it.
 BIGVGAN_INT8_FLOOR = 0.9
+WEIGHT_ONLY_INT8_FLOOR = 0.998
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class Reduced:
 
 
 def _reduce(cpu_bundle: Path, out: Path, target: str, replay: Replay, precision: str = "auto") -> Reduced:
-    manifest = load_manifest(cpu_bundle, verify_files=False)
+    # The FP32 bundle stands in for the target's own FP32 staging bundle: the stage reads the target from it.
+    manifest = replace(load_manifest(cpu_bundle, verify_files=False), target=target)
     t = get_target(target)
     precisions = graph_precisions(component_precisions(t, precision), manifest.components)
     out.mkdir()
@@ -106,17 +109,107 @@ def int8_cpu(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
 
 
 @pytest.fixture(scope="session")
+def int4_cpu(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
+    """The Thinker at int4-awq on cpu, every other component at the target's default (fp32: copied)."""
+    return _reduce(cpu_bundle, tmp_path_factory.mktemp("int4") / "bundle", "cpu", fp32_replay, "thinker=int4-awq")
+
+
+@pytest.fixture(scope="session")
+def int8_orin(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
+    """Both decoders at int8 on a TensorRT target (Q/DQ, SmoothQuant tried); the rest fp32 to keep it short."""
+    rest = ",".join(f"{c}=fp32" for c in ("audio_encoder", "vision_encoder", "dit", "bigvgan"))
+    precision = f"thinker=int8,talker=int8,{rest}"
+    return _reduce(cpu_bundle, tmp_path_factory.mktemp("orin-int8") / "bundle", "jetson-orin", fp32_replay, precision)
+
+
+@pytest.fixture(scope="session")
 def rtx_auto(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
     """rtx-ada's defaults: Thinker int4-awq, Talker and encoders fp8, DiT and BigVGAN fp16."""
     return _reduce(cpu_bundle, tmp_path_factory.mktemp("rtx") / "bundle", "rtx-ada", fp32_replay)
 
 
-def test_int8_graphs_have_explicit_qdq_and_the_same_io(int8_cpu, cpu_bundle):
+def _weight_matmuls(path: Path) -> int:
+    """MatMuls and Gemms with a 2-D constant weight: what weight-only quantization must turn into MatMulNBits."""
+    graph = _graph(path)
+    dims = {t.name: len(t.dims) for t in graph.initializer}
+    return sum(n.op_type in ("MatMul", "Gemm") and dims.get(n.input[1]) == 2 for n in graph.node)
+
+
+def _nbits(path: Path) -> list[int]:
+    import onnx
+
+    return [
+        onnx.helper.get_attribute_value(a)
+        for n in _graph(path).node
+        if n.op_type == "MatMulNBits"
+        for a in n.attribute
+        if a.name == "bits"
+    ]
+
+
+def _producer_op(path: Path, output: str) -> str:
+    graph = _graph(path)
+    return next(n.op_type for n in graph.node if output in n.output)
+
+
+def test_cpu_int8_is_weight_only_matmulnbits_with_the_same_io(int8_cpu, cpu_bundle):
     for name, record in int8_cpu.manifest.components.items():
         assert record.precision == "int8"
-        assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(int8_cpu.out / record.file), name
+        ops = _ops(int8_cpu.out / record.file)
+        if name == naming.BIGVGAN_WINDOW:  # convolutions only: MatMulNBits cannot hold them, Q/DQ instead
+            assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulNBits" not in ops
+        else:
+            assert "DequantizeLinear" not in ops and "QuantizeLinear" not in ops, name
+            weights = _weight_matmuls(cpu_bundle / record.file)
+            assert _nbits(int8_cpu.out / record.file) == [8] * weights, name
+            assert _weight_matmuls(int8_cpu.out / record.file) == 0, name
         # The runtime feeds a quantized bundle exactly like an fp32 one.
         assert _io_types(int8_cpu.out / record.file) == _io_types(cpu_bundle / record.file), name
+    # The heads are quantized on cpu (Target.quantized_heads): most of a decode step's bytes at 3B widths.
+    assert _producer_op(int8_cpu.out / "thinker_decoder.onnx", "logits") == "MatMulNBits"
+    assert _producer_op(int8_cpu.out / "talker_decoder.onnx", "logits") == "MatMulNBits"
+
+
+def test_cpu_int4_every_weight_matmul_runs_as_matmulnbits_in_ort(int4_cpu, cpu_bundle, tmp_path):
+    """The graph ONNX Runtime actually runs (its optimized graph, saved by the session) has no MatMul left with a
+    constant weight: every one, lm_head included, is a 4-bit MatMulNBits."""
+    import onnx
+    import onnxruntime as ort
+
+    name = "thinker_decoder.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / name)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(int4_cpu.out / name), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / name), load_external_data=False)  # names and attributes only
+    constants = {t.name for t in optimized.graph.initializer}
+    assert not [n.name for n in optimized.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+    weights = _weight_matmuls(cpu_bundle / name)
+    assert _nbits(tmp_path / name) == [4] * weights and weights == 2 * 7 + 1  # 2 layers x 7, and the head
+    assert _producer_op(tmp_path / name, "logits") == "MatMulNBits"
+    assert int4_cpu.precisions[naming.TALKER_DECODER] == "fp32"  # the cpu default, copied as it was
+
+
+def test_cpu_int4_accuracy_report(int4_cpu):
+    graph = int4_cpu.report.graphs[naming.THINKER_DECODER]
+    assert set(int4_cpu.report.graphs) == {naming.THINKER_DECODER}
+    assert graph.precision == "int4-awq" and "AWQ clipping of 15" in graph.method and "head" in graph.method
+    assert COSINE_FLOOR["int4-awq"] <= graph.cosine < 1.0 and 0 < graph.relative_error < 0.5
+    e2e = int4_cpu.report.end_to_end
+    assert e2e.requests == len(synthetic_calibration_set().samples) and 0 <= e2e.text_token_agreement <= 1
+
+
+def test_gpu_int8_decoders_are_qdq_with_the_head_unquantized(int8_orin):
+    for name in (naming.THINKER_DECODER, naming.TALKER_DECODER):
+        path = int8_orin.out / f"{name}.onnx"
+        assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(path) and "MatMulNBits" not in _ops(path), name
+        graph = _graph(path)
+        producer = {out: n for n in graph.node for out in n.output}
+        head = producer["logits"]
+        while head.op_type == "Cast":  # fp16 graph, fp32 output
+            head = producer[head.input[0]]
+        assert head.op_type == "MatMul", name
+        assert not any(i in producer and producer[i].op_type == "DequantizeLinear" for i in head.input), name
 
 
 def test_fp32_reference_graphs_are_left_untouched(int8_cpu, cpu_bundle):
@@ -130,7 +223,8 @@ def test_int8_accuracy_report_per_graph_and_end_to_end(int8_cpu):
     for name, graph in report.graphs.items():
         assert graph.precision == "int8"
         assert graph.feeds >= 1 and graph.outputs >= 1
-        floor = BIGVGAN_INT8_FLOOR if name == naming.BIGVGAN_WINDOW else COSINE_FLOOR["int8"]
+        # weight-only 8-bit (every graph but BigVGAN on cpu) measured cosine 0.9994 to 0.9999
+        floor = BIGVGAN_INT8_FLOOR if name == naming.BIGVGAN_WINDOW else WEIGHT_ONLY_INT8_FLOOR
         assert floor <= graph.cosine <= 1.0 + 1e-9, (name, graph)
         assert 0 < graph.relative_error < 0.5, (name, graph)  # quantization changed something, not everything
     # The calibration replay reached every graph, the encoders through the synthetic audio and images.
@@ -144,9 +238,11 @@ def test_int8_accuracy_report_per_graph_and_end_to_end(int8_cpu):
     assert math.isfinite(e2e.waveform_snr_db)
 
 
-def test_smoothquant_is_tried_on_int8_decoders(int8_cpu):
+def test_smoothquant_is_tried_on_qdq_int8_decoders_only(int8_orin, int8_cpu):
     for name in (naming.THINKER_DECODER, naming.TALKER_DECODER):
-        assert "SmoothQuant" in int8_cpu.report.graphs[name].method, name  # kept, or tried and reported
+        assert "SmoothQuant" in int8_orin.report.graphs[name].method, name  # kept, or tried and reported
+        # weight-only int8 leaves the activations in fp32: nothing to smooth
+        assert "SmoothQuant" not in int8_cpu.report.graphs[name].method, name
     assert "SmoothQuant" not in int8_cpu.report.graphs[naming.BIGVGAN_WINDOW].method
 
 
