@@ -82,6 +82,60 @@ def read_verified(bundle_dir: Path, files: dict[str, str] | None, rel: str, what
     return data
 
 
+class MappedFile:
+    """A bundle file mapped read-only and hashed through the mapping, for the external data of large graphs:
+    its pages belong to the page cache, so ONNX Runtime's copy of the weights is the only anonymous copy
+    (reading the file into bytes first held a 12 GB Thinker twice while its session was created). The file's
+    identity (inode, size, mtime) is taken before hashing and compared after the backend has read it
+    (`check_unchanged`), so a file rewritten in between is refused rather than run."""
+
+    def __init__(self, bundle_dir: Path, files: dict[str, str] | None, rel: str, what: str):
+        import mmap
+
+        path = bundle_file(bundle_dir, rel, what)
+        if files is not None and rel not in files:
+            raise BundleError(
+                f"{what} {rel} is not among the manifest's hashed files, so it cannot be trusted; {_REFUSE}"
+            )
+        self.rel, self.what = rel, what
+        try:
+            with open(path, "rb") as handle:
+                self._identity = _identity(os.fstat(handle.fileno()))
+                self.data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if self._identity[1] else b""
+        except FileNotFoundError:
+            raise BundleError(f"bundle file {rel} is missing from {bundle_dir}; {_REFUSE}") from None
+        except OSError as exc:
+            raise BundleError(f"cannot read bundle file {rel} in {bundle_dir} ({exc.strerror or exc})") from None
+        self._path = path
+        if files is not None:
+            digest = hashlib.sha256()
+            view = memoryview(self.data)
+            for start in range(0, len(view), 1 << 24):
+                digest.update(view[start : start + (1 << 24)])
+            view.release()
+            if digest.hexdigest() != files[rel]:
+                self.close()
+                raise BundleError(
+                    f"bundle file {rel} does not match its sha256 in the manifest (modified or corrupted); {_REFUSE}"
+                )
+
+    def check_unchanged(self) -> None:
+        try:
+            now = _identity(os.stat(self._path))
+        except OSError:
+            now = None
+        if now != self._identity:
+            raise BundleError(f"{self.what} {self.rel} changed while it was being loaded; {_REFUSE}")
+
+    def close(self) -> None:
+        if not isinstance(self.data, bytes):
+            self.data.close()
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def check_external_locations(
     bundle_dir: Path, graph_file: str, model: bytes, allowed: set[str] | dict[str, str] | None
 ) -> list[str]:

@@ -336,3 +336,26 @@ def test_session_refuses_a_graph_changed_after_it_loaded(bundle):
     path.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="dit_window.onnx.data does not match its sha256"):
         session.speech()
+
+
+def test_external_data_is_mapped_hashed_and_refused_if_rewritten_while_loading(tmp_path):
+    """Large external data is mapped, not read into memory (the 3B Thinker's 12 GB would be held twice while
+    ONNX Runtime copies it); a rewrite between the hash and the backend's read is caught by the file's identity."""
+    import hashlib
+    import os
+
+    from omni_edge.bundle_trust import MappedFile
+
+    path = tmp_path / "w.onnx.data"
+    path.write_bytes(b"x" * 5000)
+    files = {"w.onnx.data": hashlib.sha256(b"x" * 5000).hexdigest()}
+    mapped = MappedFile(tmp_path, files, "w.onnx.data", "external data")
+    assert bytes(mapped.data[:3]) == b"xxx" and len(mapped.data) == 5000
+    mapped.check_unchanged()
+    path.write_bytes(b"y" * 5000)
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(BundleError, match="changed while it was being loaded"):
+        mapped.check_unchanged()
+    mapped.close()
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        MappedFile(tmp_path, files, "w.onnx.data", "external data")

@@ -17,6 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # The released checkpoints keep the codec-to-wave model in fp32 (its ODE and vocoder are precision-sensitive).
 FP32_PREFIXES = ("token2wav.",)
@@ -66,7 +67,7 @@ class PlannedTensor:
     name: str  # hub name
     shape: tuple[int, ...]
     dtype: str  # torch dtype name as stored
-    buffer: object = None  # a RELEASED_BUFFERS value, as the skeleton computed it; None: a random parameter
+    buffer: Any = None  # a RELEASED_BUFFERS value, as the skeleton computed it; None: a random parameter
 
     @property
     def nbytes(self) -> int:
@@ -95,7 +96,7 @@ def write_released_checkpoint(
             handle.write(_header(shard))
             for tensor in shard:
                 value = tensor.buffer if tensor.buffer is not None else preset_value(tensor.name, tensor.shape, seed)
-                value = value.to(getattr(torch, tensor.dtype))  # type: ignore[attr-defined]
+                value = value.to(getattr(torch, tensor.dtype))
                 handle.write(value.contiguous().view(torch.uint8).numpy().tobytes())
                 weight_map[tensor.name] = file
                 done += tensor.nbytes

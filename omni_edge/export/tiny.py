@@ -249,6 +249,7 @@ def _presets() -> dict:
 PRESETS = _presets()
 # The ones written as the hub checkpoints are (sharded bf16, transformers 4.52 config), tensor by tensor.
 RELEASED_LAYOUT = ("deep", "full-3b", "full-7b")
+_FORMAT = {False: 1, True: 2}  # cache format of save_pretrained / released-layout presets: bump to regenerate
 
 
 def default_cache_dir() -> Path:
@@ -258,7 +259,9 @@ def default_cache_dir() -> Path:
 
 def checkpoint_key(preset: str, seed: int) -> str:
     # The key changes when the config or the generator's seed changes, so a stale cache is never reused.
-    blob = json.dumps({"config": PRESETS[preset](), "seed": seed, "format": 2}, sort_keys=True)
+    blob = json.dumps(
+        {"config": PRESETS[preset](), "seed": seed, "format": _FORMAT[preset in RELEASED_LAYOUT]}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -18,6 +18,8 @@ from omni_edge.components import graph
 from omni_edge.errors import BundleError, InputError
 
 if TYPE_CHECKING:
+    import mmap
+
     from omni_edge.bundle import Manifest
 
 
@@ -54,7 +56,7 @@ class OrtEngine:
         model: Path | bytes,
         providers: list[str] | None = None,
         threads: int = 0,
-        external_data: dict[str, bytes] | None = None,
+        external_data: dict[str, bytes | mmap.mmap] | None = None,
         label: str | None = None,
     ):
         try:
@@ -94,7 +96,7 @@ class OrtEngine:
 def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 0, verify: bool = True) -> Engine:
     """The engine of component `name`, from bytes that match the manifest (verify=False: from the files as
     they are, for the export's own staging bundles). Its inputs and outputs must be the manifest's."""
-    from omni_edge.bundle_trust import check_engine_io, check_external_locations, read_verified
+    from omni_edge.bundle_trust import MappedFile, check_engine_io, check_external_locations, read_verified
 
     bundle_dir = Path(bundle_dir)
     record = manifest.components.get(name)
@@ -104,8 +106,17 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
     if manifest.backend == "onnxruntime":
         model = read_verified(bundle_dir, files, record.file, f"{name} graph")
         locations = check_external_locations(bundle_dir, record.file, model, files)
-        data = {loc: read_verified(bundle_dir, files, loc, f"external data of {record.file}") for loc in locations}
-        engine: Engine = OrtEngine(name, model, threads=threads, external_data=data, label=record.file)
+        mapped = []
+        try:
+            for location in locations:
+                mapped.append(MappedFile(bundle_dir, files, location, f"external data of {record.file}"))
+            data = {m.rel: m.data for m in mapped}
+            engine: Engine = OrtEngine(name, model, threads=threads, external_data=data, label=record.file)
+            for m in mapped:  # ONNX Runtime has copied the weights: they must be the bytes that were hashed
+                m.check_unchanged()
+        finally:
+            for m in mapped:
+                m.close()
     elif manifest.backend == "tensorrt":
         from omni_edge.runtime.trt_engine import TrtEngine
 
