@@ -5,7 +5,7 @@ little-endian length, then a JSON table of names, dtypes and shapes); no tensor 
 checkpoint is planned in milliseconds and refused before minutes of loading.
 
     weights      parameters per component x bytes per parameter at its precision x graphs holding a copy
-                 (the Thinker and the Talker have separate prefill and decode graphs, each with every weight)
+                 (one per component: a decoder's one graph answers prefill and decode)
     tables       token-embedding tables the runtime keeps as fp32 arrays (they are not in any graph)
     kv           2 (K, V) x layers x kv_heads x head_dim x max_seq_len x itemsize, Thinker and Talker caches
     activations  the larger decoder's prefill at max_seq_len: its largest single intermediate, either

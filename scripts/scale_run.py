@@ -5,6 +5,7 @@ target and precision). Run by scripts/scale_runs.sh.
     python scripts/scale_run.py export --model full-3b --target cpu --precision fp32 --out /tmp/s/3b-cpu \
         --json bench/scale-full-3b.json [--calib synthetic] [--no-engines] [--memory-gib 24]
     python scripts/scale_run.py parity --model full-3b --bundle /tmp/s/3b-cpu --tokens 16 --json ...
+    python scripts/scale_run.py rss --model full-3b --bundle /tmp/s/3b-cpu --json ...
 
 The stages are the export's own progress descriptions ("loading thinker", "exporting thinker_decoder",
 "verifying thinker_decoder", ...); a sampler thread reads this process's RSS every 0.2 s.
@@ -91,6 +92,7 @@ def _merge(path: Path, key: dict, row: dict) -> None:
 
 
 def export_run(args) -> None:
+    from omni_edge.errors import OmniEdgeError
     from omni_edge.export.pipeline import ExportRequest, export_bundle
 
     recorder = StageRecorder()
@@ -107,7 +109,13 @@ def export_run(args) -> None:
         memory_gib=args.memory_gib,
         max_seq_len=args.max_seq_len,
     )
-    export_bundle(request, recorder)
+    key = {"run": "export", "model": args.model, "target": args.target, "precision": args.precision}
+    try:
+        export_bundle(request, recorder)
+    except OmniEdgeError as exc:  # a refusal is a result too: the row says why, with the export's numbers
+        _merge(Path(args.json), key, {"command": " ".join(sys.argv), "refused": str(exc), "stages": recorder.finish()})
+        print(f"refused: {exc}", file=sys.stderr)
+        return
     stages = recorder.finish()
     bundle = Path(args.out)
     row = {
@@ -118,7 +126,6 @@ def export_run(args) -> None:
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "stages": stages,
     }
-    key = {"run": "export", "model": args.model, "target": args.target, "precision": args.precision}
     _merge(Path(args.json), key, row)
     print(json.dumps({**key, **{k: v for k, v in row.items() if k != "stages"}}, indent=1))
 
@@ -159,6 +166,35 @@ def parity_run(args) -> None:
     print(json.dumps(row, indent=1))
 
 
+def rss_run(args) -> None:
+    """The loaded bundle's resident memory against its memory plan (scripts/bundle_rss.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bundle_rss import main as bundle_rss
+
+    row = {"command": " ".join(sys.argv), **bundle_rss(args.bundle)}
+    _merge(Path(args.json), {"run": "rss", "model": args.model, "bundle": args.bundle}, row)
+    print(json.dumps(row, indent=1))
+
+
+def command_run(args) -> None:
+    """A CLI command (omni-run on the bundle): its wall time, exit status and the child's peak RSS."""
+    import subprocess
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(args.argv, stdout=subprocess.PIPE, text=True)
+    output = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    row = {
+        "command": " ".join(args.argv),
+        "returncode": os.waitstatus_to_exitcode(status),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 2),
+        "output_tail": output[-400:],
+    }
+    _merge(Path(args.json), {"run": "command", "model": args.model, "label": args.label}, row)
+    print(json.dumps(row, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,8 +214,17 @@ def main() -> None:
     parity.add_argument("--json", required=True)
     parity.add_argument("--tokens", type=int, default=16)
     parity.add_argument("--prompt", default="Describe the weather on a sunny day in one sentence.")
+    rss = sub.add_parser("rss")
+    rss.add_argument("--model", required=True)
+    rss.add_argument("--bundle", required=True)
+    rss.add_argument("--json", required=True)
+    command = sub.add_parser("command")
+    command.add_argument("--model", required=True)
+    command.add_argument("--label", required=True)
+    command.add_argument("--json", required=True)
+    command.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    {"export": export_run, "parity": parity_run}[args.command](args)
+    {"export": export_run, "parity": parity_run, "rss": rss_run, "command": command_run}[args.command](args)
 
 
 if __name__ == "__main__":
