@@ -69,7 +69,10 @@ def test_the_writer_matches_the_452_layout(tmp_path):
                 yield prefix + (key,)
                 yield from paths(value, prefix + (key,))
 
-    config, released = json.loads((tmp_path / "config.json").read_text()), json.loads((FIXTURE / "config.json").read_text())
+    config, released = (
+        json.loads((tmp_path / "config.json").read_text()),
+        json.loads((FIXTURE / "config.json").read_text()),
+    )
     assert set(paths(config)) <= set(paths(released))  # no field transformers 4.52 would not have written
     text, text452 = config["thinker_config"]["text_config"], released["thinker_config"]["text_config"]
     assert text["rope_scaling"] == text452["rope_scaling"] and text["rope_theta"] == text452["rope_theta"]
