@@ -42,7 +42,7 @@ class QuantizeSettings:
     high_precision: str  # "fp16" on GPUs (TensorRT runs the rest in half), "fp32" for ONNX Runtime on CPU
     excluded_nodes: tuple[str, ...] = ()  # kept in high precision: output heads (GPU targets), attention matmuls
     block_size: int | None = None  # int4 only
-    weight_only: bool = False  # int8/int4 as MatMulNBits (Target.weight_only), not Q/DQ
+    weight_only: bool = False  # int8/int4 as MatMulNBits (Target.weight_only, a graph with MatMul weights)
 
 
 def check_modelopt() -> None:
@@ -108,7 +108,8 @@ def settings_for(src: Path, precision: str, target: Target) -> QuantizeSettings:
     import onnx
 
     model = onnx.load(str(src), load_external_data=False)
-    weight_only = target.weight_only and precision in WEIGHT_ONLY_BITS
+    # BigVGAN holds convolutions only, which MatMulNBits cannot: it keeps Q/DQ on the cpu target too.
+    weight_only = target.weight_only and precision in WEIGHT_ONLY_BITS and has_weight_matmuls(model.graph)
     block = int4_block_size(model) if precision == "int4-awq" and not weight_only else None
     heads = () if target.quantized_heads else head_nodes(model)
     return QuantizeSettings(precision, target.high_precision, heads + attention_matmuls(model), block, weight_only)
@@ -214,18 +215,17 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
     if settings.precision not in MODELOPT_MODES:
         raise QuantizationError(f"no quantization recipe for {settings.precision}")
     # int8 weight-only is round-to-nearest and needs no activations; the others are calibrated.
-    if not feeds and not (settings.weight_only and settings.precision == "int8" and has_weight_matmuls(src)):
+    if not feeds and not (settings.weight_only and settings.precision == "int8"):
         raise QuantizationError(
             f"{src.name}: the calibration run never reached this graph, so it cannot be "
             "calibrated; add calibration data that exercises it (media for the encoders)"
         )
-    if settings.weight_only and has_weight_matmuls(src):
+    if settings.weight_only:
         result = weight_only_graph(src, dst, settings.precision, feeds, settings.excluded_nodes)
         return result.method(settings.precision)
     _modelopt_qdq(src, dst, settings, feeds)
     mode, method = MODELOPT_MODES[settings.precision]
-    # BigVGAN holds convolutions only, which MatMulNBits cannot: Q/DQ on the cpu target too.
-    return f"ModelOpt {mode} {method}" + (" Q/DQ (no MatMul weights for MatMulNBits)" if settings.weight_only else "")
+    return f"ModelOpt {mode} {method}"
 
 
 def _modelopt_qdq(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[dict[str, np.ndarray]]) -> None:

@@ -93,11 +93,8 @@ def weight_only_graph(
     return WeightOnlyResult(len(matmuls), clipped, block, len(keep_found), heads, convolutions)
 
 
-def has_weight_matmuls(path: Path) -> bool:
-    """Whether a graph file has a MatMul (or a Gemm gemm_to_matmul converts) with a 2-D constant weight."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def has_weight_matmuls(graph) -> bool:
+    """Whether a graph has a MatMul (or a Gemm gemm_to_matmul converts) with a 2-D constant weight."""
     dims = {t.name: len(t.dims) for t in graph.initializer}
     return any(n.op_type in ("MatMul", "Gemm") and dims.get(n.input[1]) == 2 for n in graph.node)
 
