@@ -4,7 +4,8 @@ device (no memory), and one component's weights at a time read from the checkpoi
 The full 3B is 20.8 GiB in fp32 and the 7B about 40 GiB: loading it whole is what made a 24 GiB machine
 unable to export. Here the skeleton costs nothing, `loaded(...)` brings in the parameters of one component
 (its graph weights, or its host-side table) converted to fp32, and puts the meta tensors back when the
-block ends, so the export's peak is the largest component, not the model. Buffers (rotary frequencies,
+block ends. The exporter runs each block in a child process (isolated.py), since libraries keep references
+to traced weights; the export's peak is then the largest component, not the model. Buffers (rotary frequencies,
 the vocoder's filters) are not in a checkpoint; they are computed on CPU when the skeleton is built, as
 transformers does, and are small.
 
@@ -137,9 +138,6 @@ class LazyOmniModel:
                 for owner, name in slot.owners:
                     owner._parameters[name] = meta  # type: ignore[attr-defined]
             saved.clear()
-            import gc
-
-            gc.collect()  # the exporter's graph objects hold references in cycles; free the weights now
 
     def close(self) -> None:
         self.shards.close()

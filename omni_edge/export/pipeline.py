@@ -302,29 +302,51 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
 
 def _export_components(lazy, request: ExportRequest, target: Target, bundle_dir: Path, bar) -> dict:
     """One component at a time: load its weights, write its graphs and what PyTorch computes for their check
-    inputs, release the weights, then verify in ONNX Runtime (which loads its own copy). The peak is the
-    largest component's weights once, never the model's or two copies."""
+    inputs, release the weights, then verify here in ONNX Runtime (which loads its own copy). A component with
+    large weights is exported in a child process (isolated.py), whose exit returns what the libraries keep.
+    The peak is the largest component's weights once, never the model's or two copies."""
     from omni_edge.export import verify_loop
     from omni_edge.export.components import selected_components, specs_for
+    from omni_edge.export.isolated import isolate_above_bytes, run_isolated
     from omni_edge.export.lazy_model import graph_weights, table_weights
-    from omni_edge.export.tables import write_tables
 
     records = {}
     for component in selected_components(request.components):
-        bar.set_description(f"loading {component.name}")
-        with lazy.loaded(graph_weights(component.name)) as model:
-            exported = []
-            for spec in specs_for(component, model, target):
-                bar.set_description(f"exporting {spec.name}")
-                exported.append(verify_loop.export_with_expectations(spec, model, bundle_dir, request.max_seq_len))
-        for graph in exported:
-            bar.set_description(f"verifying {graph.spec.name}")
-            records[graph.spec.name] = verify_loop.verify_exported(graph)
+        specs = specs_for(component, lazy.model, target)  # from the config: the skeleton is enough
+        bar.set_description(f"exporting {', '.join(s.name for s in specs)}")
+        job = (lazy.path, component.name, target.name, bundle_dir, request.max_seq_len)
+        if lazy.parameter_count(graph_weights(component.name)) * 4 > isolate_above_bytes():
+            answers = run_isolated(_export_one, *job, what=f"exporting {component.name}")
+        else:
+            answers = _export_one(*job, lazy=lazy)
+        for spec, (path, cases, profile) in zip(specs, answers):
+            bar.set_description(f"verifying {spec.name}")
+            records[spec.name] = verify_loop.verify_exported(verify_loop.ExportedGraph(spec, path, cases, profile))
             bar.update()
         if component.table_prefixes:
-            with lazy.loaded(table_weights(component.name)) as model:
+            with lazy.loaded(table_weights(component.name)) as model:  # plain tensors: nothing keeps them
+                from omni_edge.export.tables import write_tables
+
                 write_tables(component.name, model, bundle_dir)
     return records
+
+
+def _export_one(checkpoint: Path, component: str, target: str, bundle_dir: Path, max_seq_len: int, lazy=None) -> list:
+    """Write one component's graphs with PyTorch's answers (path, cases, profile) for each; run in a child
+    process (which reads the checkpoint's skeleton again) or, given `lazy`, here."""
+    from omni_edge.components import component as component_record
+    from omni_edge.export import verify_loop
+    from omni_edge.export.components import specs_for
+    from omni_edge.export.lazy_model import LazyOmniModel, graph_weights
+
+    lazy = lazy or LazyOmniModel(checkpoint)
+    entry = component_record(component)
+    with lazy.loaded(graph_weights(component)) as model:
+        graphs = [
+            verify_loop.export_with_expectations(spec, model, bundle_dir, max_seq_len)
+            for spec in specs_for(entry, model, get_target(target))
+        ]
+    return [(g.path, g.cases, g.profile) for g in graphs]
 
 
 def _plugin_stage(bundle_dir: Path, records: dict, model, plugins: PluginDecision):
