@@ -104,7 +104,7 @@ def test_input_grams_are_the_block_diagonal_of_xtx(tmp_path):
     model = _matmul_model(w)
     onnx.save(model, str(tmp_path / "g.onnx"))
     feeds = [{"x": rng.standard_normal((m, 64)).astype(np.float32)} for m in (3, 5)]
-    grams = input_grams(tmp_path / "g.onnx", weight_matmuls(model.graph), feeds, 16)
+    grams = input_grams(tmp_path / "g.onnx", weight_matmuls(model.graph), feeds, {"x": 16})
     x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
     for g in range(4):
         part = x[:, 16 * g : 16 * (g + 1)]
@@ -145,3 +145,36 @@ def test_weight_only_graph_every_weight_matmul_is_matmulnbits(tmp_path, precisio
     expected = np.maximum(x @ w1, 0) @ w2
     got = _run(quantized, {"x": x})
     assert 0 < np.linalg.norm(got - expected) / np.linalg.norm(expected) < limit
+
+
+def test_blocks_per_weight_and_a_width_no_block_divides(tmp_path):
+    """Each weight gets the largest block that divides its input width; a width none divides (the vision MLP's
+    3420 at real widths) is padded by the kernel and rounded to nearest, not clipped: the int4 export of such a
+    graph must not fail, and the other weights keep their large blocks."""
+    from omni_edge.calibration.quantize import save_graph
+    from omni_edge.calibration.weight_only import block_size
+
+    assert [block_size(w, 32) for w in (2048, 912, 3420, 40)] == [32, 16, 32, 32]
+    assert [block_size(w, 128) for w in (2048, 912, 3420)] == [128, 16, 128]
+    rng = np.random.default_rng(5)
+    w1, w2 = _heavy_tailed(rng, 64, 40), _heavy_tailed(rng, 40, 48)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="a"),
+            helper.make_node("MatMul", ["h", "w2"], ["y"], name="b"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 48])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    src, dst = tmp_path / "fp32" / "g.onnx", tmp_path / "q" / "g.onnx"
+    src.parent.mkdir(), dst.parent.mkdir()
+    save_graph(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    feeds = [{"x": rng.standard_normal((8, 64)).astype(np.float32)}]
+    result = weight_only_graph(src, dst, "int4-awq", feeds)
+    assert result.blocks == {32: 2} and result.clipped == 1  # w2 (40 wide) padded, unclipped
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    expected = x @ w1 @ w2
+    got = _run(onnx.load(str(dst)), {"x": x})
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.25

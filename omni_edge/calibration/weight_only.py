@@ -34,7 +34,7 @@ _COLUMNS = 4096  # output columns clipped at once: bounds the search's temporari
 class WeightOnlyResult:
     quantized: int  # MatMuls now MatMulNBits (Gemms converted first)
     clipped: int  # of those, weights clipped on calibration activations (int4-awq)
-    block_size: int
+    blocks: dict[int, int]  # block size -> MatMuls quantized with it
     kept: int  # weight MatMuls left fp32 (`keep`)
     heads: int  # of the quantized, MatMuls writing a graph output (lm_head, codec head)
     convolutions: int  # Conv/ConvTranspose nodes, whose weights stay fp32
@@ -47,9 +47,13 @@ class WeightOnlyResult:
             parts.append(f"AWQ clipping of {self.clipped} on the calibration activations")
         if self.convolutions:
             parts.append(f"{self.convolutions} convolutions kept fp32")
+        if len(self.blocks) == 1:
+            blocks = f"block {next(iter(self.blocks))}"
+        else:
+            blocks = "blocks " + ", ".join(f"{b} ({n})" for b, n in self.blocks.items())
         return (
-            f"MatMulNBits {BITS[precision]}-bit weight-only, block {self.block_size}, accuracy_level "
-            f"{ACCURACY_LEVEL}: " + "; ".join(parts)
+            f"MatMulNBits {BITS[precision]}-bit weight-only, {blocks}, accuracy_level {ACCURACY_LEVEL}: "
+            + "; ".join(parts)
         )
 
 
@@ -71,26 +75,33 @@ def weight_only_graph(
         raise QuantizationError(f"{src.name} has no MatMul weights for weight-only {precision}")
     outputs = {o.name for o in model.graph.output}
     heads = sum(n.output[0] in outputs for n in matmuls)
-    block = block_size(model.graph, matmuls, MAX_BLOCK[precision])
+    rows = {t.name: int(t.dims[0]) for t in model.graph.initializer if len(t.dims) == 2}
+    blocks = {n.name: block_size(rows[n.input[1]], MAX_BLOCK[precision]) for n in matmuls}
     bits = BITS[precision]
     clipped = 0
-    if bits == 4 and feeds:
-        grams = input_grams(src, matmuls, feeds, block)
+    # A width no block divides (MatMulNBits pads it) is rounded to nearest, unclipped.
+    lined_up = [n for n in matmuls if rows[n.input[1]] % blocks[n.name] == 0]
+    if bits == 4 and feeds and lined_up:
+        grams = input_grams(src, lined_up, feeds, {n.input[0]: blocks[n.name] for n in lined_up})
         weights = {t.name: t for t in model.graph.initializer}
-        for node in matmuls:
+        for node in lined_up:
             tensor = weights[node.input[1]]
             w = onnx.numpy_helper.to_array(tensor)
             tensor.CopyFrom(onnx.numpy_helper.from_array(clip_weight(w, grams[node.input[0]], bits), tensor.name))
             clipped += 1
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=block, is_symmetric=bits == 8, accuracy_level=ACCURACY_LEVEL, bits=bits
-    )
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=list(keep), algo_config=config)
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # INFO per node
-    quantizer.process()
-    save_graph(quantizer.model.model, dst)
+    for block in sorted(set(blocks.values()), reverse=True):  # one quantizer pass per block size
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=block, is_symmetric=bits == 8, accuracy_level=ACCURACY_LEVEL, bits=bits
+        )
+        others = [name for name, b in blocks.items() if b != block]
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=[*keep, *others], algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    save_graph(model, dst)
     convolutions = sum(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
-    return WeightOnlyResult(len(matmuls), clipped, block, len(keep_found), heads, convolutions)
+    counts = {b: list(blocks.values()).count(b) for b in sorted(set(blocks.values()), reverse=True)}
+    return WeightOnlyResult(len(matmuls), clipped, counts, len(keep_found), heads, convolutions)
 
 
 def has_weight_matmuls(graph) -> bool:
@@ -149,20 +160,22 @@ def _inputs(graph) -> set[str]:
     return names
 
 
-def block_size(graph, matmuls, largest: int) -> int:
-    """The largest power of two up to `largest` that divides every weight's input width (the clip search and
-    the blocks must line up; MatMulNBits would pad otherwise)."""
-    rows = {t.name: t.dims[0] for t in graph.initializer if len(t.dims) == 2}
-    widths = [rows[n.input[1]] for n in matmuls]
+def block_size(width: int, largest: int) -> int:
+    """The largest power of two from 16 (MatMulNBits' smallest) up to `largest` that divides a weight's input
+    width, so the clip search's blocks are the kernel's; `largest` when none does (the kernel pads the last
+    block). Per weight: one odd width (the vision MLP's 3420) must not shrink every other weight's blocks."""
     block = largest
-    while block > 16 and any(w % block for w in widths):  # MatMulNBits' smallest block is 16
+    while block > 16 and width % block:
         block //= 2
-    return block
+    return block if width % block == 0 else largest
 
 
-def input_grams(src: Path, matmuls, feeds: list[dict[str, np.ndarray]], block: int) -> dict[str, np.ndarray]:
-    """Per MatMul input: sum over the feeds' rows of x_g^T x_g for each block g of the input, shape
-    (K / block, block, block), in float64. The fp32 graph runs with those inputs as extra outputs."""
+def input_grams(
+    src: Path, matmuls, feeds: list[dict[str, np.ndarray]], blocks: dict[str, int]
+) -> dict[str, np.ndarray]:
+    """Per MatMul input: sum over the feeds' rows of x_g^T x_g for each block g of the input (`blocks`: input
+    name -> block), shape (K / block, block, block), in float64. The fp32 graph runs with those inputs as extra
+    outputs."""
     import onnx
     import onnxruntime as ort
 
@@ -178,8 +191,8 @@ def input_grams(src: Path, matmuls, feeds: list[dict[str, np.ndarray]], block: i
     for feed in feeds:
         for name, x in zip(wanted, session.run(wanted, feed)):
             rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            blocks = rows.reshape(rows.shape[0], -1, block).transpose(1, 0, 2)  # (K/block, rows, block)
-            gram = blocks.transpose(0, 2, 1) @ blocks
+            parts = rows.reshape(rows.shape[0], -1, blocks[name]).transpose(1, 0, 2)  # (K/block, rows, block)
+            gram = parts.transpose(0, 2, 1) @ parts
             grams[name] = grams[name] + gram if name in grams else gram
     return grams
 
