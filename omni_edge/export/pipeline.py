@@ -197,8 +197,8 @@ def _check_export_memory(request: ExportRequest, checked: CheckedRequest, checkp
 
     components = selected(request.components)
     export_plan = plan_export(checkpoint, components, reduced=checked.calibration is not None)
+    check_export_fits(export_plan, components, machine_bytes())  # a refusal is one line with the numbers
     say(export_plan.summary())
-    check_export_fits(export_plan, components, machine_bytes())
 
 
 def export_bundle(request: ExportRequest, progress: Callable, say: Callable[[str], None] | None = None) -> Path:
