@@ -39,6 +39,9 @@ GIB = 1 << 30
 AWQ_GROUP = 128  # int4-awq: one fp16 scale per 128 weights
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1, "int8": 1}  # KV cache dtypes
 BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "int4-awq": 0.5 + 2 / AWQ_GROUP}
+# Weight-only MatMulNBits on a CPU (calibration/weight_only.py): int8 in blocks of 128 with an fp32 scale,
+# int4 in blocks of 32 with an fp32 scale and a 4-bit zero point.
+WEIGHT_ONLY_BYTES_PER_PARAMETER = {"int8": 1 + 4 / 128, "int4-awq": 0.5 + 4.5 / 32}
 _MAX_HEADER = 100 << 20  # safetensors caps its JSON header at 100 MB
 
 
@@ -200,12 +203,18 @@ def _decoder(name: str, config: dict, kv_itemsize: int) -> DecoderDims:
     )
 
 
-def _part(component: str, precision: str, counts: ParameterCounts, high_precision: str) -> PartPlan:
+def _part(
+    component: str,
+    precision: str,
+    counts: ParameterCounts,
+    high_precision: str,
+    weight_only: bool,
+    quantized_heads: bool,
+) -> PartPlan:
     params, head = counts.graphs.get(component, 0), counts.heads.get(component, 0)
-    head_precision = high_precision if precision in CALIBRATED and head else precision
-    per_graph = math.ceil((params - head) * BYTES_PER_PARAMETER[precision]) + math.ceil(
-        head * BYTES_PER_PARAMETER[head_precision]
-    )
+    head_precision = high_precision if precision in CALIBRATED and head and not quantized_heads else precision
+    sizes = {**BYTES_PER_PARAMETER, **(WEIGHT_ONLY_BYTES_PER_PARAMETER if weight_only else {})}
+    per_graph = math.ceil((params - head) * sizes[precision]) + math.ceil(head * sizes[head_precision])
     copies = len(component_record(component).graphs) if component != "other" else 1
     tables = counts.tables.get(component, 0)
     return PartPlan(
@@ -228,14 +237,17 @@ def plan_memory(
     components: tuple[str, ...] | list[str],
     high_precision: str = "fp16",
     kv_dtype: str = "float32",
+    weight_only: bool = False,
+    quantized_heads: bool = False,
 ) -> MemoryPlan:
     """The plan for a bundle of `components` (names as in components.COMPONENTS) at the given precisions;
-    `high_precision` is what a quantized component's unquantized head runs in (Target.high_precision), and
-    `kv_dtype` the decoders' KV cache (Target.kv_dtype)."""
+    `high_precision` is what a quantized component's unquantized head runs in (Target.high_precision),
+    `kv_dtype` the decoders' KV cache (Target.kv_dtype), `weight_only` and `quantized_heads` how the target
+    quantizes (Target.weight_only, Target.quantized_heads)."""
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     counts = count_parameters(checkpoint)
     parts = [
-        _part(component, precisions.get(component, "fp32"), counts, high_precision)
+        _part(component, precisions.get(component, "fp32"), counts, high_precision, weight_only, quantized_heads)
         for component in [*components, *(["other"] if counts.graphs.get("other") else [])]
     ]
     kv_itemsize = ITEMSIZE[kv_dtype]

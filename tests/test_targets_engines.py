@@ -92,10 +92,20 @@ def test_memory_plan_scales_with_precision_and_components(tiny_checkpoint):
     head = config["vocab_size"] * config["hidden_size"]  # lm_head stays fp16 (the default high precision)
     assert int4.parts[0].head_parameters == head and int4.parts[0].head_precision == "fp16"
     assert int4.parts[0].weight_bytes == math.ceil((params - head) * BYTES_PER_PARAMETER["int4-awq"]) + head * 2
+    cpu = TARGETS["cpu"]
     on_cpu = plan_memory(
-        tiny_checkpoint, {**ALL_FP32, "thinker": "int8"}, 512, ["thinker"], TARGETS["cpu"].high_precision
+        tiny_checkpoint,
+        {**ALL_FP32, "thinker": "int8"},
+        512,
+        ["thinker"],
+        cpu.high_precision,
+        cpu.kv_dtype,
+        cpu.weight_only,
+        cpu.quantized_heads,
     )
-    assert on_cpu.parts[0].weight_bytes == (params - head) + head * 4
+    # weight-only MatMulNBits, head included: 8-bit blocks of 128 with an fp32 scale each
+    assert on_cpu.parts[0].weight_bytes == math.ceil((params - head) * 1.03125) + math.ceil(head * 1.03125)
+    assert on_cpu.parts[0].head_precision == ""
     assert fp32.parts[0].head_precision == ""  # an unquantized head is priced with the rest
     assert int4.kv_bytes["thinker"] == fp32.kv_bytes["thinker"]  # quantized graphs keep fp32 KV inputs
     assert fp32.at_seq_len(256).kv_bytes["thinker"] * 2 == fp32.kv_bytes["thinker"]

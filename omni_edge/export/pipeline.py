@@ -185,6 +185,8 @@ def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Pa
         selected(request.components),
         target.high_precision,
         target.kv_dtype,
+        target.weight_only,
+        target.quantized_heads,
     )
     check_fits(plan, checked.target, request.memory_gib)
     return plan
