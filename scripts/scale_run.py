@@ -7,8 +7,8 @@ target and precision). Run by scripts/scale_runs.sh.
     python scripts/scale_run.py parity --model full-3b --bundle /tmp/s/3b-cpu --tokens 16 --json ...
     python scripts/scale_run.py rss --model full-3b --bundle /tmp/s/3b-cpu --json ...
 
-The stages are the export's own progress descriptions ("loading thinker", "exporting thinker_decoder",
-"verifying thinker_decoder", ...); a sampler thread reads this process's RSS every 0.2 s.
+The stages are the export's own progress descriptions ("exporting thinker_decoder", "verifying
+thinker_decoder", ...); a sampler thread reads the RSS of this process and its children every 0.2 s.
 """
 
 from __future__ import annotations
@@ -28,8 +28,17 @@ from pathlib import Path
 GIB = 1 << 30
 
 
-def rss_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+def rss_bytes(pid: str = "self") -> int:
+    """Resident bytes of a process and its children (the export runs large components in a child)."""
+    try:
+        total = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * resource.getpagesize()
+        tasks = Path(f"/proc/{pid}/task")
+        for task in tasks.iterdir():
+            for child in (task / "children").read_text().split():
+                total += rss_bytes(child)
+    except (OSError, ValueError):  # a child that ended while being read
+        return 0
+    return total
 
 
 class StageRecorder:
@@ -121,7 +130,11 @@ def export_run(args) -> None:
     row = {
         "command": " ".join(sys.argv),
         "wall_s": round(time.perf_counter() - started, 1),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2),
+        "peak_rss_gib": round(max(s["peak_rss_gib"] for s in stages), 2),  # sampled: process and child together
+        "peak_rss_gib_self_and_largest_child": [
+            round(resource.getrusage(who).ru_maxrss * 1024 / GIB, 2)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        ],
         "bundle_bytes": sum(p.stat().st_size for p in bundle.iterdir()),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "stages": stages,
