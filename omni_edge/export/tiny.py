@@ -249,7 +249,7 @@ def _presets() -> dict:
 PRESETS = _presets()
 # The ones written as the hub checkpoints are (sharded bf16, transformers 4.52 config), tensor by tensor.
 RELEASED_LAYOUT = ("deep", "full-3b", "full-7b")
-_FORMAT = {False: 1, True: 2}  # cache format of save_pretrained / released-layout presets: bump to regenerate
+_FORMAT = {False: 1, True: 3}  # cache format of save_pretrained / released-layout presets: bump to regenerate
 
 
 def default_cache_dir() -> Path:
