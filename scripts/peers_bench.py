@@ -294,7 +294,10 @@ def run(args) -> None:
     load_start = os.getloadavg()
     bandwidth = [copy_bandwidth_gbs()]
     runs, began, cut = [], time.perf_counter(), None
-    for repeat in range(args.repeats):
+    if args.from_runs:  # the report of an interrupted benchmark, from the runs it appended to runs.jsonl
+        runs = [json.loads(line) for line in (work / "runs.jsonl").read_text().splitlines() if line.strip()]
+        cut = f"report written from {len(runs)} runs of runs.jsonl: {args.from_runs}"
+    for repeat in range(0 if args.from_runs else args.repeats):
         spent = (time.perf_counter() - began) / 60
         measuring = sum(r["wall_s"] for r in runs) / 60  # a repeat's own time, without waits for the lock
         if repeat and args.budget_min and spent + measuring / repeat > args.budget_min:
@@ -392,6 +395,7 @@ def main() -> None:
     r.add_argument("--lock", default="/tmp/bigmem.lock")
     r.add_argument("--tree", default="", help="the repository state measured (git describe --dirty)")
     r.add_argument("--child-timeout", type=int, default=1200)
+    r.add_argument("--from-runs", default="", help="measure nothing: report WORK/runs.jsonl; the text says why")
     r.add_argument("--budget-min", type=float, default=0, help="start no repeat that would end past this (0: off)")
     r.add_argument("--quick", action="store_true", help="2 repeats, contexts 128,512 (for a loaded machine)")
     t = sub.add_parser("table")
