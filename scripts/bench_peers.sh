@@ -20,7 +20,8 @@
 #   export   omni-edge bundles of the same checkpoint: fp32, int8 and int4-awq (--calib synthetic). A quantized
 #            export that fails is recorded as a missing row with its reason (the run goes on).
 #   bench    scripts/peers_bench.py: prefill 128/512, decode at context 128/512/2048, 1 and 2 threads, every
-#            runtime in one child process per measurement, interleaved (A B C A B C ...), medians of repeats.
+#            runtime in one child process per measurement, interleaved (A B C A B C ...), medians of repeats;
+#            every run is appended to $PEERS_WORK/runs.jsonl (peers_bench.py run --from-runs reports it).
 #
 # --quick: 2 repeats instead of 3 and no 2048 context (the json says "quick": true). Other --FLAG=VALUE go to
 # peers_bench.py run: --budget-min=N starts no repeat that would end past N minutes (the json's method.cut
@@ -159,7 +160,7 @@ step_export() {
 
 step_bench() {
   project_env
-  log "benchmark (children take $lock one at a time)"
+  log "benchmark (each thread count's block of runs holds $lock)"
   python "$root/scripts/peers_bench.py" run --work "$work" --peers-python "$peers_venv/bin/python" \
     --out "$root/bench/peers-cpu.json" --tree "$(git -C "$root" describe --always --dirty)" "${quick[@]}" "${bench_args[@]}"
 }
