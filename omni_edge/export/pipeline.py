@@ -221,8 +221,8 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     checked = check_request(request)
     target = checked.target
     source = resolve_model_source(request.model)
-    shards = CheckpointShards(source.path)  # headers only: a missing, cut or mis-indexed shard fails here
     plan = plan_request(request, checked, source.path)  # before the minutes of loading and exporting
+    shards = CheckpointShards(source.path)  # headers only: a missing, cut or mis-indexed shard fails here
     out = request.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out, say)
