@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import platform
@@ -143,21 +142,26 @@ def export_run(args) -> None:
     print(json.dumps({**key, **{k: v for k, v in row.items() if k != "stages"}}, indent=1))
 
 
+def omni_edge_tokens(bundle: str, prompt: str, tokens: int) -> tuple[list[int], list[int]]:
+    from omni_edge.runtime import Done, SamplingConfig, Session
+
+    with Session(bundle, threads=os.cpu_count() or 1) as session:
+        events = session.generate(prompt, tokens, SamplingConfig(greedy=True))
+        result = next(e.result for e in events if isinstance(e, Done))
+    return list(result.text_token_ids), list(result.prompt_token_ids)
+
+
 def parity_run(args) -> None:
     """omni-edge's greedy tokens from the bundle, then transformers' Thinker loaded alone from the shards."""
     import torch
 
     from omni_edge.export.checkpoint import resolve_model_source
+    from omni_edge.export.isolated import run_isolated
     from omni_edge.export.lazy_model import LazyOmniModel, graph_weights, table_weights
-    from omni_edge.runtime import Done, SamplingConfig, Session
 
-    session = Session(args.bundle, threads=os.cpu_count() or 1)
-    events = session.generate(args.prompt, args.tokens, SamplingConfig(greedy=True))
-    result = next(e.result for e in events if isinstance(e, Done))
-    ours, prompt = list(result.text_token_ids), list(result.prompt_token_ids)
-    session.close()
-    del session
-    gc.collect()
+    # In a child process: ONNX Runtime keeps the 3B Thinker's 13 GB after the session closes, and the
+    # transformers Thinker beside it does not fit a 24 GiB machine (OOM-killed at 24.2 GiB).
+    ours, prompt = run_isolated(omni_edge_tokens, args.bundle, args.prompt, args.tokens, what="omni-edge's reply")
     source = resolve_model_source(args.model)
     thinker, tables = graph_weights("thinker"), table_weights("thinker")
     lazy = LazyOmniModel(source.path)
