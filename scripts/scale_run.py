@@ -197,12 +197,13 @@ def command_run(args) -> None:
     """A CLI command (omni-run on the bundle): its wall time, exit status and the child's peak RSS."""
     import subprocess
 
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     started = time.perf_counter()
-    proc = subprocess.Popen(args.argv, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     output = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     row = {
-        "command": " ".join(args.argv),
+        "command": " ".join(argv),
         "returncode": os.waitstatus_to_exitcode(status),
         "wall_s": round(time.perf_counter() - started, 1),
         "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 2),
