@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -131,20 +132,28 @@ def checkpoint_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers at error level: its config warnings about talker-side ids are expected and harmless."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_omni_model(path: Path):
-    """Load the full model in fp32 on CPU: export traces in fp32 and quantizes afterwards."""
+    """Load the full model in fp32 on CPU (the transformers reference; the export reads lazy_model's)."""
     import torch
     from transformers import Qwen2_5OmniForConditionalGeneration
-    from transformers.utils import logging as hf_logging
 
     check_config(path)
     check_speakers(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # config warnings about talker-side ids are expected and harmless
-    try:
+    with quiet_transformers():
         model = Qwen2_5OmniForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return model.eval()
 
 

@@ -176,18 +176,13 @@ def build_on_meta(config):
 
 def _skeleton(path: Path):
     from transformers import Qwen2_5OmniConfig
-    from transformers.utils import logging as hf_logging
 
-    from omni_edge.export.checkpoint import check_config, check_speakers
+    from omni_edge.export.checkpoint import check_config, check_speakers, quiet_transformers
 
     check_config(path)
     check_speakers(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # config warnings about talker-side ids are expected and harmless
-    try:
+    with quiet_transformers():
         model = build_on_meta(Qwen2_5OmniConfig.from_pretrained(path))
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if getattr(model, "has_talker", False):
         model.load_speakers(path / "spk_dict.pt")  # torch.load(weights_only=True), checked above
     return model.eval()

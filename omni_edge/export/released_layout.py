@@ -109,16 +109,12 @@ def write_released_checkpoint(
 def planned_tensors(config_dict: dict) -> list[PlannedTensor]:
     """Every parameter of transformers' model for this config, by hub name, in the model's order."""
     from transformers import Qwen2_5OmniConfig
-    from transformers.utils import logging as hf_logging
 
+    from omni_edge.export.checkpoint import quiet_transformers
     from omni_edge.export.lazy_model import build_on_meta, hub_name
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         model = build_on_meta(Qwen2_5OmniConfig(**config_dict))
-    finally:
-        hf_logging.set_verbosity(verbosity)
     seen: set[int] = set()
     planned = []
     for name, param in model.named_parameters(remove_duplicate=False):
