@@ -154,6 +154,21 @@ def test_a_truncated_shard_is_one_line(fixture_copy, tmp_path):
     assert_one_line_error(proc, "model-00003-of-00004.safetensors is truncated", "re-download")
 
 
+def test_a_header_whose_offsets_do_not_hold_the_shape_is_one_line(fixture_copy, tmp_path):
+    path = _broken(fixture_copy, tmp_path)
+    shard = path / "model-00001-of-00004.safetensors"
+    data = shard.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    name = next(n for n, info in header.items() if n != "__metadata__" and info["shape"][:1] > [1])
+    header[name]["shape"][0] -= 1  # a row fewer than the offsets hold
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= length
+    shard.write_bytes(data[:8] + text.ljust(length) + data[8 + length :])
+    with pytest.raises(ModelSourceError, match=f"the header gives tensor {name} bytes"):
+        CheckpointShards(path)
+
+
 def test_an_index_naming_a_tensor_no_shard_has_is_one_line(fixture_copy, tmp_path):
     path = _broken(fixture_copy, tmp_path)
     index = json.loads((path / INDEX_FILE).read_text())

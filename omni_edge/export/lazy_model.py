@@ -129,18 +129,12 @@ class LazyOmniModel:
                 value = nn.Parameter(self.shards.get(slot.stored).to(torch.float32), requires_grad=False)
                 for owner, name in slot.owners:
                     owner._parameters[name] = value  # type: ignore[attr-defined]
-            # Unmap the shards: the bf16 pages read through the maps would otherwise stay resident beside
-            # their fp32 copies (file-backed, reclaimable, but counted in RSS) for the whole export.
-            self.shards.close()
             yield self.model
         finally:
             for slot, meta in saved:
                 for owner, name in slot.owners:
                     owner._parameters[name] = meta  # type: ignore[attr-defined]
             saved.clear()
-
-    def close(self) -> None:
-        self.shards.close()
 
 
 @contextlib.contextmanager
