@@ -8,14 +8,25 @@ import subprocess
 
 from helpers import BIN, assert_one_line_error
 
-from omni_edge.export.export_memory import BASE_BYTES, CHILD_BYTES, EXPORT_OVERHEAD, MEMORY_ENV, plan_export
-from omni_edge.memory_plan import count_parameters
+from omni_edge.export.export_memory import (
+    BASE_BYTES,
+    CHILD_BYTES,
+    EXPORT_OVERHEAD,
+    FEEDS_BYTES,
+    MEMORY_ENV,
+    MODELOPT_OVERHEAD,
+    VERIFY_OVERHEAD,
+    plan_export,
+)
+from omni_edge.memory_plan import count_parameters, plan_memory
+from omni_edge.precision_plan import component_precisions
+from omni_edge.targets import get_target
 
 COMPONENTS = ["thinker", "audio_encoder", "vision_encoder", "talker", "dit", "bigvgan"]
 
 
 def test_the_plan_has_one_stage_per_component_and_table_from_the_headers(tiny_checkpoint):
-    plan = plan_export(tiny_checkpoint, COMPONENTS, reduced=False)
+    plan = plan_export(tiny_checkpoint, COMPONENTS)
     names = [s.name for s in plan.stages]
     assert names == [
         "export thinker",
@@ -31,10 +42,51 @@ def test_the_plan_has_one_stage_per_component_and_table_from_the_headers(tiny_ch
     weights = counts.graphs["thinker"] * 4  # fp32, as exported
     assert plan.stages[0].peak_bytes == BASE_BYTES + CHILD_BYTES + int(weights * (1 + EXPORT_OVERHEAD))
     assert plan.stages[1].peak_bytes == BASE_BYTES + counts.tables["thinker"] * 4
-    reduced = plan_export(tiny_checkpoint, COMPONENTS, reduced=True)
-    assert reduced.stages[-1].name == "calibration replay"
-    bundle = sum(counts.graphs[c] for c in COMPONENTS) * 1.1 + sum(counts.tables.values())  # one fp32 Session
-    assert reduced.stages[-1].peak_bytes == BASE_BYTES + int(bundle * 4)
+
+
+def _bundle_plan(checkpoint, target_name: str, precision: str):
+    target = get_target(target_name)
+    return plan_memory(
+        checkpoint,
+        component_precisions(target, precision),
+        4096,
+        COMPONENTS,
+        target.high_precision,
+        target.kv_dtype,
+        target.weight_only,
+        target.quantized_heads,
+    )
+
+
+def test_a_reduced_export_plans_the_replay_by_pass_and_one_graph_at_a_time(tiny_checkpoint):
+    counts = count_parameters(tiny_checkpoint)
+    fp32 = {c: counts.graphs[c] * 4 for c in COMPONENTS}
+    bundle = _bundle_plan(tiny_checkpoint, "cpu", "int4-awq")
+    plan = plan_export(tiny_checkpoint, COMPONENTS, bundle, weight_only=True)
+    stages = {s.name: s.peak_bytes for s in plan.stages}
+    assert [s.name for s in plan.stages][8:] == [
+        "calibration replay",
+        *(f"{p.precision} {p.component}" for p in bundle.parts if p.precision != "fp32"),
+        "end-to-end accuracy",
+    ]
+    # The replay's passes: encoders; Thinker and tables; Talker, DiT, BigVGAN and tables. Its peak is the largest.
+    tables = sum(counts.tables.values()) * 4
+    passes = [
+        (fp32["audio_encoder"] + fp32["vision_encoder"]) * (1 + VERIFY_OVERHEAD),
+        fp32["thinker"] * (1 + VERIFY_OVERHEAD) + tables,
+        (fp32["talker"] + fp32["dit"] + fp32["bigvgan"]) * (1 + VERIFY_OVERHEAD) + tables,
+    ]
+    assert stages["calibration replay"] == BASE_BYTES + int(max(passes)) + FEEDS_BYTES
+    # Reducing a graph weight by weight holds the fp32 graph in ONNX Runtime, then its reduced twin alone.
+    assert stages["int4-awq thinker"] == BASE_BYTES + int(fp32["thinker"] * (1 + VERIFY_OVERHEAD)) + FEEDS_BYTES
+    # ModelOpt's int8 Q/DQ (GPU targets) holds the fp32 protobuf too; int4 Q/DQ is streamed like MatMulNBits.
+    orin = _bundle_plan(tiny_checkpoint, "jetson-orin", "thinker=int4-awq,talker=int8")
+    stages = {s.name: s.peak_bytes for s in plan_export(tiny_checkpoint, COMPONENTS, orin, False).stages}
+    parts = {p.component: p.weight_bytes for p in orin.parts}
+    assert stages["int8 talker"] == BASE_BYTES + int(fp32["talker"] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + (
+        parts["talker"] + FEEDS_BYTES
+    )
+    assert stages["int4-awq thinker"] == BASE_BYTES + int(fp32["thinker"] * (1 + VERIFY_OVERHEAD)) + FEEDS_BYTES
 
 
 def test_an_export_the_machine_cannot_hold_is_refused_in_one_line(tiny_checkpoint, tmp_path):

@@ -24,6 +24,7 @@ pytest.importorskip("modelopt.onnx.quantization", reason="quantization needs omn
 from omni_edge import naming
 from omni_edge.bundle import Manifest, load_manifest
 from omni_edge.calibration.calib_set import synthetic_calibration_set
+from omni_edge.calibration.record import Replay
 from omni_edge.calibration.stage import reduce_bundle
 from omni_edge.precision_plan import component_precisions, graph_precisions
 from omni_edge.quantization_report import QuantizationReport
@@ -39,15 +40,6 @@ COSINE_FLOOR = {"fp16": 0.999, "int8": 0.95, "fp8": 0.95, "int4-awq": 0.85}
 # which is why every GPU target keeps it fp16 by default; an explicit all-int8 request still gets it.
 BIGVGAN_INT8_FLOOR = 0.9
 WEIGHT_ONLY_INT8_FLOOR = 0.998
-
-
-@dataclass(frozen=True)
-class Replay:
-    """The FP32 bundle answering the synthetic set: what each graph was fed, and the answers that reduced
-    bundles are measured against."""
-
-    feeds: dict
-    reference: list
 
 
 @dataclass(frozen=True)
@@ -71,8 +63,7 @@ def _reduce(cpu_bundle: Path, out: Path, target: str, replay: Replay, precision:
         precisions,
         t.high_precision,
         synthetic_calibration_set(),
-        feeds=replay.feeds,
-        reference=replay.reference,
+        replayed=replay,
     )
     return Reduced(out, precisions, reduced, report)
 
@@ -96,11 +87,9 @@ def _io_types(path: Path) -> list[tuple[str, int]]:
 def fp32_replay(cpu_bundle) -> Replay:
     """Once for the session: each reduction below would replay the same requests through the same FP32
     bundle (the stage computes both itself when it is not handed them, as in an export)."""
-    from omni_edge.calibration.accuracy import reference_answers
-    from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feeds
+    from omni_edge.calibration.record import replay
 
-    calib = synthetic_calibration_set()
-    return Replay(record_feeds(cpu_bundle, calib), reference_answers(cpu_bundle, calib, REPLY_TOKENS, CODEC_TOKENS))
+    return replay(cpu_bundle, synthetic_calibration_set())
 
 
 @pytest.fixture(scope="session")
@@ -150,6 +139,23 @@ def _nbits(path: Path) -> list[int]:
 def _producer_op(path: Path, output: str) -> str:
     graph = _graph(path)
     return next(n.op_type for n in graph.node if output in n.output)
+
+
+def test_the_replay_in_passes_answers_like_one_streaming_session(cpu_bundle, fp32_replay):
+    """The replay runs encoders, Thinker and Talker in separate passes (so a full-size bundle fits); its answers
+    must be what one Session streaming text and speech together gives, token for token."""
+    from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, answer
+    from omni_edge.runtime.session import Session
+
+    calib = synthetic_calibration_set()
+    session = Session(cpu_bundle, verify=False)
+    for sample, reference in zip(calib.samples, fp32_replay.reference, strict=True):
+        streamed = answer(session, sample, REPLY_TOKENS, CODEC_TOKENS)
+        assert streamed.text_token_ids == reference.text_token_ids
+        assert streamed.codec_token_ids == reference.codec_token_ids
+    assert any(r.codec_token_ids for r in fp32_replay.reference)  # the Talker pass ran
+    assert {naming.AUDIO_ENCODER, naming.VISION_ENCODER, naming.THINKER_DECODER} <= set(fp32_replay.feeds)
+    assert {naming.TALKER_DECODER, naming.DIT_WINDOW, naming.BIGVGAN_WINDOW} <= set(fp32_replay.feeds)
 
 
 def test_cpu_int8_is_weight_only_matmulnbits_with_the_same_io(int8_cpu, cpu_bundle):

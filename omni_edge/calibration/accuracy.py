@@ -9,14 +9,13 @@ same noise), so it measures token2wav precision and not a change of words.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from omni_edge import naming
-from omni_edge.calibration.calib_set import CalibrationSample, CalibrationSet
-from omni_edge.calibration.record import request_media
+from omni_edge.calibration.calib_set import CalibrationSet
+from omni_edge.calibration.record import ReferenceAnswer, answer, vocode
 from omni_edge.quantization_report import EndToEndAccuracy, GraphAccuracy
 
 
@@ -34,21 +33,29 @@ def ort_session(path: Path, disable_optimizations: bool):
 def compare_graphs(
     reference: Path, candidate: Path, feeds: list[dict[str, np.ndarray]], precision: str, method: str = ""
 ) -> GraphAccuracy:
+    """Both graphs on the same feeds, one graph open at a time: the reference's outputs wait on disk (beside
+    the candidate graph) while the candidate runs, so a full-size fp32 Thinker is never held beside its twin."""
+    import tempfile
+
     ref = ort_session(reference, disable_optimizations=False)
-    test = ort_session(candidate, disable_optimizations=precision == "fp8")
     names = [o.name for o in ref.get_outputs()]
-    cosine, relative, max_abs, compared = 1.0, 0.0, 0.0, 0
-    for feed in feeds:
-        expected = ref.run(names, feed)
-        got = test.run(names, feed)
-        for e, g in zip(expected, got):
-            if not np.issubdtype(e.dtype, np.floating) or e.size == 0:
-                continue
-            e, g = e.astype(np.float64).ravel(), g.astype(np.float64).ravel()
-            cosine = min(cosine, cosine_similarity(e, g))
-            relative = max(relative, float(np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-30)))
-            max_abs = max(max_abs, float(np.abs(g - e).max()))
-            compared += 1
+    with tempfile.TemporaryDirectory(prefix=".compare-", dir=candidate.parent) as work:
+        for i, feed in enumerate(feeds):
+            np.savez(Path(work) / f"{i}.npz", *ref.run(names, feed))
+        del ref
+        test = ort_session(candidate, disable_optimizations=precision == "fp8")
+        cosine, relative, max_abs, compared = 1.0, 0.0, 0.0, 0
+        for i, feed in enumerate(feeds):
+            with np.load(Path(work) / f"{i}.npz") as saved:
+                expected = [saved[f"arr_{j}"] for j in range(len(names))]
+            for e, g in zip(expected, test.run(names, feed)):
+                if not np.issubdtype(e.dtype, np.floating) or e.size == 0:
+                    continue
+                e, g = e.astype(np.float64).ravel(), g.astype(np.float64).ravel()
+                cosine = min(cosine, cosine_similarity(e, g))
+                relative = max(relative, float(np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-30)))
+                max_abs = max(max_abs, float(np.abs(g - e).max()))
+                compared += 1
     return GraphAccuracy(
         precision, round(cosine, 6), round(relative, 6), max_abs, len(feeds), compared // max(1, len(feeds)), method
     )
@@ -70,47 +77,18 @@ def token_agreement(reference: list[int], candidate: list[int]) -> float:
     return sum(a == b for a, b in zip(reference, candidate)) / longest
 
 
-@dataclass(frozen=True)
-class ReferenceAnswer:
-    """The FP32 bundle's greedy answer to one calibration request, and its codes vocoded by the FP32 token2wav."""
-
-    text_token_ids: list[int]
-    codec_token_ids: list[int]
-    waveform: np.ndarray | None  # None when the bundle does not speak or the Talker said nothing
-
-
-def reference_answers(
-    fp32_dir: Path, calib: CalibrationSet, reply_tokens: int, codec_tokens: int
-) -> list[ReferenceAnswer]:
-    """What end_to_end measures a reduced bundle against, one entry per request of `calib`. Computed once
-    when several reductions of one bundle are measured on one set (the tests do)."""
-    from omni_edge.runtime.session import Session
-
-    session = Session(fp32_dir, verify=False)
-    speaks = naming.TALKER_DECODER in session.manifest.components
-    answers = []
-    for sample in calib.samples:
-        result = _answer(session, sample, reply_tokens, codec_tokens if speaks else None)
-        wave = _vocode(session, result.codec_token_ids) if speaks and result.codec_token_ids else None
-        answers.append(ReferenceAnswer(result.text_token_ids, result.codec_token_ids, wave))
-    return answers
-
-
 def end_to_end(
-    fp32_dir: Path,
     reduced_dir: Path,
     calib: CalibrationSet,
     reply_tokens: int,
     codec_tokens: int,
+    reference: list[ReferenceAnswer],
     bar=None,
-    reference: list[ReferenceAnswer] | None = None,
 ) -> EndToEndAccuracy:
-    """`reference`: reference_answers() of the same bundle, set and token limits, when the caller has it."""
+    """`reference`: the FP32 bundle's answers to `calib` at the same token limits (record.replay)."""
     from omni_edge.runtime.session import Session
 
     requests = calib.samples
-    if reference is None:
-        reference = reference_answers(fp32_dir, calib, reply_tokens, codec_tokens)
     if len(reference) != len(requests):
         raise ValueError(f"{len(reference)} reference answers for {len(requests)} calibration requests")
     session = Session(reduced_dir, verify=False)
@@ -119,12 +97,12 @@ def end_to_end(
     for i, (sample, ref) in enumerate(zip(requests, reference)):
         if bar is not None:
             bar.set_description(f"end-to-end accuracy: request {i + 1}/{len(requests)}")
-        result = _answer(session, sample, reply_tokens, codec_tokens if speaks else None)
+        result = answer(session, sample, reply_tokens, codec_tokens if speaks else None)
         text.append(token_agreement(ref.text_token_ids, result.text_token_ids))
         exact.append(ref.text_token_ids == result.text_token_ids)
         if speaks and ref.waveform is not None:
             codec.append(token_agreement(ref.codec_token_ids, result.codec_token_ids))
-            ref_wave, test_wave = ref.waveform, _vocode(session, ref.codec_token_ids)
+            ref_wave, test_wave = ref.waveform, vocode(session.speech(), ref.codec_token_ids)
             err = float(np.linalg.norm(test_wave - ref_wave) / max(np.linalg.norm(ref_wave), 1e-30))
             wave_err.append(err)
             snr.append(-20 * np.log10(max(err, 1e-12)))
@@ -133,27 +111,3 @@ def end_to_end(
     return EndToEndAccuracy(
         len(requests), mean(text) or 0.0, mean(exact) or 0.0, mean(codec), mean(wave_err), mean(snr)
     )
-
-
-def _answer(session, sample: CalibrationSample, reply_tokens: int, codec_tokens: int | None):
-    from omni_edge.runtime.sampling import SamplingConfig
-    from omni_edge.runtime.session import Done
-    from omni_edge.runtime.speech import SpeechOptions
-
-    session.reset()
-    speech = SpeechOptions(max_codec_tokens=codec_tokens) if codec_tokens else None
-    media = request_media(sample, session.manifest.components)
-    for event in session.generate(sample.prompt, reply_tokens, SamplingConfig(greedy=True), speech=speech, **media):
-        if isinstance(event, Done):
-            return event.result
-    raise AssertionError("generate ended without a Done event")
-
-
-def _vocode(session, codes: list[int]) -> np.ndarray:
-    from omni_edge.runtime.token2wav import full_token2wav
-
-    speech = session.speech()
-    info = speech.info
-    speaker = next(iter(speech.speakers.values()))
-    noise = np.random.default_rng(0).standard_normal((len(codes) * info.repeats, info.mel_dim)).astype(np.float32)
-    return full_token2wav(speech.dit, speech.bigvgan, codes, speaker, noise, info.num_code_embeddings, info.repeats)

@@ -22,12 +22,11 @@ from omni_edge.calibration.weight_only import has_weight_matmuls, weight_only_gr
 from omni_edge.errors import OmniEdgeError, TargetError
 from omni_edge.targets import Target
 
-# omni-edge precision -> (ModelOpt quantize_mode, calibration_method)
+# omni-edge precision -> (ModelOpt quantize_mode, calibration_method), for the activation-quantizing precisions.
+# int4-awq is weight-only: MatMulNBits on a CPU (weight_only.py), int4 Q/DQ under TensorRT (int4_qdq.py).
 MODELOPT_MODES = {
     "int8": ("int8", "max"),  # entropy histograms fail on the decoders (masked -inf ranges): measured
     "fp8": ("fp8", "max"),
-    # awq_lite folds its scales with cupy-only calls in ModelOpt 0.47 and fails on CPU; awq_clip runs anywhere.
-    "int4-awq": ("int4", "awq_clip"),
 }
 INT4_BLOCK_SIZE = 128  # ModelOpt's default; smaller only when a weight's input width is not a multiple of it
 
@@ -212,7 +211,7 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
     if settings.precision == "fp16":
         to_fp16(src, dst)
         return "fp16 cast"
-    if settings.precision not in MODELOPT_MODES:
+    if settings.precision not in (*MODELOPT_MODES, "int4-awq"):
         raise QuantizationError(f"no quantization recipe for {settings.precision}")
     # int8 weight-only is round-to-nearest and needs no activations; the others are calibrated.
     if not feeds and not (settings.weight_only and settings.precision == "int8"):
@@ -223,6 +222,13 @@ def quantize_graph(src: Path, dst: Path, settings: QuantizeSettings, feeds: list
     if settings.weight_only:
         result = weight_only_graph(src, dst, settings.precision, feeds, settings.excluded_nodes)
         return result.method(settings.precision)
+    if settings.precision == "int4-awq":  # weight-only too: written weight by weight, not by ModelOpt
+        from omni_edge.calibration.int4_qdq import int4_qdq_model
+
+        assert settings.block_size is not None  # settings_for sets it for int4 Q/DQ
+        model, int4 = int4_qdq_model(src, feeds, settings.excluded_nodes, settings.block_size)
+        _save_in_high_precision(model, src.name, settings, dst)
+        return int4.method()
     _modelopt_qdq(src, dst, settings, feeds)
     mode, method = MODELOPT_MODES[settings.precision]
     return f"ModelOpt {mode} {method}"
@@ -235,9 +241,6 @@ def _modelopt_qdq(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[
     import modelopt.onnx.quantization as mq
 
     mode, method = MODELOPT_MODES[settings.precision]
-    if mode == "int4":
-        feeds = uniform_shapes(feeds)  # AWQ stacks every sample's activations along one axis
-    extra = {"block_size": settings.block_size} if settings.block_size else {}
     with tempfile.TemporaryDirectory(prefix="omni-edge-quant-") as work:
         # ModelOpt rewrites the graph file it is given (measured: 0.47 changes its bytes), and src is the FP32
         # reference the accuracy report compares against, so it gets a copy.
@@ -258,7 +261,6 @@ def _modelopt_qdq(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[
                 nodes_to_exclude=list(settings.excluded_nodes) or None,
                 use_external_data_format=True,
                 log_level="ERROR",
-                **extra,
             )
         except Exception as exc:  # ModelOpt raises bare asserts and numpy errors from deep inside
             raise QuantizationError(
@@ -266,11 +268,15 @@ def _modelopt_qdq(src: Path, dst: Path, settings: QuantizeSettings, feeds: list[
             ) from exc
         if not out.is_file():
             raise QuantizationError(f"ModelOpt wrote no graph for {src.name} ({settings.precision})")
-        model = onnx.load(str(out))
-        # A graph with a Scan (the vision encoder's chunked attention) keeps its unquantized ops in fp32: ModelOpt
-        # 0.47's fp16 conversion misplaces the casts of values a Scan body reads from the outer graph.
-        fp16 = settings.high_precision == "fp16" and not has_subgraphs(model)
-        save_graph(fp16_graph(model, src.name) if fp16 else model, dst)
+        _save_in_high_precision(onnx.load(str(out)), src.name, settings, dst)
+
+
+def _save_in_high_precision(model, name: str, settings: QuantizeSettings, dst: Path) -> None:
+    """The quantized graph's other ops in the target's high precision (fp16 under TensorRT), written to dst."""
+    # A graph with a Scan (the vision encoder's chunked attention) keeps its unquantized ops in fp32: ModelOpt
+    # 0.47's fp16 conversion misplaces the casts of values a Scan body reads from the outer graph.
+    fp16 = settings.high_precision == "fp16" and not has_subgraphs(model)
+    save_graph(fp16_graph(model, name) if fp16 else model, dst)
 
 
 def copy_graph(src: Path, dst: Path) -> None:
@@ -281,18 +287,6 @@ def copy_graph(src: Path, dst: Path) -> None:
     data = src.with_name(src.name + ".data")
     if data.is_file():
         shutil.copyfile(data, dst.with_name(dst.name + ".data"))
-
-
-def uniform_shapes(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Crop every axis to its smallest size over the feeds (the leading part of each sequence is kept)."""
-    out = []
-    for feed in feeds:
-        cropped = {}
-        for name, value in feed.items():
-            smallest = np.min([f[name].shape for f in feeds], axis=0)
-            cropped[name] = np.ascontiguousarray(value[tuple(slice(0, int(n)) for n in smallest)])
-        out.append(cropped)
-    return out
 
 
 class FeedReader(CalibrationDataReader):

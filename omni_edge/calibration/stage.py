@@ -1,8 +1,11 @@
 """The export's reduce-precision stage: FP32 bundle in, reduced bundle plus its accuracy report out.
 
-record feeds (FP32 bundle answers the calibration requests)
+replay (FP32 bundle answers the calibration requests: each graph's feeds, and the reference answers)
   -> per graph: quantize / cast on the calibration feeds, compare on the held-out feeds
   -> the reduced bundle answers the same requests: end-to-end agreement with FP32
+
+One bundle is open at a time, and one graph pair per comparison: the peak is the FP32 bundle in the replay
+(its encoders only while they run) or the largest FP32 graph beside its reduced twin, never both bundles.
 """
 
 from __future__ import annotations
@@ -11,14 +14,12 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from omni_edge import naming
 from omni_edge.bundle import ComponentRecord, Manifest, sha256_file, write_manifest
-from omni_edge.calibration.accuracy import ReferenceAnswer, compare_graphs, end_to_end
+from omni_edge.calibration.accuracy import compare_graphs, end_to_end
 from omni_edge.calibration.calib_set import CalibrationSet
 from omni_edge.calibration.quantize import copy_graph, quantize_graph, settings_for
-from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, record_feeds, split_feeds
+from omni_edge.calibration.record import CODEC_TOKENS, REPLY_TOKENS, Replay, replay, split_feeds
 from omni_edge.quantization_report import CalibrationInfo, GraphAccuracy, QuantizationReport
 from omni_edge.targets import Target, get_target
 
@@ -34,8 +35,7 @@ def reduce_bundle(
     high_precision: str,
     calib: CalibrationSet,
     bar=None,
-    feeds: dict[str, list[dict[str, np.ndarray]]] | None = None,
-    reference: list[ReferenceAnswer] | None = None,
+    replayed: Replay | None = None,
 ) -> tuple[Manifest, QuantizationReport]:
     """Write the reduced bundle into out_dir (every payload file, and an interim manifest); return that
     manifest and the report. `precisions`: graph name -> precision; graphs left at fp32 are copied.
@@ -43,9 +43,8 @@ def reduce_bundle(
     The calibration requests also give the held-out feeds that measure every reduced graph, fp16 ones too
     (they need no calibration, and are measured on the synthetic set when the user gave none).
 
-    `feeds` (what record_feeds returns) and `reference` (what reference_answers returns) for this bundle and
-    set: computed here when not given. A caller reducing one bundle at several precisions computes them once;
-    they are only read.
+    `replayed` (what record.replay returns for this bundle and set): computed here when not given. A caller
+    reducing one bundle at several precisions computes it once; it is only read.
 
     How each precision is written (Q/DQ or weight-only MatMulNBits, heads in or out) is the target's, the one
     the manifest names; `high_precision` must be that target's."""
@@ -53,8 +52,9 @@ def reduce_bundle(
     if high_precision != target.high_precision:
         raise ValueError(f"high precision {high_precision} for target {target.name} ({target.high_precision})")
     records = fp32_manifest.components
-    if feeds is None:
-        feeds = record_feeds(fp32_dir, calib, bar)
+    if replayed is None:
+        replayed = replay(fp32_dir, calib, bar)
+    feeds = replayed.feeds
     if bar is not None:
         bar.update()
     reduced, accuracy = {}, {}
@@ -78,7 +78,7 @@ def reduce_bundle(
     manifest = replace(fp32_manifest, components=reduced, files={})
     write_manifest(out_dir, manifest)
     info = CalibrationInfo(calib.source, calib.counts(), {name: len(f) for name, f in feeds.items()})
-    e2e = end_to_end(fp32_dir, out_dir, calib, REPLY_TOKENS, CODEC_TOKENS, bar, reference)
+    e2e = end_to_end(out_dir, calib, REPLY_TOKENS, CODEC_TOKENS, replayed.reference, bar)
     if bar is not None:
         bar.update()
     return manifest, QuantizationReport(info, accuracy, e2e)

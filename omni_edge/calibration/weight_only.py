@@ -61,16 +61,22 @@ def weight_only_graph(
     src: Path, dst: Path, precision: str, feeds: list[dict[str, np.ndarray]], keep: tuple[str, ...] = ()
 ) -> WeightOnlyResult:
     """`src` (fp32) -> `dst` with MatMulNBits weights; int4-awq clips each weight on `feeds` first. `keep`: node
-    names left in fp32 (the heads, where the target keeps them: Target.quantized_heads)."""
+    names left in fp32 (the heads, where the target keeps them: Target.quantized_heads).
+
+    Weight by weight, in bounded memory: the graph is read without its weights, the clipping statistics come
+    from one ONNX Runtime run before any weight is read here, and each fp32 weight is read, clipped, packed and
+    dropped before the next. The peak is the packed graph plus one fp32 weight, not the fp32 graph (the 3B
+    Thinker's is 11.5 GiB) held beside an ONNX Runtime copy of it."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
 
     from omni_edge.calibration.quantize import QuantizationError, save_graph
 
-    model = onnx.load(str(src))
-    gemm_to_matmul(model.graph)
-    matmuls = [n for n in weight_matmuls(model.graph) if n.name not in keep]
-    keep_found = [n for n in weight_matmuls(model.graph) if n.name in keep]
+    model = onnx.load(str(src), load_external_data=False)
+    gemm_to_matmul(model.graph, src.parent)
+    all_matmuls = weight_matmuls(model.graph)
+    matmuls = [n for n in all_matmuls if n.name not in keep]
     if not matmuls:
         raise QuantizationError(f"{src.name} has no MatMul weights for weight-only {precision}")
     outputs = {o.name for o in model.graph.output}
@@ -78,30 +84,52 @@ def weight_only_graph(
     rows = {t.name: int(t.dims[0]) for t in model.graph.initializer if len(t.dims) == 2}
     blocks = {n.name: block_size(rows[n.input[1]], MAX_BLOCK[precision]) for n in matmuls}
     bits = BITS[precision]
-    clipped = 0
     # A width no block divides (MatMulNBits pads it) is rounded to nearest, unclipped.
     lined_up = [n for n in matmuls if rows[n.input[1]] % blocks[n.name] == 0]
+    grams = {}
     if bits == 4 and feeds and lined_up:
         grams = input_grams(src, lined_up, feeds, {n.input[0]: blocks[n.name] for n in lined_up})
-        weights = {t.name: t for t in model.graph.initializer}
-        for node in lined_up:
-            tensor = weights[node.input[1]]
-            w = onnx.numpy_helper.to_array(tensor)
-            tensor.CopyFrom(onnx.numpy_helper.from_array(clip_weight(w, grams[node.input[0]], bits), tensor.name))
-            clipped += 1
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # INFO per node
-    for block in sorted(set(blocks.values()), reverse=True):  # one quantizer pass per block size
-        config = DefaultWeightOnlyQuantConfig(
-            block_size=block, is_symmetric=bits == 8, accuracy_level=ACCURACY_LEVEL, bits=bits
+    clip = {n.name for n in lined_up} if grams else set()
+    quantizers = {
+        block: DefaultWeightOnlyQuantizer(
+            DefaultWeightOnlyQuantConfig(
+                block_size=block, is_symmetric=bits == 8, accuracy_level=ACCURACY_LEVEL, bits=bits
+            )
         )
-        others = [name for name, b in blocks.items() if b != block]
-        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=[*keep, *others], algo_config=config)
-        quantizer.process()
-        model = quantizer.model.model
+        for block in set(blocks.values())
+    }
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # INFO per node
+    weights = {t.name: t for t in model.graph.initializer}
+    chosen = {n.name for n in matmuls}
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in chosen:
+            nodes.append(node)
+            continue
+        tensor = weights[node.input[1]]
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(src.parent))  # this weight alone, from the data file
+        if node.name in clip:
+            tensor.raw_data = clip_weight(onnx.numpy_helper.to_array(tensor), grams[node.input[0]], bits).tobytes()
+        nodes.extend(quantizers[blocks[node.name]].quantize_matmul(node, [model.graph]))
+        tensor.ClearField("raw_data")  # the fp32 weight, now unused (dropped below); the packed one was appended
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    drop_unused_initializers(model.graph)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx.external_data_helper.load_external_data_for_model(model, str(src.parent))  # what is left: norms, biases
     save_graph(model, dst)
     convolutions = sum(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
     counts = {b: list(blocks.values()).count(b) for b in sorted(set(blocks.values()), reverse=True)}
-    return WeightOnlyResult(len(matmuls), clipped, counts, len(keep_found), heads, convolutions)
+    return WeightOnlyResult(len(matmuls), len(clip), counts, len(all_matmuls) - len(matmuls), heads, convolutions)
+
+
+def drop_unused_initializers(graph) -> None:
+    used = _inputs(graph)
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def has_weight_matmuls(graph) -> bool:
@@ -116,9 +144,10 @@ def weight_matmuls(graph) -> list:
     return [n for n in graph.node if n.op_type == "MatMul" and dims.get(n.input[1]) == 2]
 
 
-def gemm_to_matmul(graph) -> int:
+def gemm_to_matmul(graph, data_dir: Path | None = None) -> int:
     """Gemm(A, B, C) with transB=1 and alpha = beta = 1 (what torch.onnx writes for nn.Linear on 2-D inputs) ->
-    MatMul(A, B^T) + C, so MatMulNBits covers it (the quantizer rewrites MatMuls only)."""
+    MatMul(A, B^T) + C, so MatMulNBits covers it (the quantizer rewrites MatMuls only). `data_dir`: where the
+    weights of a graph loaded without its external data are."""
     import onnx
     from onnx import numpy_helper
 
@@ -130,7 +159,7 @@ def gemm_to_matmul(graph) -> int:
         if node.op_type != "Gemm" or not plain or node.input[1] not in weights:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weights[node.input[1]])
+        w = numpy_helper.to_array(weights[node.input[1]], str(data_dir) if data_dir else "")
         name = f"{node.input[1]}_matmul"
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB") else w), name))
         has_bias = len(node.input) > 2 and node.input[2]
@@ -142,10 +171,7 @@ def gemm_to_matmul(graph) -> int:
     if count:
         del graph.node[:]
         graph.node.extend(nodes)
-        used = _inputs(graph)
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        drop_unused_initializers(graph)
     return count
 
 
@@ -197,10 +223,10 @@ def input_grams(
     return grams
 
 
-def clip_weight(w: np.ndarray, gram: np.ndarray, bits: int) -> np.ndarray:
+def clip_weight(w: np.ndarray, gram: np.ndarray, bits: int, symmetric: bool = False) -> np.ndarray:
     """`w` (K, N) with each (block, column) range shrunk by the CLIP_RATIOS entry whose quantized weights give
-    the least output error d^T (x_g^T x_g) d. The result quantizes (MatMulNBits' min/max rounding) to the
-    chosen clipped grid."""
+    the least output error d^T (x_g^T x_g) d. The result quantizes (MatMulNBits' min/max rounding, or the
+    symmetric amax grid with `symmetric`) to the chosen clipped grid."""
     k, n = w.shape
     nblocks, block = gram.shape[0], gram.shape[1]
     assert nblocks * block == k, (w.shape, gram.shape)
@@ -213,7 +239,7 @@ def clip_weight(w: np.ndarray, gram: np.ndarray, bits: int) -> np.ndarray:
         best_err = np.full((nblocks, wb.shape[2]), np.inf, dtype=np.float32)
         for ratio in CLIP_RATIOS:
             clipped = np.clip(wb, lo * ratio, hi * ratio)
-            d = wb - fake_quant(clipped, bits)
+            d = wb - fake_quant(clipped, bits, symmetric)
             err = np.einsum("gkc,gkc->gc", g @ d, d)
             better = err < best_err
             best_err = np.where(better, err, best_err)
@@ -222,11 +248,21 @@ def clip_weight(w: np.ndarray, gram: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def fake_quant(blocks: np.ndarray, bits: int) -> np.ndarray:
-    """Asymmetric round-to-nearest over axis 1 with zero inside the range, as MLAS quantizes MatMulNBits blocks."""
+def fake_quant(blocks: np.ndarray, bits: int, symmetric: bool = False) -> np.ndarray:
+    """Round-to-nearest over axis 1: asymmetric with zero inside the range, as MLAS quantizes MatMulNBits blocks;
+    or `symmetric`, scale = block amax / (2^(bits-1) - 1), as TensorRT's int4 Q/DQ weights are (int4_qdq)."""
+    if symmetric:
+        scale = symmetric_scale(blocks, bits)
+        return np.clip(np.rint(blocks / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1) * scale
     top = 2**bits - 1
     lo = np.minimum(blocks.min(axis=1, keepdims=True), 0)
     hi = np.maximum(blocks.max(axis=1, keepdims=True), 0)
     scale = np.where(hi > lo, (hi - lo) / top, 1.0)
     zero = np.clip(np.round(-lo / scale), 0, top)
     return (np.clip(np.round(blocks / scale) + zero, 0, top) - zero) * scale
+
+
+def symmetric_scale(blocks: np.ndarray, bits: int) -> np.ndarray:
+    """Per block (axis 1) and column: amax / (2^(bits-1) - 1); 1 for an all-zero block."""
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    return np.where(amax > 0, amax / (2 ** (bits - 1) - 1), 1.0).astype(blocks.dtype)

@@ -3,10 +3,12 @@ anything is loaded; and how much this machine has.
 
 The export holds one component at a time (lazy_model): its graph weights in fp32 while torch.export traces
 them and PyTorch computes the check answers, then, released, ONNX Runtime's copy while the graph is
-verified. A reduced-precision export then replays the calibration requests through the whole fp32 bundle
-(one Session) and quantizes graph by graph. The factors below are measured (bench/scale-*.json); the
-plan is printed before loading and the export is refused when the machine cannot hold its largest stage.
-Exporting a component (in a child process, isolated.py) is always the larger of its two steps.
+verified. A reduced-precision export then replays the calibration requests through the fp32 bundle in three
+passes (encoders, Thinker, speech), reduces graph by graph (one graph open at a time), and answers the
+requests again with the reduced bundle (calibration/stage.py). The factors
+below are measured (bench/scale-*.json) unless said otherwise; the plan is printed before loading and the
+export is refused when the machine cannot hold its largest stage. Exporting a component (in a child process,
+isolated.py) is always the larger of its two steps.
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from omni_edge.components import component as component_record
 from omni_edge.errors import TargetError
-from omni_edge.memory_plan import GIB, ParameterCounts, count_parameters
+from omni_edge.memory_plan import GIB, MemoryPlan, count_parameters
 
 # Measured on full-3b, cpu fp32 (bench/scale-full-3b.json): the parent holds 0.4-1.7 GiB (interpreter,
 # skeleton, ONNX Runtime's arenas after a verification); the child exporting a component holds its own
-# interpreter and 1.45x the component's fp32 weights (the ONNX program makes transient copies of some of them:
-# the Thinker's 11.5 GiB peaked at 17.0 GiB, the audio encoder's 2.4 at 3.9).
+# interpreter and its fp32 weights plus what torch.export and the ONNX program add.
 BASE_BYTES = int(1.7 * GIB)
 CHILD_BYTES = int(0.6 * GIB)
 EXPORT_OVERHEAD = 0.45  # torch.export + the ONNX program over the component's fp32 weights
 VERIFY_OVERHEAD = 0.10  # ONNX Runtime's session over the graph's weights (Thinker: 11.5 GiB -> 13.1 GiB peak)
+FEEDS_BYTES = 1 * GIB  # the replay's recorded feeds (decode feeds carry the KV cache), thinned to 48 per graph
+# ModelOpt's int8/fp8 Q/DQ and the fp16 cast hold the whole fp32 graph as a protobuf beside ONNX Runtime's
+# calibration session (not measured at full size). int4-awq, MatMulNBits or Q/DQ, streams the weights one at
+# a time (calibration/weight_only.py, int4_qdq.py) and adds nothing.
+MODELOPT_OVERHEAD = 1.0
 FP32 = 4
 
 
@@ -48,27 +55,54 @@ class ExportMemoryPlan:
         return f"export memory plan: peak {_gib(self.peak.peak_bytes)} ({self.peak.name}); by stage: {parts}"
 
 
-def plan_export(checkpoint: Path, components: list[str], reduced: bool) -> ExportMemoryPlan:
+def plan_export(
+    checkpoint: Path, components: list[str], reduced: MemoryPlan | None = None, weight_only: bool = True
+) -> ExportMemoryPlan:
+    """`reduced`: the reduced bundle's memory plan when the export quantizes or casts (None: fp32 only);
+    `weight_only`: the target's (Target.weight_only), which decides how a graph is reduced."""
     counts = count_parameters(checkpoint)
     stages = []
+    fp32 = {c: counts.graphs.get(c, 0) * FP32 for c in components}
+    tables = {c: counts.tables.get(c, 0) * FP32 for c in components}
     for component in components:
-        weights = counts.graphs.get(component, 0) * FP32
         stages.append(
-            ExportStage(f"export {component}", BASE_BYTES + CHILD_BYTES + int(weights * (1 + EXPORT_OVERHEAD)))
+            ExportStage(f"export {component}", BASE_BYTES + CHILD_BYTES + int(fp32[component] * (1 + EXPORT_OVERHEAD)))
         )
-        tables = counts.tables.get(component, 0) * FP32
-        if tables:
-            stages.append(ExportStage(f"{component} tables", BASE_BYTES + tables))
-    if reduced:
-        stages.append(ExportStage("calibration replay", BASE_BYTES + _bundle_bytes(counts, components)))
+        if tables[component]:
+            stages.append(ExportStage(f"{component} tables", BASE_BYTES + tables[component]))
+    if reduced is None:
+        return ExportMemoryPlan(tuple(stages))
+    stages.append(ExportStage("calibration replay", BASE_BYTES + _replay_bytes(fp32, tables) + FEEDS_BYTES))
+    smaller = {p.component: p.weight_bytes for p in reduced.parts if p.component in fp32}
+    for part in reduced.parts:
+        if part.component in fp32 and part.precision != "fp32":
+            # The fp32 graph in ONNX Runtime (clip statistics, then the reference answers of the comparison, which
+            # wait on disk while the reduced twin runs); ModelOpt also holds the fp32 protobuf and its output.
+            if weight_only or part.precision == "int4-awq":
+                held = int(fp32[part.component] * (1 + VERIFY_OVERHEAD))
+            else:
+                held = int(fp32[part.component] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + part.weight_bytes
+            peak = BASE_BYTES + held + FEEDS_BYTES
+            stages.append(ExportStage(f"{part.precision} {part.component}", peak))
+    answers = int(sum(smaller.values()) * (1 + VERIFY_OVERHEAD)) + reduced.table_bytes
+    stages.append(ExportStage("end-to-end accuracy", BASE_BYTES + answers + FEEDS_BYTES))
     return ExportMemoryPlan(tuple(stages))
 
 
-def _bundle_bytes(counts: ParameterCounts, components: list[str]) -> int:
-    """The fp32 bundle opened as one Session: every selected graph and table."""
-    graphs = sum(counts.graphs.get(c, 0) for c in components)
-    tables = sum(counts.tables.get(c, 0) for c in components)
-    return int((graphs * (1 + VERIFY_OVERHEAD) + tables) * FP32)
+def _replay_bytes(fp32: dict[str, int], tables: dict[str, int]) -> int:
+    """The replay's largest pass (calibration/record.py): the media encoders; the Thinker with the tables; the
+    Talker, DiT and BigVGAN with the tables (the Talker reads the Thinker's)."""
+    by_role: dict[str, int] = {}
+    for component, weights in fp32.items():
+        role = component_record(component).role
+        key = "speech" if role in ("talker", "token2wav") else role
+        by_role[key] = by_role.get(key, 0) + weights
+    passes = [
+        by_role.get("encoder", 0) * (1 + VERIFY_OVERHEAD),
+        by_role.get("thinker", 0) * (1 + VERIFY_OVERHEAD) + sum(tables.values()),
+        by_role.get("speech", 0) * (1 + VERIFY_OVERHEAD) + sum(tables.values()),
+    ]
+    return int(max(passes))
 
 
 def available_bytes() -> int | None:
@@ -100,8 +134,8 @@ def check_export_fits(plan: ExportMemoryPlan, components: list[str], available: 
     largest = plan.peak.name.removeprefix("export ")
     if largest in components and largest != "thinker":  # the Thinker is in every bundle
         fixes.append(f"export without {largest} (--components)")
-    if plan.peak.name == "calibration replay":
-        fixes.append("keep this export at --precision fp32/fp16 (no calibration replay)")
+    if plan.peak.name not in {f"export {c}" for c in components} and not plan.peak.name.endswith(" tables"):
+        fixes.append("keep this export at --precision fp32 (no calibration replay, no reduced graphs)")
     raise TargetError(
         f"this export needs about {_gib(plan.peak.peak_bytes)} of memory at its largest stage ({plan.peak.name}) "
         f"and {_gib(available)} is available: " + "; ".join(fixes) + f". Set {MEMORY_ENV}=N (GiB) if the "

@@ -192,13 +192,16 @@ def plan_request(request: ExportRequest, checked: CheckedRequest, checkpoint: Pa
     return plan
 
 
-def _check_export_memory(request: ExportRequest, checked: CheckedRequest, checkpoint: Path, say) -> None:
+def _check_export_memory(
+    request: ExportRequest, checked: CheckedRequest, checkpoint: Path, plan: MemoryPlan, say
+) -> None:
     """The export's own peak, stage by stage, from the headers: printed, and refused if it cannot fit now."""
     from omni_edge.export.components import selected
     from omni_edge.export.export_memory import check_export_fits, machine_bytes, plan_export
 
     components = selected(request.components)
-    export_plan = plan_export(checkpoint, components, reduced=checked.calibration is not None)
+    reduced = plan if checked.calibration is not None else None
+    export_plan = plan_export(checkpoint, components, reduced, checked.target.weight_only)
     check_export_fits(export_plan, components, machine_bytes())  # a refusal is one line with the numbers
     say(export_plan.summary())
 
@@ -230,7 +233,7 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     reduced = checked.calibration is not None
     needed = export_disk_bytes(plan, reduced, target.tensorrt is not None and request.engines)
     check_disk_space(out.parent, needed)
-    _check_export_memory(request, checked, source.path, say)
+    _check_export_memory(request, checked, source.path, plan, say)
     staging = fp32_dir = None
     try:  # from the first directory made: a signal at any point after it still removes what was made
         staging = make_staging(out, "partial")
