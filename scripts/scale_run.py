@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import sys
 import threading
@@ -50,7 +51,11 @@ class StageRecorder:
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
     def start(self, name: str) -> None:
+        # "calibrating: Thinker on request 3/12" -> one stage per pass, not per request
+        name = re.sub(r"(:| on| of)? request \d+/\d+$", "", name)
         with self._lock:
+            if self.stages and self.stages[-1]["stage"] == name:
+                return
             now = time.perf_counter()
             if self.stages:
                 self.stages[-1]["wall_s"] = round(now - self.stages[-1].pop("_t0"), 1)
