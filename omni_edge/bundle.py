@@ -45,6 +45,10 @@ class ComponentRecord:
     engine_sha256: str | None = None
     # worst output difference vs transformers' own module forward (spec.reference) at export; None: not checked
     reference_max_abs_error: float | None = None
+    # Decoder graphs: True when the present.* outputs are the whole cache (GroupQueryAttention), so the runtime
+    # binds past and present to one max_seq_len buffer that the graph appends to in place; False: they hold
+    # the new tokens alone.
+    shared_kv_buffer: bool = False
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,14 @@ class Target:
         return "float32" if self.tensorrt is None else "float16"
 
     @property
+    def group_query_attention(self) -> bool:
+        """Decoder attention as ONNX Runtime's GroupQueryAttention over a KV buffer that the runtime binds as both
+        past and present, so a step appends in place instead of concatenating the whole past, expanding it to all
+        heads and transposing it (export/gqa.py), under ONNX Runtime on a CPU. TensorRT has no such op, so the
+        GPU targets keep the standard-op attention, which it maps to its own layers."""
+        return self.tensorrt is None
+
+    @property
     def weight_only(self) -> bool:
         """int8 and int4-awq as weight-only MatMulNBits under ONNX Runtime on a CPU (its kernels read the packed
         weights; a W8A8 Q/DQ MatMul runs DequantizeLinear + fp32 MatMul every step, slower than fp32: measured),

@@ -40,6 +40,17 @@ def hf_model(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def standard_thinker_decoder(hf_model, tmp_path_factory) -> Path:
+    """The Thinker's decoder graph with transformers' standard-op attention and an fp32 KV cache: what the
+    TensorRT targets get (their cache in fp16); the cpu bundle's graph uses GroupQueryAttention instead."""
+    from omni_edge.export.decoder_specs import decoder_spec
+    from omni_edge.export.verify_loop import export_and_verify
+
+    out = tmp_path_factory.mktemp("standard-decoder")
+    return out / export_and_verify(decoder_spec("thinker", hf_model), hf_model, out, max_seq_len=2048).file
+
+
+@pytest.fixture(scope="session")
 def _shared_session(cpu_bundle):
     from omni_edge.runtime.session import Session
 

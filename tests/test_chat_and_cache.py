@@ -119,15 +119,15 @@ def _steps(cache, decoder, hidden, garbage=None):
     return logits, cache
 
 
-def test_padded_past_matches_the_exact_past(cpu_bundle):
-    """The device cache feeds the past padded to a bucket, padding masked out; the decoder graphs must give
-    the exact-length answer for it, whatever the padding slots hold."""
-    from omni_edge import naming
+def test_padded_past_matches_the_exact_past(cpu_bundle, standard_thinker_decoder):
+    """The device cache feeds the past padded to a bucket, padding masked out; the standard-op decoder graphs
+    (the TensorRT targets'; the cpu target's GroupQueryAttention graph is fed its exact past) must give the
+    exact-length answer for it, whatever the padding slots hold."""
     from omni_edge.bundle import load_manifest
     from omni_edge.runtime.engine import OrtEngine
 
     manifest = load_manifest(cpu_bundle)
-    decoder = OrtEngine("decoder", cpu_bundle / manifest.components[naming.THINKER_DECODER].file)
+    decoder = OrtEngine("decoder", standard_thinker_decoder)
     hidden = manifest.thinker.hidden_size
     exact, _ = _steps(KVCache(manifest.kv_cache), decoder, hidden)
     padded, cache = _steps(KVCache(manifest.kv_cache, bucket=8), decoder, hidden, np.random.default_rng(1))

@@ -140,13 +140,14 @@ def test_plugin_path_is_only_offered_where_it_can_run(target, expected):
     assert ok is expected, why
 
 
-def test_rewrite_on_the_exported_thinker_decoder(cpu_bundle):
-    """The real Thinker graph from omni-export: every layer's rotary becomes a plugin, outputs unchanged."""
+def test_rewrite_on_the_exported_thinker_decoder(cpu_bundle, standard_thinker_decoder):
+    """The real Thinker graph, with the standard-op attention the TensorRT targets export (onnx's reference
+    evaluator has no GroupQueryAttention): every layer's rotary becomes a plugin, outputs unchanged."""
     from onnx.reference import ReferenceEvaluator
 
     from omni_edge.export.tiny import tiny_config_dict
 
-    model = onnx.load(str(cpu_bundle / "thinker_decoder.onnx"))
+    model = onnx.load(str(standard_thinker_decoder))
     layers = tiny_config_dict()["thinker_config"]["text_config"]["num_hidden_layers"]
     rewritten, report = rewrite_tmrope(model, _attrs())
     assert (report.replaced, report.left_plain) == (layers, 0)

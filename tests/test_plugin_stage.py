@@ -121,12 +121,13 @@ def test_every_decoder_graph_gets_one_plugin_per_layer(cpu_bundle, hf_model, tmp
         onnx.checker.check_model(str(path), full_check=True)
 
 
-def test_rewritten_files_compute_what_the_plain_graph_did(cpu_bundle, hf_model, tmp_path):
-    """Round trip through disk, external data included: thinker_decoder with a past, plugin vs plain ops."""
+def test_rewritten_files_compute_what_the_plain_graph_did(cpu_bundle, standard_thinker_decoder, hf_model, tmp_path):
+    """Round trip through disk, external data included: thinker_decoder with a past, plugin vs plain ops. The
+    standard-op graph, the TensorRT targets' (onnx's reference evaluator has no GroupQueryAttention)."""
     from onnx.reference import ReferenceEvaluator
 
     name = naming.THINKER_DECODER
-    graphs = _copy_graphs(cpu_bundle, tmp_path, [name])
+    graphs = _copy_graphs(standard_thinker_decoder.parent, tmp_path, [name])
     apply_plugins(tmp_path, graphs, tmrope_attrs_for(hf_model), True, "test")
     layers = _num_layers(cpu_bundle)[name]
     manifest = json.loads((cpu_bundle / naming.MANIFEST_FILE).read_text())
@@ -141,7 +142,7 @@ def test_rewritten_files_compute_what_the_plain_graph_did(cpu_bundle, hf_model, 
     for cache_name in naming.past_names(layers):
         feeds[cache_name] = rng.standard_normal((1, kv["num_kv_heads"], past, kv["head_dim"]), dtype=np.float32)
     outputs = ["last_hidden_state", *naming.present_names(layers)]
-    plain = ort.InferenceSession(str(cpu_bundle / graphs[name]), providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(str(standard_thinker_decoder), providers=["CPUExecutionProvider"])
     fused = ReferenceEvaluator(onnx.load(str(tmp_path / graphs[name])), new_ops=[tmrope_plugin_op()])
     for a, b in zip(fused.run(outputs, feeds), plain.run(outputs, feeds)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

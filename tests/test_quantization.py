@@ -174,6 +174,10 @@ def test_cpu_int8_is_weight_only_matmulnbits_with_the_same_io(int8_cpu, cpu_bund
     # The heads are quantized on cpu (Target.quantized_heads): most of a decode step's bytes at 3B widths.
     assert _producer_op(int8_cpu.out / "thinker_decoder.onnx", "logits") == "MatMulNBits"
     assert _producer_op(int8_cpu.out / "talker_decoder.onnx", "logits") == "MatMulNBits"
+    # The attention stays GroupQueryAttention appending in place (Target.group_query_attention).
+    for name in (naming.THINKER_DECODER, naming.TALKER_DECODER):
+        assert int8_cpu.manifest.components[name].shared_kv_buffer
+        assert _producer_op(int8_cpu.out / f"{name}.onnx", naming.present_key(0)) == "GroupQueryAttention"
 
 
 def test_cpu_int4_every_weight_matmul_runs_as_matmulnbits_in_ort(int4_cpu, cpu_bundle, tmp_path):

@@ -36,13 +36,15 @@ def _profile(max_seq_len: int) -> dict[str, tuple[int, int, int]]:
     return {"seq": (1, 1, max_seq_len), "past": (0, half, max_seq_len - 1), "total": (1, half + 1, max_seq_len)}
 
 
-def _spec(name: str, get_parts: Callable, num_layers: int, kv_dtype: str) -> ComponentSpec:
+def _spec(
+    name: str, get_parts: Callable, num_layers: int, kv_dtype: str, group_query_attention: bool = False
+) -> ComponentSpec:
     inputs, outputs = decoder.io_names(num_layers)
     # (new tokens, past): prefills of 1 and 17 tokens, decode steps, a chunk after a past
     checks = [(1, 0), (17, 0), (1, 9), (3, 20)]
     return ComponentSpec(
         name=name,
-        build_module=lambda model: decoder.DecoderStep(get_parts(model), kv_dtype).eval(),
+        build_module=lambda model: decoder.DecoderStep(get_parts(model), kv_dtype, group_query_attention).eval(),
         input_names=tuple(inputs),
         output_names=tuple(outputs),
         example_inputs=lambda model: decoder.dummy_inputs(get_parts(model), 5, 7, kv_dtype=kv_dtype),
@@ -57,18 +59,26 @@ def _spec(name: str, get_parts: Callable, num_layers: int, kv_dtype: str) -> Com
         atol=1e-4 if kv_dtype == "float32" else 2e-3,
         rtol=1e-4 if kv_dtype == "float32" else 2e-3,
         profile=lambda model, max_seq_len: _profile(max_seq_len),
+        shared_kv_buffer=group_query_attention,
     )
 
 
-def _decoder_spec(name: str, get_parts: Callable, model, target: Target) -> list[ComponentSpec]:
-    return [_spec(name, get_parts, get_parts(model).text_model.config.num_hidden_layers, target.kv_dtype)]
+_PARTS = {"thinker": decoder.thinker_parts, "talker": decoder.talker_parts}
+
+
+def decoder_spec(
+    component_name: str, model, kv_dtype: str = "float32", group_query_attention: bool = False
+) -> ComponentSpec:
+    """The decoder graph of component "thinker" or "talker", with that KV cache dtype and attention."""
+    (name,) = component(component_name).graph_names
+    get_parts = _PARTS[component_name]
+    layers = get_parts(model).text_model.config.num_hidden_layers
+    return _spec(name, get_parts, layers, kv_dtype, group_query_attention)
 
 
 def thinker_specs(model, target: Target) -> list[ComponentSpec]:
-    (name,) = component("thinker").graph_names
-    return _decoder_spec(name, decoder.thinker_parts, model, target)
+    return [decoder_spec("thinker", model, target.kv_dtype, target.group_query_attention)]
 
 
 def talker_specs(model, target: Target) -> list[ComponentSpec]:
-    (name,) = component("talker").graph_names
-    return _decoder_spec(name, decoder.talker_parts, model, target)
+    return [decoder_spec("talker", model, target.kv_dtype, target.group_query_attention)]

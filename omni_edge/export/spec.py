@@ -26,3 +26,5 @@ class ComponentSpec:
     # math, so this is what catches a re-expression that drifts from it (a config field it does not read).
     # Compared within atol/rtol as well; the worst difference is recorded in the manifest.
     reference: Callable[[Any, tuple], tuple] | None = None
+    # Decoder graphs whose present outputs are the whole cache (GroupQueryAttention): see ComponentRecord.
+    shared_kv_buffer: bool = False

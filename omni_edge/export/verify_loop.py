@@ -161,6 +161,7 @@ def verify_exported(exported: ExportedGraph, precision: str = "fp32") -> Compone
         measured_max_abs_error=worst,
         reference_max_abs_error=worst_reference,
         profile=exported.profile,
+        shared_kv_buffer=spec.shared_kv_buffer,
     )
 
 

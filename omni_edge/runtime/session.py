@@ -99,7 +99,8 @@ class Session:
         self.eos_ids = frozenset(self.manifest.thinker.eos_token_ids)
         self.media = MediaEncoders(self.manifest, self._open)
         decoder = self._open(naming.THINKER_DECODER)  # first: it says so when this machine cannot run the bundle
-        self.thinker = Thinker(decoder, new_kv_cache(self.manifest.backend, self.manifest.kv_cache))
+        shared = self.manifest.components[naming.THINKER_DECODER].shared_kv_buffer
+        self.thinker = Thinker(decoder, new_kv_cache(self.manifest.backend, self.manifest.kv_cache, shared))
         self.conversation = Conversation(
             self.tokenizer, self.embeddings, self.manifest.media, speech=self.manifest.talker is not None
         )

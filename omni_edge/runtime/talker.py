@@ -133,5 +133,5 @@ def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings, files: di
         open_engine(naming.TALKER_DECODER),
         codec,
         thinker_embeddings,
-        new_kv_cache(manifest.backend, info.kv_cache),
+        new_kv_cache(manifest.backend, info.kv_cache, manifest.components[naming.TALKER_DECODER].shared_kv_buffer),
     )

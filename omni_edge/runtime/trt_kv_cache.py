@@ -81,8 +81,9 @@ class DeviceKVCache(KVCacheBase, DeviceResource):
             self._check(self._drv.cuStreamSynchronize(self._stream))
         self.padded = pitch
 
-    def append(self, present: dict[str, DeviceTensor]) -> None:
-        """The new tokens' keys/values (the engine's packed outputs) into slots [length, length + new)."""
+    def append(self, present: dict[str, DeviceTensor], new: int | None = None) -> None:
+        """The new tokens' keys/values (the engine's packed outputs) into slots [length, length + new). TensorRT
+        graphs are standard-op ones, whose presents are the new tokens alone, so `new` is their width."""
         new = present[naming.present_key(0)].shape[2]
         self.check_room(new)
         self._set_padded(choose_padded_length(self.padded, self.length + new, self.capacity, self.bucket))
