@@ -132,6 +132,61 @@ class MappedFile:
             self.data.close()
 
 
+class OpenedFile:
+    """A bundle file kept open and hashed through its descriptor, then read at offsets for as long as it is
+    used (the token-embedding tables: runtime/embedding_table.py). Nothing of it is held in memory: a read
+    costs a system call and copies only what was asked for. Before every read the descriptor's file must
+    still be the one hashed (inode, size, mtime, as MappedFile checks once): a file rewritten in place is
+    refused, and one replaced by another file under its name is never read, since the descriptor keeps
+    the original."""
+
+    def __init__(self, bundle_dir: Path, files: dict[str, str] | None, rel: str, what: str):
+        path = bundle_file(bundle_dir, rel, what)
+        if files is not None and rel not in files:
+            raise BundleError(
+                f"{what} {rel} is not among the manifest's hashed files, so it cannot be trusted; {_REFUSE}"
+            )
+        self.rel, self.what, self._fd = rel, what, -1
+        try:
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise BundleError(f"bundle file {rel} is missing from {bundle_dir}; {_REFUSE}") from None
+        except OSError as exc:
+            raise BundleError(f"cannot read bundle file {rel} in {bundle_dir} ({exc.strerror or exc})") from None
+        self._identity = _identity(os.fstat(self._fd))
+        self.size = self._identity[1]
+        if files is not None:
+            digest = hashlib.sha256()
+            for start in range(0, self.size, 1 << 20):
+                digest.update(os.pread(self._fd, 1 << 20, start))
+            if digest.hexdigest() != files[rel]:
+                self.close()
+                raise BundleError(
+                    f"bundle file {rel} does not match its sha256 in the manifest (modified or corrupted); {_REFUSE}"
+                )
+
+    def read(self, size: int, offset: int) -> bytes:
+        """`size` bytes at `offset`, from the file that was hashed."""
+        return self.read_many(size, [offset])[0]
+
+    def read_many(self, size: int, offsets: list[int]) -> list[bytes]:
+        """`size` bytes at each of `offsets`, the file checked once for them all."""
+        if _identity(os.fstat(self._fd)) != self._identity:
+            raise BundleError(f"{self.what} {self.rel} changed after it was verified; {_REFUSE}")
+        chunks = [os.pread(self._fd, size, offset) for offset in offsets]
+        if any(len(chunk) != size for chunk in chunks):
+            raise BundleError(f"{self.what} {self.rel} is shorter than it was when verified; {_REFUSE}")
+        return chunks
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def _identity(stat: os.stat_result) -> tuple[int, int, int]:
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 

@@ -6,7 +6,10 @@ checkpoint is planned in milliseconds and refused before minutes of loading.
 
     weights      parameters per component x bytes per parameter at its precision x graphs holding a copy
                  (one per component: a decoder's one graph answers prefill and decode)
-    tables       token-embedding tables the runtime keeps as fp32 arrays (they are not in any graph)
+    tables       token-embedding tables the runtime looks up itself (they are not in any graph). They are
+                 stored at the checkpoint's precision (bf16 for the released model) and read row by row from
+                 the open file, never loaded (runtime/embedding_table.py): what is resident is the rows one
+                 context looked up, as the fp32 embeddings they become (max_seq_len rows at most)
     kv           2 (K, V) x layers x kv_heads x head_dim x max_seq_len x itemsize, Thinker and Talker caches
     activations  the larger decoder's prefill at max_seq_len: its largest single intermediate, either
                  attention scores [heads, S, S] fp32 or the MLP's gate and up [2, S, intermediate] fp32,
@@ -53,9 +56,12 @@ class PartPlan:
     copies: int  # graphs holding those parameters
     weight_bytes: int  # parameters x bytes per parameter x copies (the head at head_precision)
     table_parameters: int = 0
-    table_bytes: int = 0  # host-side fp32 embedding tables
+    table_bytes: int = 0  # host-side embedding tables resident at max_seq_len (see _table_resident)
     head_parameters: int = 0  # of `parameters`: the output head
     head_precision: str = ""  # what the head is priced at when it differs from `precision`
+    table_file_bytes: int = 0  # those tables on disk, at the precision they are stored in
+    table_rows: int = 0  # rows of those tables, and the widest row's width: what the resident bytes scale with
+    table_width: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,10 @@ class MemoryPlan:
     @property
     def table_bytes(self) -> int:
         return sum(p.table_bytes for p in self.parts)
+
+    @property
+    def table_file_bytes(self) -> int:
+        return sum(p.table_file_bytes for p in self.parts)
 
     @property
     def total_bytes(self) -> int:
@@ -163,6 +173,9 @@ class ParameterCounts:
     graphs: dict[str, int]
     heads: dict[str, int]
     tables: dict[str, int]
+    # Per component, each table's (rows, width, bytes per value as the bundle stores it: bf16 stays bf16, the
+    # rest is written in fp32)
+    table_shapes: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
 
 
 def count_parameters(checkpoint: Path) -> ParameterCounts:
@@ -177,6 +190,9 @@ def count_parameters(checkpoint: Path) -> ParameterCounts:
             table = table_component(name)
             if table is not None:
                 counts.tables[table.name] = counts.tables.get(table.name, 0) + count
+                rows = int(info["shape"][0]) if info["shape"] else 1
+                itemsize = 2 if info["dtype"] == "BF16" else 4
+                counts.table_shapes.setdefault(table.name, []).append((rows, count // max(rows, 1), itemsize))
                 continue
             owner = checkpoint_component(name)
             key = owner.name if owner else "other"
@@ -217,6 +233,7 @@ def _part(
     per_graph = math.ceil((params - head) * sizes[precision]) + math.ceil(head * sizes[head_precision])
     copies = len(component_record(component).graphs) if component != "other" else 1
     tables = counts.tables.get(component, 0)
+    shapes = counts.table_shapes.get(component, [])
     return PartPlan(
         component,
         precision,
@@ -224,10 +241,22 @@ def _part(
         copies,
         per_graph * copies,
         tables,
-        tables * 4,
+        0,  # set by _with_sequence
         head,
         head_precision if head_precision != precision else "",
+        table_file_bytes=sum(rows * width * itemsize for rows, width, itemsize in shapes),
+        table_rows=sum(rows for rows, _, _ in shapes),
+        table_width=max((width for _, width, _ in shapes), default=0),
     )
+
+
+def _table_resident(part: PartPlan, seq: int) -> int:
+    """A table's resident bytes at --max-seq-len `seq`: the rows one context looked up, in fp32 (the table
+    itself stays in its file). A plan recorded while tables were loaded whole (no table_rows) keeps its
+    bytes."""
+    if not part.table_rows:
+        return part.table_bytes
+    return min(part.table_rows, seq) * part.table_width * 4
 
 
 def plan_memory(
@@ -272,6 +301,7 @@ def _with_sequence(plan: MemoryPlan) -> MemoryPlan:
     activation, basis = max(activations) if activations else (0, "no decoder")
     return replace(
         plan,
+        parts=tuple(replace(p, table_bytes=_table_resident(p, seq)) for p in plan.parts),
         kv_bytes={d.name: d.kv_bytes(seq) for d in plan.decoders},
         activation_bytes=activation,
         activation_basis=basis,

@@ -86,8 +86,8 @@ def remove_stale_staging(out: Path, say: Callable[[str], None]) -> list[Path]:
 def export_disk_bytes(plan, reduced: bool, engines: bool) -> int:
     """Bytes the export writes next to --out: the FP32 graphs and tables (always written and verified first),
     the reduced bundle beside them, and TensorRT engines, each about as large as the weights they hold."""
-    fp32 = sum(p.parameters * 4 * p.copies for p in plan.parts) + plan.table_bytes
-    target = plan.weight_bytes + plan.table_bytes
+    fp32 = sum(p.parameters * 4 * p.copies for p in plan.parts) + plan.table_file_bytes
+    target = plan.weight_bytes + plan.table_file_bytes
     return fp32 + (target if reduced else 0) + (plan.weight_bytes if engines else 0)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from omni_edge.bundle import MediaInfo
 from omni_edge.errors import InputError
 from omni_edge.runtime.chat import Message, Segment, TextTokenizer, chat_segments, user_turn_segments
+from omni_edge.runtime.embedding_table import EmbeddingTable
 from omni_edge.runtime.positions import text_positions
 from omni_edge.runtime.prompt import ImagePart, Part, VideoPart, audio_sequence, splice_features, user_segments
 from omni_edge.runtime.tmrope import SpecialTokens, rope_index
@@ -81,7 +82,9 @@ class TalkerTrack:
 
 
 class Conversation:
-    def __init__(self, tokenizer: TextTokenizer, embeddings: np.ndarray, media: MediaInfo, speech: bool):
+    def __init__(
+        self, tokenizer: TextTokenizer, embeddings: EmbeddingTable | np.ndarray, media: MediaInfo, speech: bool
+    ):
         self.tokenizer = tokenizer
         self.embeddings = embeddings  # [vocab, hidden] Thinker token embeddings
         self.media = media

@@ -22,10 +22,11 @@ import numpy as np
 
 from omni_edge import naming
 from omni_edge.bundle import load_manifest
-from omni_edge.bundle_trust import read_table, read_verified
+from omni_edge.bundle_trust import read_verified
 from omni_edge.errors import InputError
 from omni_edge.runtime.chat import TextStreamer, TextTokenizer
 from omni_edge.runtime.conversation import Conversation, Turn
+from omni_edge.runtime.embedding_table import EmbeddingTable
 from omni_edge.runtime.engine import Engine, open_engine
 from omni_edge.runtime.kv_cache import new_kv_cache
 from omni_edge.runtime.limits import check_seed, check_text
@@ -94,7 +95,7 @@ class Session:
         wrap = wrap_engine or (lambda engine: engine)
         self._engines: list[Engine] = []
         self._open = lambda name: self._opened(wrap(open_engine(self.bundle_dir, self.manifest, name, threads, verify)))
-        self.embeddings = read_table(self.bundle_dir, files, self.manifest.thinker.embedding_file)["weight"]
+        self.embeddings = EmbeddingTable(self.bundle_dir, files, self.manifest.thinker.embedding_file)
         self.tokenizer = TextTokenizer(read_verified(self.bundle_dir, files, self.manifest.tokenizer_file, "tokenizer"))
         self.eos_ids = frozenset(self.manifest.thinker.eos_token_ids)
         self.media = MediaEncoders(self.manifest, self._open)

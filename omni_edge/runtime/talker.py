@@ -15,7 +15,7 @@ import numpy as np
 
 from omni_edge import naming
 from omni_edge.bundle import TalkerInfo
-from omni_edge.bundle_trust import read_table
+from omni_edge.runtime.embedding_table import EmbeddingTable
 from omni_edge.runtime.engine import Engine
 from omni_edge.runtime.kv_cache import KVCacheBase, new_kv_cache
 from omni_edge.runtime.sampling import SamplingConfig, sample_token
@@ -43,8 +43,8 @@ class Talker:
         self,
         info: TalkerInfo,
         decoder: Engine,
-        codec_table: np.ndarray,
-        thinker_embeddings: np.ndarray,
+        codec_table: EmbeddingTable | np.ndarray,
+        thinker_embeddings: EmbeddingTable | np.ndarray,
         cache: KVCacheBase,
     ):
         self.info = info
@@ -127,7 +127,7 @@ class Talker:
 
 def open_talker(bundle_dir, manifest, open_engine, thinker_embeddings, files: dict[str, str] | None) -> Talker:
     info = manifest.talker
-    codec = read_table(bundle_dir, files, info.codec_embedding_file)["weight"]
+    codec = EmbeddingTable(bundle_dir, files, info.codec_embedding_file)
     return Talker(
         info,
         open_engine(naming.TALKER_DECODER),
