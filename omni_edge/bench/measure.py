@@ -6,7 +6,6 @@ iteration, e.g. a fresh KV cache for the PyTorch reference) and a policy.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -26,8 +25,11 @@ class Policy:
 
 
 def resolve_threads(threads: int) -> int:
-    """0 means every core this process may run on; ours and the reference then use the same number."""
-    return threads or len(os.sched_getaffinity(0))
+    """0 means one per physical core this process may run on (the runtime's default); ours and the reference
+    then use the same number."""
+    from omni_edge.runtime.engine import default_threads
+
+    return threads or default_threads()
 
 
 def measure(run: Callable, policy: Policy, setup: Callable | None = None) -> dict:

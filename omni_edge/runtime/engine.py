@@ -32,23 +32,67 @@ class Engine(Protocol):
 
 
 def check_threads(threads: int, flag: str = "--threads") -> int:
-    """Threads for ONNX Runtime's intra-op pool: 0 (one per core) up to this machine's core count. Each
-    thread spins on a core of its own, so more threads than cores only adds contention; 100000 made a run
-    take minutes before it failed."""
+    """Threads for ONNX Runtime's intra-op pool: 0 (one per physical core, `default_threads`) up to this
+    machine's logical CPU count. More threads than cores only adds contention; 100000 made a run take minutes
+    before it failed."""
     cores = os.cpu_count() or 1
     if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= cores:
         raise InputError(
-            f"{flag} {threads} is out of range: use 0 (every core) or 1 to {cores}, the cores of this machine "
-            "(more threads than cores only slows ONNX Runtime down)"
+            f"{flag} {threads} is out of range: use 0 (one per physical core) or 1 to {cores}, the CPUs of this "
+            "machine (more threads than cores only slows ONNX Runtime down)"
         )
     return threads
+
+
+def default_threads() -> int:
+    """One intra-op thread per physical core this process may run on. A core's second hardware thread shares
+    its vector units and its caches, so a memory-bound decode step gains nothing from it and the extra thread
+    only waits at every barrier."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+    return physical_cores(_cpu_topology(), affinity(0) if affinity else set(range(os.cpu_count() or 1)))
+
+
+def physical_cores(topology: dict[int, tuple[str, str]], allowed: set[int]) -> int:
+    """Distinct (package, core) pairs among the `allowed` CPUs; a CPU missing from `topology` (sysfs not
+    readable) counts as a core of its own."""
+    return max(1, len({topology.get(cpu, ("cpu", str(cpu))) for cpu in allowed}))
+
+
+def _cpu_topology(root: Path = Path("/sys/devices/system/cpu")) -> dict[int, tuple[str, str]]:
+    """CPU number -> (physical_package_id, core_id), from Linux's sysfs; empty where it is not there."""
+    topology = {}
+    for cpu in root.glob("cpu[0-9]*"):
+        try:
+            ids = [(cpu / "topology" / f).read_text().strip() for f in ("physical_package_id", "core_id")]
+        except OSError:
+            continue
+        topology[int(cpu.name[3:])] = (ids[0], ids[1])
+    return topology
+
+
+# How the intra-op pool's threads wait for work (ONNX Runtime session config entries). ORT's default ("on") lets
+# them spin after a run has ended; a spoken reply alternates the Thinker's, the Talker's and token2wav's sessions,
+# each with a pool of its own, so an idle session's spinning threads take the cores the running one needs.
+# Measured (bench/cpu-medium-spinning.json: medium int8 bundle, context 128, medians of 5 interleaved repeats, this
+# 2-core machine at load 5): one thread, the three modes are alike (57-58 ms a Thinker step; a pool of one has no
+# threads to spin); two threads, a Thinker step takes 81 / 92 / 64 ms with on / within-run / off, a Thinker step
+# plus a Talker step 144 / 110 / 68 ms. Not spinning is fastest wherever the cores are shared; a dedicated,
+# idle machine may gain from "within-run" (spinning only inside a run), not measured here.
+SPINNING = {
+    "on": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "0"},
+    "within-run": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+    "off": {"session.intra_op.allow_spinning": "0", "session.force_spinning_stop": "1"},
+}
+DEFAULT_SPINNING = "off"
 
 
 class OrtEngine:
     """One ONNX graph in an onnxruntime InferenceSession (CPU by default).
 
     `model` is a path, or the graph's bytes; `external_data` maps each external-data file the graph names
-    to its bytes, so ONNX Runtime reads nothing from disk on the graph's behalf."""
+    to its bytes, so ONNX Runtime reads nothing from disk on the graph's behalf. `threads` 0: one per physical
+    core (default_threads). `spinning`: a SPINNING mode, an argument so the benchmark that chose the default
+    can be rerun (scripts/bench_spinning.py)."""
 
     def __init__(
         self,
@@ -58,6 +102,7 @@ class OrtEngine:
         threads: int = 0,
         external_data: dict[str, bytes | mmap.mmap] | None = None,
         label: str | None = None,
+        spinning: str = DEFAULT_SPINNING,
     ):
         try:
             import onnxruntime as ort
@@ -66,8 +111,9 @@ class OrtEngine:
         check_threads(threads, "threads")
         label = label or (model.name if isinstance(model, Path) else name)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or default_threads()
+        for key, value in SPINNING[spinning].items():
+            options.add_session_config_entry(key, value)
         options.log_severity_level = 3
         if external_data:
             # ONNX Runtime copies what it needs while the session is created, so the buffers may go afterwards.
