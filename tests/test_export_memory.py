@@ -15,6 +15,7 @@ from omni_edge.export.export_memory import (
     FEEDS_BYTES,
     MEMORY_ENV,
     MODELOPT_OVERHEAD,
+    TRACE_BYTES,
     VERIFY_OVERHEAD,
     plan_export,
 )
@@ -40,7 +41,7 @@ def test_the_plan_has_one_stage_per_component_and_table_from_the_headers(tiny_ch
     ]
     counts = count_parameters(tiny_checkpoint)
     weights = counts.graphs["thinker"] * 4  # fp32, as exported
-    assert plan.stages[0].peak_bytes == BASE_BYTES + CHILD_BYTES + int(weights * (1 + EXPORT_OVERHEAD))
+    assert plan.stages[0].peak_bytes == BASE_BYTES + CHILD_BYTES + TRACE_BYTES + int(weights * (1 + EXPORT_OVERHEAD))
     assert plan.stages[1].peak_bytes == BASE_BYTES + counts.tables["thinker"] * 4
 
 
@@ -70,7 +71,7 @@ def test_a_reduced_export_plans_the_replay_by_pass_and_one_graph_at_a_time(tiny_
         "end-to-end accuracy",
     ]
     # The replay's passes: encoders; Thinker and tables; Talker, DiT, BigVGAN and tables. Its peak is the largest.
-    tables = sum(counts.tables.values()) * 4
+    tables = bundle.table_bytes  # what a Session holds of them (read row by row)
     passes = [
         (fp32["audio_encoder"] + fp32["vision_encoder"]) * (1 + VERIFY_OVERHEAD),
         fp32["thinker"] * (1 + VERIFY_OVERHEAD) + tables,
