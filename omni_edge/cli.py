@@ -65,9 +65,10 @@ def _tqdm_progress(total: int, description: str):
     default="auto",
     show_default=True,
     metavar="SPEC",
-    help=f"auto (the target's default per component), one of {', '.join(PRECISIONS)} for every "
-    "component, or component=precision pairs over the defaults, e.g. thinker=int8,dit=fp32. "
-    "int8, fp8 and int4-awq need --calib.",
+    help=f"auto (the target's default per component; on cpu weight-only int8 for every component but "
+    f"BigVGAN, with no --calib needed), one of {', '.join(PRECISIONS)} for every component, or "
+    "component=precision pairs over the defaults, e.g. thinker=int8,dit=fp32. fp8, int4-awq and int8 on GPU "
+    "targets need --calib; on cpu int8 is weight-only and needs it only for bigvgan (convolutions, Q/DQ).",
 )
 @click.option(
     "--calib",
@@ -75,7 +76,8 @@ def _tqdm_progress(total: int, description: str):
     metavar="DIR|synthetic",
     help="Calibration data for int8/fp8/int4-awq: a directory of your own media (wav/flac/mp3, "
     "png/jpg, mp4) and .txt files (one prompt per line), or `synthetic` for a built-in seeded set. "
-    "The FP32 bundle answers these requests and every graph is calibrated on what it was fed.",
+    "The FP32 bundle answers these requests, every graph is calibrated on what it was fed and its accuracy "
+    "measured; without --calib, precisions that need none are measured on the synthetic set.",
 )
 @click.option(
     "--plugins",
@@ -130,6 +132,7 @@ def export_main(
     Examples:
       omni-export --model tiny --target cpu --out build/tiny
       omni-run build/tiny --prompt "Hello" --greedy
+      omni-export --model tiny --target cpu --precision fp32 --out build/tiny-fp32
       omni-export --model tiny --target cpu --precision int8 --calib synthetic --out build/tiny-int8
       omni-export --model Qwen/Qwen2.5-Omni-3B --target rtx-ada --calib my_media/ --out build/rtx
     """
@@ -279,7 +282,7 @@ def build_engines_main(bundle):
 @click.option("--top-p", default=1.0, show_default=True, type=float)
 @click.option("--repetition-penalty", default=1.0, show_default=True, type=float)
 @click.option("--seed", default=None, type=int, help="Seed for sampling, for reproducible runs.")
-@click.option("--threads", default=0, type=int, help="CPU threads for ONNX Runtime (0: all cores).")
+@click.option("--threads", default=0, type=int, help="CPU threads for ONNX Runtime (0: one per physical core).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, token ids and timings.")
 @click.option(
     "--manifest-sha256",
@@ -431,7 +434,7 @@ def run_report(result) -> dict:
     "--threads",
     default=0,
     type=int,
-    help="CPU threads for ONNX Runtime and for the PyTorch reference (0: every usable core).",
+    help="CPU threads for ONNX Runtime and for the PyTorch reference (0: one per physical core).",
 )
 @click.option("--new-tokens", default=32, show_default=True, type=int, help="Tokens per end-to-end reply.")
 @click.option("--e2e-iterations", default=0, type=int, help="Timed replies per prompt (0: max(3, iterations/4)).")

@@ -44,6 +44,9 @@ class Component:
     required: bool = False  # in every bundle (every prompt needs it)
     unsupported_precisions: tuple[str, ...] = ()  # refused before the export, whatever the target allows
     speech: bool = False  # speech output needs every speech component together
+    # False: convolutions only (BigVGAN). Weight-only MatMulNBits has nothing to quantize there, so its int8 is
+    # ModelOpt's calibrated Q/DQ on every target.
+    matmul_weights: bool = True
 
     @property
     def graph_names(self) -> tuple[str, ...]:
@@ -116,6 +119,7 @@ COMPONENTS: tuple[Component, ...] = (
         ("token2wav.code2wav_bigvgan_model.",),
         "omni_edge.export.token2wav_specs:bigvgan_specs",
         speech=True,
+        matmul_weights=False,
     ),
 )
 

@@ -1,6 +1,7 @@
 """`--precision` -> a precision per component and per graph, checked against the target.
 
-auto                       the target's defaults (Orin: Thinker int4-awq, encoders int8, DiT/BigVGAN fp16)
+auto                       the target's defaults (Orin: Thinker int4-awq, encoders int8, DiT/BigVGAN fp16;
+                           cpu: weight-only int8, BigVGAN fp32: targets.CPU_AUTO)
 int8                       every component in int8
 thinker=int4-awq,dit=fp32  the target's defaults, with these components changed
 """
@@ -13,6 +14,7 @@ from omni_edge.errors import TargetError
 from omni_edge.targets import PRECISIONS, Target
 
 CALIBRATED = ("int8", "fp8", "int4-awq")  # precisions whose ranges come from calibration data
+WEIGHT_ONLY = ("int8", "int4-awq")  # as MatMulNBits on a weight-only target (Target.weight_only)
 
 
 def component_precisions(target: Target, precision: str) -> dict[str, str]:
@@ -48,8 +50,26 @@ def graph_precisions(components: dict[str, str], graphs) -> dict[str, str]:
     return {graph: components[owner(graph).name] for graph in graphs}
 
 
-def needs_calibration(components: dict[str, str]) -> list[str]:
-    return [c for c, p in components.items() if p in CALIBRATED]
+def needs_calibration(components: dict[str, str], target: Target) -> list[str]:
+    """Components whose reduced precision is set from calibration activations: every int8, fp8 and int4-awq one
+    except weight-only int8 (round to nearest, calibration/weight_only.py), which needs no data."""
+    return [c for c, p in components.items() if p in CALIBRATED and not _round_to_nearest(c, p, target)]
+
+
+def needs_modelopt(components: dict[str, str], target: Target) -> list[str]:
+    """Components whose reduction runs NVIDIA ModelOpt: int8/fp8 Q/DQ (its PTQ) and anything cast to fp16 (its
+    autocast), which int4 Q/DQ is under TensorRT. Weight-only MatMulNBits is ONNX Runtime's own quantizer and int4
+    Q/DQ this repository's (calibration/int4_qdq.py), so a cpu bundle needs ModelOpt only for BigVGAN in int8."""
+    return [c for c, p in components.items() if p != "fp32" and not _without_modelopt(c, p, target)]
+
+
+def _without_modelopt(component: str, precision: str, target: Target) -> bool:
+    weight_only = target.weight_only and precision in WEIGHT_ONLY and table.component(component).matmul_weights
+    return weight_only or (precision == "int4-awq" and target.high_precision == "fp32")
+
+
+def _round_to_nearest(component: str, precision: str, target: Target) -> bool:
+    return target.weight_only and precision == "int8" and table.component(component).matmul_weights
 
 
 def _checked(target: Target, value: str) -> str:

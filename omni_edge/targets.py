@@ -72,6 +72,20 @@ def _defaults(thinker: str, talker: str, encoder: str, token2wav: str) -> dict[s
     return {c.name: by_role[c.role] for c in COMPONENTS}
 
 
+# cpu `auto`: weight-only int8 (MatMulNBits, round to nearest: no calibration data) wherever it measured faster
+# than fp32 at per-graph cosine >= 0.9997 to it, BigVGAN in fp32. Medium preset (3B widths), one thread, medians
+# of 3 interleaved repeats on this 2-core machine under load 3-4 (bench/cpu-medium-auto-graphs.json), accuracy
+# on the synthetic set's held-out feeds (calibration/reports/medium-cpu-auto.json):
+#   Thinker  decode at context 128 / 512 191 -> 62 / 215 -> 68 ms (3.1x), prefill 128 / 512 1.73x / 1.36x; cos 0.99949
+#   Talker   decode 21.2 -> 5.5 / 25.1 -> 11.7 ms, prefill 128 / 512 1.33x / 1.18x;                      cos 0.99971
+#   audio encoder 2 s block 102 -> 75 ms; vision encoder 448x448 image 1414 -> 1140 ms;       cos 0.99988 / 0.99974
+#   DiT window evaluation 263 -> 221 ms;                                                                cos 0.99983
+#   BigVGAN: convolutions only, so its int8 is ModelOpt's calibrated Q/DQ, at cosine 0.902 (waveform rel.err 0.43
+#   end to end, against 0.027 with BigVGAN in fp32): it stays fp32.
+# End to end against the fp32 bundle (random weights, nearly flat logits: one changed logit flips a greedy token):
+# text tokens agree 64.6%, codec tokens 38.0%, waveform SNR 31.5 dB.
+CPU_AUTO = {**_defaults("int8", "int8", "int8", "fp32"), "dit": "int8"}
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -83,7 +97,7 @@ TARGETS: dict[str, Target] = {
             16.0,
             ("fp32", "int8", "int4-awq"),
             None,
-            _defaults("fp32", "fp32", "fp32", "fp32"),
+            CPU_AUTO,
         ),
         # Orin (sm_87) has no FP8 tensor cores; JetPack 6 ships TensorRT 10.3.
         Target(

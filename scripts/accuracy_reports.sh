@@ -25,6 +25,7 @@ report = {"command": sys.argv[3], "machine": f"{platform.machine()}, {platform.p
 open(sys.argv[2], "w").write(json.dumps(report, indent=2) + "\n")
 PY
 }
+report tiny-cpu-auto --model tiny --target cpu
 report tiny-cpu-int8 --model tiny --target cpu --precision int8 --calib synthetic
 report tiny-cpu-int4-awq --model tiny --target cpu --precision int4-awq --calib synthetic
 report tiny-rtx-ada-auto --model tiny --target rtx-ada --calib synthetic

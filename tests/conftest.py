@@ -28,7 +28,8 @@ def cpu_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     from omni_edge.export.pipeline import ExportRequest, _no_progress, export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-cpu"
-    request = ExportRequest(model=str(tiny_checkpoint), target="cpu", out=out, max_seq_len=2048)
+    # fp32: the parity tests compare it with transformers (cpu `auto` is weight-only int8)
+    request = ExportRequest(model=str(tiny_checkpoint), target="cpu", out=out, precision="fp32", max_seq_len=2048)
     return export_bundle(request, _no_progress)
 
 

@@ -21,7 +21,7 @@ def odd_bundle(odd_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "odd-cpu"
     request = ExportRequest(
-        model=str(odd_checkpoint), target="cpu", out=out, max_seq_len=2048
+        model=str(odd_checkpoint), target="cpu", out=out, precision="fp32", max_seq_len=2048
     )  # a 7.9 s clip is ~1000 tokens
     return export_bundle(request, _no_progress)
 

@@ -37,6 +37,9 @@ def test_export_then_run_json(tiny_checkpoint, cache_dir, tmp_path):
     assert manifest["kv_cache"]["max_seq_len"] == 256
     assert set(manifest["components"]) == {"thinker_decoder"}
     assert all(c["measured_max_abs_error"] <= c["atol"] for c in manifest["components"].values())
+    # cpu auto: weight-only int8, which needs no --calib; the report says what measured it
+    assert manifest["components"]["thinker_decoder"]["precision"] == "int8"
+    assert manifest["quantization"]["calibration"]["source"].startswith("synthetic, no --calib given")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
     run = cli("omni-run", str(out), "--prompt", "Hello", "--greedy", "--max-new-tokens", "12", "--json")

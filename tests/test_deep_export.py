@@ -28,7 +28,7 @@ def deep_bundle(deep_checkpoint, tmp_path_factory) -> Path:
 
     notes: list[str] = []
     out = tmp_path_factory.mktemp("deep") / "deep-cpu"
-    request = ExportRequest(model=str(deep_checkpoint), target="cpu", out=out, max_seq_len=512)
+    request = ExportRequest(model=str(deep_checkpoint), target="cpu", out=out, precision="fp32", max_seq_len=512)
     bundle = export_bundle(request, _no_progress, say=notes.append)
     assert any(note.startswith("export memory plan: peak") for note in notes), notes
     return bundle

@@ -52,7 +52,9 @@ def test_an_isolated_export_answers_like_the_in_process_one(tiny_checkpoint, tmp
     from omni_edge.runtime import Done, SamplingConfig, Session
 
     monkeypatch.setenv(ISOLATE_ENV, "0")  # every component in a child, as the full-size ones are
-    request = ExportRequest(model=str(tiny_checkpoint), target="cpu", out=tmp_path / "b", components=("thinker",))
+    request = ExportRequest(
+        model=str(tiny_checkpoint), target="cpu", out=tmp_path / "b", precision="fp32", components=("thinker",)
+    )
     bundle = export_bundle(request, _no_progress)
 
     def greedy(s) -> list[int]:

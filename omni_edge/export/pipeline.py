@@ -36,7 +36,13 @@ from omni_edge.export.staging import (
     remove_stale_staging,
 )
 from omni_edge.memory_plan import MemoryPlan, check_fits, plan_memory
-from omni_edge.precision_plan import CALIBRATED, component_precisions, graph_precisions, needs_calibration
+from omni_edge.precision_plan import (
+    CALIBRATED,
+    component_precisions,
+    graph_precisions,
+    needs_calibration,
+    needs_modelopt,
+)
 from omni_edge.signals import terminate_as_interrupt
 from omni_edge.targets import Target, get_target
 
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
     from omni_edge.export.plugin_stage import PluginDecision
 
 DEFAULT_MAX_SEQ_LEN = 4096
+# What the accuracy report says of the synthetic set when no --calib was given (every precision needed none).
+UNCALIBRATED_NOTE = "no --calib given: these precisions need none; the built-in requests only measured accuracy"
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,7 @@ def check_request(request: ExportRequest) -> CheckedRequest:
 
 def _calibration(request: ExportRequest, target: Target, precisions: dict[str, str]) -> CalibrationSet | None:
     """The calibration set, decoded now so a bad file fails before the export starts."""
-    calibrated = needs_calibration(precisions)
+    calibrated = needs_calibration(precisions, target)
     if calibrated:
         if request.calib is None:
             named = ", ".join(f"{c} {precisions[c]}" for c in calibrated)
@@ -153,21 +161,26 @@ def _calibration(request: ExportRequest, target: Target, precisions: dict[str, s
             )
     if all(p == "fp32" for p in precisions.values()):
         return None
-    from omni_edge.calibration.quantize import check_modelopt
+    if needs_modelopt(precisions, target):
+        from omni_edge.calibration.quantize import check_modelopt
 
-    check_modelopt()  # its PTQ and its fp16 autocast
-    # fp16 needs no calibration, but its accuracy is still measured on these requests.
+        check_modelopt()  # its PTQ and its fp16 autocast
+    # fp16 and weight-only int8 need no calibration, but their accuracy is still measured on these requests.
     calib = load_calibration_set(request.calib or SYNTHETIC)
+    if request.calib is None:
+        calib = replace(calib, source=f"{SYNTHETIC}, {UNCALIBRATED_NOTE}")
     counts = calib.counts()
     # An encoder is only reached by requests with its media; find out now, not after the export.
     for component, kinds, files in (
         ("audio_encoder", ("audio",), "wav/flac/ogg/mp3"),
         ("vision_encoder", ("image", "video"), "png/jpg/mp4"),
     ):
-        if component in calibrated and not any(counts[k] for k in kinds):
+        if precisions.get(component, "fp32") != "fp32" and not any(counts[k] for k in kinds):
+            # Weight-only int8 needs no calibration, but its accuracy is measured on these files too.
+            cannot = "be calibrated" if component in calibrated else "have its accuracy measured"
             raise InputError(
                 f"--calib {request.calib} has no {'/'.join(kinds)} files, so {component} "
-                f"({precisions[component]}) cannot be calibrated: add {files} files, or keep it unquantized "
+                f"({precisions[component]}) cannot {cannot}: add {files} files, or keep it unquantized "
                 f"with --precision {component}=fp32 (or fp16 on a GPU target)"
             )
     return calib
