@@ -178,7 +178,17 @@ def test_export_refuses_an_oversized_model_before_loading_it(tiny_checkpoint, tm
     ckpt = _seven_b_checkpoint(tiny_checkpoint, tmp_path / "fake7b")
     started = time.perf_counter()
     proc = cli(
-        "omni-export", "--model", str(ckpt), "--target", "cpu", "--components", "thinker", "--out", str(tmp_path / "b")
+        "omni-export",
+        "--model",
+        str(ckpt),
+        "--target",
+        "cpu",
+        "--precision",
+        "fp32",  # cpu auto's weight-only int8 7B Thinker would fit the 16 GiB
+        "--components",
+        "thinker",
+        "--out",
+        str(tmp_path / "b"),
     )
     assert_one_line_error(proc, "does not fit cpu", "16 GiB", "--memory-gib", "--max-seq-len")
     assert time.perf_counter() - started < 60  # headers only: loading 7B weights would take far longer
