@@ -73,7 +73,7 @@ def _defaults(thinker: str, talker: str, encoder: str, token2wav: str) -> dict[s
 
 
 # cpu `auto`: weight-only int8 (MatMulNBits, round to nearest: no calibration data) wherever it measured faster
-# than fp32 at per-graph cosine >= 0.9997 to it, BigVGAN in fp32. Medium preset (3B widths), one thread, medians
+# than fp32 at per-graph cosine >= 0.9995 to it, BigVGAN in fp32. Medium preset (3B widths), one thread, medians
 # of 3 interleaved repeats on this 2-core machine under load 3-4 (bench/cpu-medium-auto-graphs.json), accuracy
 # on the synthetic set's held-out feeds (calibration/reports/medium-cpu-auto.json):
 #   Thinker  decode at context 128 / 512 191 -> 62 / 215 -> 68 ms (3.1x), prefill 128 / 512 1.73x / 1.36x; cos 0.99949

@@ -1,4 +1,4 @@
-"""cpu `auto`: weight-only int8 where it measured faster at cosine >= 0.9997, with no calibration data and no
+"""cpu `auto`: weight-only int8 where it measured faster at cosine >= 0.9995, with no calibration data and no
 ModelOpt needed; explicit precisions keep their meaning."""
 
 from __future__ import annotations
