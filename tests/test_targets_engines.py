@@ -369,10 +369,13 @@ def test_rtx_export_records_engines_and_tensorrt(rtx_bundle):
     assert manifest.memory_plan.max_seq_len == 256 and manifest.kv_cache.max_seq_len == 256
 
 
-def test_rtx_engines_for_every_other_graph(cpu_bundle, tmp_path):
-    """The encoders, Talker, DiT and BigVGAN graphs of the full tiny bundle parse and build as well."""
+def test_rtx_engines_for_every_other_graph(cpu_bundle, hf_model, tmp_path):
+    """The encoders, Talker, DiT and BigVGAN graphs of the full tiny bundle parse and build as well (the Talker
+    with the standard-op attention the GPU targets export: the cpu bundle's uses GroupQueryAttention)."""
     _rtx()
+    from omni_edge.export.decoder_specs import decoder_spec
     from omni_edge.export.engine_build import build_engines
+    from omni_edge.export.verify_loop import export_and_verify
 
     manifest = load_manifest(cpu_bundle, verify_files=False)
     names = [n for n in manifest.components if not n.startswith("thinker_")]
@@ -383,14 +386,16 @@ def test_rtx_engines_for_every_other_graph(cpu_bundle, tmp_path):
         naming.DIT_WINDOW,
         naming.BIGVGAN_WINDOW,
     }
-    for name in names:
+    for name in (n for n in names if n != naming.TALKER_DECODER):
         for file in (
             cpu_bundle / manifest.components[name].file,
             cpu_bundle / (manifest.components[name].file + ".data"),
         ):
             if file.exists():
                 shutil.copyfile(file, tmp_path / file.name)
-    records, info = build_engines(tmp_path, {n: manifest.components[n] for n in names}, TARGETS["rtx-ada"])
+    graphs = {n: manifest.components[n] for n in names}
+    graphs[naming.TALKER_DECODER] = export_and_verify(decoder_spec("talker", hf_model), hf_model, tmp_path)
+    records, info = build_engines(tmp_path, graphs, TARGETS["rtx-ada"])
     assert all((tmp_path / r.engine_file).stat().st_size > 0 for r in records.values())
     assert info.compute_capability == "8.9"
     # Blackwell RTX (sm_120) from the same graph, so both rtx presets are known to build.
@@ -471,17 +476,23 @@ def _target_for_this_gpu():
 
 
 @pytest.fixture(scope="module")
-def gpu_bundle(cpu_bundle, tmp_path_factory) -> Path:
-    """The tiny cpu bundle with Thinker engines built for this GPU, written as a TensorRT bundle."""
+def gpu_bundle(cpu_bundle, hf_model, tmp_path_factory) -> Path:
+    """The tiny cpu bundle with Thinker engines built for this GPU, written as a TensorRT bundle. The Thinker
+    graph is re-exported with the standard-op attention the GPU targets get (Target.group_query_attention) and
+    the cpu bundle's fp32 KV cache."""
     _gpu()
+    from omni_edge.export.decoder_specs import decoder_spec
     from omni_edge.export.engine_build import build_engines
+    from omni_edge.export.verify_loop import export_and_verify
 
     target = _target_for_this_gpu()
     out = tmp_path_factory.mktemp("gpu") / "bundle"
     shutil.copytree(cpu_bundle, out)
     manifest = load_manifest(out)
-    thinker = {n: r for n, r in manifest.components.items() if n.startswith("thinker_")}
-    records, info = build_engines(out, thinker, target)
+    standard = export_and_verify(
+        decoder_spec("thinker", hf_model), hf_model, out, max_seq_len=manifest.kv_cache.max_seq_len
+    )
+    records, info = build_engines(out, {standard.name: standard}, target)
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != naming.MANIFEST_FILE}
     write_manifest(
         out,
