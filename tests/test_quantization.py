@@ -1,8 +1,10 @@
 """Reduced-precision bundles: ModelOpt Q/DQ graphs (GPU targets) and weight-only MatMulNBits graphs (cpu), from
 recorded runtime feeds, measured against FP32.
 
-The stage runs on the session's FP32 bundle (`cpu_bundle`), as the export runs it on its own FP32 staging
-bundle; the CLI tests cover the whole `omni-export --precision ... --calib ...` path.
+The stage runs on an FP32 bundle of the target's graphs (`cpu_bundle`; `gpu_fp32_bundle` for the TensorRT
+targets, whose attention is standard ops where the cpu graphs use ONNX Runtime's GroupQueryAttention), as the
+export runs it on its own FP32 staging bundle; the CLI tests cover the whole `omni-export --precision ...
+--calib ...` path.
 
 Accuracy floors below are for the tiny random-weight model, whose logits are nearly flat (so greedy tokens
 flip easily); they catch a broken recipe (cosine far below 0.9, NaN, a graph that was not quantized), not
@@ -26,6 +28,7 @@ from omni_edge.bundle import Manifest, load_manifest
 from omni_edge.calibration.calib_set import synthetic_calibration_set
 from omni_edge.calibration.record import Replay
 from omni_edge.calibration.stage import reduce_bundle
+from omni_edge.components import COMPONENTS
 from omni_edge.precision_plan import component_precisions, graph_precisions
 from omni_edge.quantization_report import QuantizationReport
 from omni_edge.targets import get_target
@@ -99,22 +102,45 @@ def int8_cpu(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
 
 @pytest.fixture(scope="session")
 def int4_cpu(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
-    """The Thinker at int4-awq on cpu, every other component at the target's default (fp32: copied)."""
-    return _reduce(cpu_bundle, tmp_path_factory.mktemp("int4") / "bundle", "cpu", fp32_replay, "thinker=int4-awq")
+    """The Thinker at int4-awq on cpu, every other component at fp32 (copied as it was)."""
+    precision = ",".join(f"{c.name}={'int4-awq' if c.name == 'thinker' else 'fp32'}" for c in COMPONENTS)
+    return _reduce(cpu_bundle, tmp_path_factory.mktemp("int4") / "bundle", "cpu", fp32_replay, precision)
 
 
 @pytest.fixture(scope="session")
-def int8_orin(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
+def gpu_fp32_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    """What a TensorRT target's export stages before reducing: its fp32 graphs, under the interim manifest that
+    lets ONNX Runtime open them (the pipeline writes the same one before its calibration replay)."""
+    from omni_edge.bundle import write_manifest
+    from omni_edge.export.pipeline import ExportRequest, _no_progress, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-rtx-fp32"
+    request = ExportRequest(str(tiny_checkpoint), "rtx-ada", out, precision="fp32", max_seq_len=2048, engines=False)
+    export_bundle(request, _no_progress)
+    write_manifest(out, replace(load_manifest(out, verify_files=False), backend="onnxruntime", tensorrt=None))
+    return out
+
+
+@pytest.fixture(scope="session")
+def gpu_replay(gpu_fp32_bundle) -> Replay:
+    from omni_edge.calibration.record import replay
+
+    return replay(gpu_fp32_bundle, synthetic_calibration_set())
+
+
+@pytest.fixture(scope="session")
+def int8_orin(gpu_fp32_bundle, gpu_replay, tmp_path_factory) -> Reduced:
     """Both decoders at int8 on a TensorRT target (Q/DQ, SmoothQuant tried); the rest fp32 to keep it short."""
     rest = ",".join(f"{c}=fp32" for c in ("audio_encoder", "vision_encoder", "dit", "bigvgan"))
     precision = f"thinker=int8,talker=int8,{rest}"
-    return _reduce(cpu_bundle, tmp_path_factory.mktemp("orin-int8") / "bundle", "jetson-orin", fp32_replay, precision)
+    out = tmp_path_factory.mktemp("orin-int8") / "bundle"
+    return _reduce(gpu_fp32_bundle, out, "jetson-orin", gpu_replay, precision)
 
 
 @pytest.fixture(scope="session")
-def rtx_auto(cpu_bundle, fp32_replay, tmp_path_factory) -> Reduced:
+def rtx_auto(gpu_fp32_bundle, gpu_replay, tmp_path_factory) -> Reduced:
     """rtx-ada's defaults: Thinker int4-awq, Talker and encoders fp8, DiT and BigVGAN fp16."""
-    return _reduce(cpu_bundle, tmp_path_factory.mktemp("rtx") / "bundle", "rtx-ada", fp32_replay)
+    return _reduce(gpu_fp32_bundle, tmp_path_factory.mktemp("rtx") / "bundle", "rtx-ada", gpu_replay)
 
 
 def _weight_matmuls(path: Path) -> int:
@@ -197,7 +223,7 @@ def test_cpu_int4_every_weight_matmul_runs_as_matmulnbits_in_ort(int4_cpu, cpu_b
     weights = _weight_matmuls(cpu_bundle / name)
     assert _nbits(tmp_path / name) == [4] * weights and weights == 2 * 7 + 1  # 2 layers x 7, and the head
     assert _producer_op(tmp_path / name, "logits") == "MatMulNBits"
-    assert int4_cpu.precisions[naming.TALKER_DECODER] == "fp32"  # the cpu default, copied as it was
+    assert int4_cpu.precisions[naming.TALKER_DECODER] == "fp32"  # asked for: copied as it was
 
 
 def test_cpu_int4_accuracy_report(int4_cpu):
@@ -296,34 +322,34 @@ def test_rtx_graph_contents(rtx_auto):
     assert dit.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept fp32
 
 
-def test_fp8_is_measured_with_ort_optimizations_disabled(rtx_auto, cpu_bundle, fp32_replay):
+def test_fp8_is_measured_with_ort_optimizations_disabled(rtx_auto, gpu_fp32_bundle, gpu_replay):
     """The report's fp8 numbers must come from unfused execution (ORT's fusions mis-handle FP8 Q/DQ)."""
     from omni_edge.calibration.accuracy import compare_graphs, ort_session
 
     name = naming.AUDIO_ENCODER
-    feed = fp32_replay.feeds[name][0]
-    reported = compare_graphs(cpu_bundle / f"{name}.onnx", rtx_auto.out / f"{name}.onnx", [feed], "fp8")
+    feed = gpu_replay.feeds[name][0]
+    reported = compare_graphs(gpu_fp32_bundle / f"{name}.onnx", rtx_auto.out / f"{name}.onnx", [feed], "fp8")
     unfused = ort_session(rtx_auto.out / f"{name}.onnx", disable_optimizations=True).run(None, feed)[0]
-    expected = ort_session(cpu_bundle / f"{name}.onnx", disable_optimizations=False).run(None, feed)[0]
+    expected = ort_session(gpu_fp32_bundle / f"{name}.onnx", disable_optimizations=False).run(None, feed)[0]
     rel = float(np.linalg.norm(unfused - expected) / np.linalg.norm(expected))
     assert reported.relative_error == pytest.approx(rel, rel=1e-4, abs=1e-6)
 
 
-def test_fp16_keeps_rotary_angles_in_fp32_for_long_contexts(cpu_bundle, tmp_path):
+def test_fp16_keeps_rotary_angles_in_fp32_for_long_contexts(gpu_fp32_bundle, tmp_path):
     """Positions above 2048 are not representable in fp16; an fp16 angle chain put 4.4% error on the keys at
     positions 3000+ (measured), the fp32 chain 0.04%."""
     from omni_edge.calibration.accuracy import ort_session
     from omni_edge.calibration.quantize import to_fp16
 
     name = f"{naming.THINKER_DECODER}.onnx"
-    to_fp16(cpu_bundle / name, tmp_path / name)
+    to_fp16(gpu_fp32_bundle / name, tmp_path / name)
     from omni_edge.bench.inputs import decoder_feeds
 
-    manifest = load_manifest(cpu_bundle, verify_files=False)
+    manifest = load_manifest(gpu_fp32_bundle, verify_files=False)
     rows = np.random.default_rng(0).standard_normal((8, manifest.thinker.hidden_size)) * 0.02
     feed = decoder_feeds(rows, manifest.kv_cache, past=0)  # a prefill...
     feed["position_ids"] = np.tile(np.arange(3000, 3008), (3, 1, 1)).astype(np.int64)  # ...at positions 3000+
-    expected = ort_session(cpu_bundle / name, False).run(["present.0.key"], feed)[0]
+    expected = ort_session(gpu_fp32_bundle / name, False).run(["present.0.key"], feed)[0]
     got = ort_session(tmp_path / name, False).run(["present.0.key"], feed)[0]
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 2e-3
 

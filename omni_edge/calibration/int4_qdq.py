@@ -3,10 +3,10 @@
 TensorRT runs MatMul(x, DequantizeLinear(W_int4, scale, axis=0, block_size=B)) as an int4 weight-only GEMM.
 That is the graph ModelOpt's int4 awq_clip writes (symmetric int4, scale = block amax / 7, the rest of the
 graph cast to fp16 afterwards), but ModelOpt holds the whole fp32 graph as a protobuf beside its ONNX Runtime
-calibration session and a copy on disk: three times the 3B Thinker's 11.5 GiB, more than a 24 GiB machine has.
-Here the clip statistics come from one ONNX Runtime run before any weight is read (weight_only.input_grams),
-then each fp32 weight is read, clipped on them (AWQ's search, weight_only.clip_weight, on the symmetric grid),
-packed and dropped before the next: the peak is the int4 graph plus one fp32 weight.
+calibration session: two copies of the 3B Thinker's 11.5 GiB, more than a 24 GiB machine has. Here the clip
+statistics come from one ONNX Runtime run before any weight is read (weight_only.input_grams), then each fp32
+weight is read, clipped on them (AWQ's search, weight_only.clip_weight, on the symmetric grid), packed and
+dropped before the next: the int4 graph plus one fp32 weight, before the fp16 cast (export_memory prices it).
 """
 
 from __future__ import annotations

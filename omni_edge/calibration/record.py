@@ -1,14 +1,14 @@
 """Replay a calibration set through the FP32 bundle: keep what each graph was fed, and the answers reduced
 bundles are measured against.
 
-The runtime's own Session does the replay (front ends, media splicing, TMRoPE, KV cache, Talker, streaming
-token2wav), so a graph is calibrated on exactly the tensors it will see in deployment, earlier graphs'
-outputs included. One replay gives both the feeds and the reference answers.
+The runtime's own pieces do the replay (front ends and encoders, Session with its media splicing, TMRoPE and
+KV cache, the Talker and streaming token2wav), so a graph is calibrated on exactly the tensors it will see in
+deployment, earlier graphs' outputs included. One replay gives both the feeds and the reference answers.
 
 It runs in three passes, each with only its own graphs open: the media encoders on every request's media, then
 the Thinker on every request (from those encoded parts), then the Talker, DiT and BigVGAN on every reply's
 Talker track. The full-size 3B in fp32 is 11.5 GiB of Thinker, 4.9 of encoders and 3.2 of speech graphs: one
-Session holding them all did not fit a 24 GiB machine, the Thinker pass alone does. The answers are the
+Session holding them all needs about 23 GiB by the export's plan, the Thinker pass alone 15.4. The answers are the
 streaming Session's: a Talker step needs only its own track row, so stepping it after the Thinker has finished
 gives the same codes (tested against Session.generate).
 """

@@ -4,8 +4,8 @@ replay (FP32 bundle answers the calibration requests: each graph's feeds, and th
   -> per graph: quantize / cast on the calibration feeds, compare on the held-out feeds
   -> the reduced bundle answers the same requests: end-to-end agreement with FP32
 
-One bundle is open at a time, and one graph pair per comparison: the peak is the FP32 bundle in the replay
-(its encoders only while they run) or the largest FP32 graph beside its reduced twin, never both bundles.
+One bundle is open at a time, the replay opens one pass's graphs at a time (record.py), and a comparison one
+graph at a time (accuracy.compare_graphs): the peak is the FP32 Thinker in ONNX Runtime, never two bundles.
 """
 
 from __future__ import annotations
