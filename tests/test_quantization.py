@@ -184,6 +184,28 @@ def test_the_replay_in_passes_answers_like_one_streaming_session(cpu_bundle, fp3
     assert {naming.TALKER_DECODER, naming.DIT_WINDOW, naming.BIGVGAN_WINDOW} <= set(fp32_replay.feeds)
 
 
+def test_the_thinker_pass_is_released_before_the_talker_pass_opens(cpu_bundle, monkeypatch):
+    """The passes exist so that a full-size Thinker and the speech graphs are never held together."""
+    import gc
+
+    from omni_edge.calibration.record import replay
+    from omni_edge.runtime import speech
+    from omni_edge.runtime.session import Session
+
+    live: list[int] = []
+    opened = speech.SpeechPipeline.__init__
+
+    def counting(self, *args, **kwargs):
+        gc.collect()
+        live.append(sum(isinstance(o, Session) for o in gc.get_objects()))
+        opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(speech.SpeechPipeline, "__init__", counting)
+    calib = synthetic_calibration_set()
+    replay(cpu_bundle, replace(calib, samples=calib.samples[:1]))
+    assert live == [0]
+
+
 def test_cpu_int8_is_weight_only_matmulnbits_with_the_same_io(int8_cpu, cpu_bundle):
     for name, record in int8_cpu.manifest.components.items():
         assert record.precision == "int8"

@@ -136,7 +136,9 @@ def replay(
         events = session.generate_from_ids(
             turn.ids, reply_tokens, SamplingConfig(greedy=True), embeds=turn.embeds, positions=turn.positions
         )
-        result = next(e.result for e in events if isinstance(e, Done))
+        # Read to its end: a generator left at Done would keep the session, and the Thinker's weights, alive
+        # through the Talker pass (the 3B replay's Talker pass started at 16.3 GiB that way).
+        result = [e.result for e in events if isinstance(e, Done)][0]
         texts.append(result.text_token_ids)
         tracks.append((copy.deepcopy(session.conversation.track), len(turn.ids)))
     embeddings = session.embeddings  # the Talker reads the Thinker's table
