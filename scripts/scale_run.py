@@ -121,8 +121,11 @@ def export_run(args) -> None:
         engines=not args.no_engines,
         memory_gib=args.memory_gib,
         max_seq_len=args.max_seq_len,
+        components=tuple(c for c in args.components.split(",") if c),
     )
     key = {"run": "export", "model": args.model, "target": args.target, "precision": args.precision}
+    if args.components:
+        key["components"] = args.components
     try:
         export_bundle(request, recorder)
     except OmniEdgeError as exc:  # a refusal is a result too: the row says why, with the export's numbers
@@ -231,6 +234,7 @@ def main() -> None:
     export.add_argument("--no-engines", action="store_true")
     export.add_argument("--memory-gib", type=float)
     export.add_argument("--max-seq-len", type=int, default=4096)
+    export.add_argument("--components", default="", help="comma-separated; default: every component")
     parity = sub.add_parser("parity")
     parity.add_argument("--model", required=True)
     parity.add_argument("--bundle", required=True)
