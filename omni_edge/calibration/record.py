@@ -106,6 +106,7 @@ def replay(
 ) -> Replay:
     """Every calibration request, answered greedily in text and (when the bundle speaks) speech."""
     import copy
+    import gc
 
     from omni_edge.bundle import load_manifest
     from omni_edge.runtime.engine import open_engine
@@ -144,6 +145,10 @@ def replay(
     embeddings = session.embeddings  # the Talker reads the Thinker's table
     session.close()
     del session
+    # A Session sits in reference cycles (its engine openers), so it is freed by the cycle collector, not when
+    # the last name goes: without this the 3B Thinker stayed in memory beside the next fp32 session and the
+    # export was OOM-killed at 24 GiB.
+    gc.collect()
 
     codes: list[list[int]] = [[] for _ in samples]
     waves: list[np.ndarray | None] = [None for _ in samples]
