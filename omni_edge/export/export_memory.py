@@ -74,7 +74,7 @@ def plan_export(
         stages.append(
             ExportStage(
                 f"export {component}",
-                BASE_BYTES + CHILD_BYTES + TRACE_BYTES + int(fp32[component] * (1 + EXPORT_OVERHEAD)),
+                BASE_BYTES + CHILD_BYTES + _trace_bytes(fp32[component]) + int(fp32[component] * (1 + EXPORT_OVERHEAD)),
             )
         )
         if tables[component]:
@@ -101,6 +101,11 @@ def plan_export(
     answers = int(sum(smaller.values()) * (1 + VERIFY_OVERHEAD)) + reduced.table_bytes
     stages.append(ExportStage("end-to-end accuracy", BASE_BYTES + answers + FEEDS_BYTES))
     return ExportMemoryPlan(tuple(stages))
+
+
+def _trace_bytes(weights: int) -> int:
+    """Activations while tracing: they grow with the widths, as the weights do (a tiny model needs none)."""
+    return min(TRACE_BYTES, weights)
 
 
 def _replay_bytes(fp32: dict[str, int], tables: int) -> int:
