@@ -31,6 +31,12 @@ if want 3b-cpu; then
 fi
 if want 3b-int4; then
   run export --model full-3b --target cpu --precision int4-awq --calib synthetic --out "$out/3b-int4" --json $j3 --memory-gib 24
+  run rss --model full-3b --bundle "$out/3b-int4" --json $j3
+  run command --model full-3b --label "omni-run text (int4)" --json $j3 -- \
+    .venv/bin/omni-run "$out/3b-int4" --prompt "Describe a sunny day." --max-new-tokens 32 --greedy
+  run command --model full-3b --label "omni-run spoken (int4)" --json $j3 -- \
+    .venv/bin/omni-run "$out/3b-int4" --prompt "Say hello" --max-new-tokens 8 --greedy \
+    --out-wav "$out/3b-int4-hello.wav" --ode-solver euler --max-codec-tokens 100
   rm -rf "$out/3b-int4"
 fi
 if want 3b-orin; then
