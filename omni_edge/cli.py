@@ -165,7 +165,7 @@ def export_main(
     if manifest.memory_plan is not None:
         click.echo(f"memory plan: {manifest.memory_plan.summary()}", err=True)
     if manifest.quantization is not None:
-        click.echo("accuracy vs fp32:", err=True)
+        click.echo("accuracy vs the unreduced graphs (fp32 unless said):", err=True)
         for line in manifest.quantization.summary_lines():
             click.echo(f"  {line}", err=True)
     click.echo("next:", err=True)

@@ -47,6 +47,10 @@ class Component:
     # False: convolutions only (BigVGAN). Weight-only MatMulNBits has nothing to quantize there, so its int8 is
     # ModelOpt's calibrated Q/DQ on every target.
     matmul_weights: bool = True
+    # Exported straight in fp16 from the checkpoint on a target whose high precision is fp16, when its precision
+    # there only reads weights (precision_plan.source_precision): the 7B Thinker's 7.1 B graph weights are 28 GB in
+    # fp32, more than the export, the calibration replay or the int4 clip statistics can hold on a 24 GiB machine.
+    half_source: bool = False
 
     @property
     def graph_names(self) -> tuple[str, ...]:
@@ -69,6 +73,7 @@ COMPONENTS: tuple[Component, ...] = (
         head_prefixes=("thinker.lm_head.",),
         table_prefixes=("thinker.model.embed_tokens.", "thinker.model.language_model.embed_tokens."),
         required=True,
+        half_source=True,
     ),
     Component(
         "audio_encoder",

@@ -50,6 +50,18 @@ def graph_precisions(components: dict[str, str], graphs) -> dict[str, str]:
     return {graph: components[owner(graph).name] for graph in graphs}
 
 
+# Reductions that read a graph's weights and no activation ranges (a copy, int4 weight-only Q/DQ): they start as
+# well from an fp16 graph. ModelOpt's int8/fp8 Q/DQ calibrates the fp32 graph it is given (not tried on fp16).
+HALF_SOURCE_PRECISIONS = ("fp16", "int4-awq")
+
+
+def source_precision(component: str, precision: str, target: Target) -> str:
+    """What the exporter writes `component` in before any reduction: fp16 for a half-source component
+    (components.Component.half_source) headed for fp16 or int4-awq on a target that runs fp16, else fp32."""
+    half = table.component(component).half_source and target.high_precision == "fp16"
+    return "fp16" if half and precision in HALF_SOURCE_PRECISIONS else "fp32"
+
+
 def needs_calibration(components: dict[str, str], target: Target) -> list[str]:
     """Components whose reduced precision is set from calibration activations: every int8, fp8 and int4-awq one
     except weight-only int8 (round to nearest, calibration/weight_only.py), which needs no data."""

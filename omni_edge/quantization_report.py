@@ -58,7 +58,7 @@ class QuantizationReport:
             )
         e = self.end_to_end
         line = (
-            f"end to end vs fp32 ({e.requests} requests): text tokens agree {e.text_token_agreement:.1%}, "
+            f"end to end vs the unreduced bundle ({e.requests} requests): text tokens agree {e.text_token_agreement:.1%}, "
             f"identical replies {e.text_exact_match:.0%}"
         )
         if e.codec_token_agreement is not None:

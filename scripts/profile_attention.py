@@ -55,7 +55,7 @@ def profile(bundle: Path, context: int, steps: int) -> dict[str, float]:
     for _ in range(steps):
         cache.truncate(context)
         cache.run(engine, step)
-    path = engine._session.end_profiling()
+    path = engine.session.end_profiling()
     events = json.loads(Path(path).read_text())
     os.remove(path)
     first = [e for e in events if e.get("name") == "model_run"][-steps]["ts"]

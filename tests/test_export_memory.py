@@ -65,7 +65,7 @@ def test_a_reduced_export_plans_the_replay_by_pass_and_one_graph_at_a_time(tiny_
     counts = count_parameters(tiny_checkpoint)
     fp32 = {c: counts.graphs[c] * 4 for c in COMPONENTS}
     bundle = _bundle_plan(tiny_checkpoint, "cpu", "int4-awq")
-    plan = plan_export(tiny_checkpoint, COMPONENTS, bundle, weight_only=True)
+    plan = plan_export(tiny_checkpoint, COMPONENTS, bundle, get_target("cpu"))
     stages = {s.name: s.peak_bytes for s in plan.stages}
     assert [s.name for s in plan.stages][8:] == [
         "calibration replay",
@@ -83,16 +83,22 @@ def test_a_reduced_export_plans_the_replay_by_pass_and_one_graph_at_a_time(tiny_
     # Reducing a graph weight by weight holds the fp32 graph in ONNX Runtime, then its reduced twin alone.
     assert stages["int4-awq thinker"] == BASE_BYTES + int(fp32["thinker"] * (1 + VERIFY_OVERHEAD)) + FEEDS_BYTES
     # ModelOpt's int8 Q/DQ (GPU targets) holds the fp32 protobuf too; int4 Q/DQ is streamed like MatMulNBits.
-    orin = _bundle_plan(tiny_checkpoint, "jetson-orin", "thinker=int4-awq,talker=int8")
-    stages = {s.name: s.peak_bytes for s in plan_export(tiny_checkpoint, COMPONENTS, orin, False).stages}
+    orin = _bundle_plan(tiny_checkpoint, "jetson-orin", "thinker=int4-awq,talker=int8,audio_encoder=int4-awq")
+    stages = {
+        s.name: s.peak_bytes for s in plan_export(tiny_checkpoint, COMPONENTS, orin, get_target("jetson-orin")).stages
+    }
     parts = {p.component: p.weight_bytes for p in orin.parts}
     assert stages["int8 talker"] == BASE_BYTES + int(fp32["talker"] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + (
         parts["talker"] + FEEDS_BYTES
     )
-    # ... and then ModelOpt's fp16 cast of the int4 graph, which copies its fp32 head over and over.
-    cast = parts["thinker"] + int(counts.heads["thinker"] * 4 * FP16_CAST_OVERHEAD)
-    held = max(int(fp32["thinker"] * (1 + VERIFY_OVERHEAD)), cast)
-    assert stages["int4-awq thinker"] == BASE_BYTES + held + FEEDS_BYTES
+    # ... and then ModelOpt's fp16 cast of an fp32 int4 graph, which copies its fp32 initializers over and over
+    # (heads: none in the audio encoder).
+    cast = parts["audio_encoder"] + int(counts.heads.get("audio_encoder", 0) * 4 * FP16_CAST_OVERHEAD)
+    held = max(int(fp32["audio_encoder"] * (1 + VERIFY_OVERHEAD)), cast)
+    assert stages["int4-awq audio_encoder"] == BASE_BYTES + held + FEEDS_BYTES
+    # The Thinker's int4 starts from its fp16 export (half_source.py), which has nothing left to cast.
+    fp16 = counts.graphs["thinker"] * 2
+    assert stages["int4-awq thinker"] == BASE_BYTES + int(fp16 * (1 + VERIFY_OVERHEAD)) + FEEDS_BYTES
 
 
 def test_an_export_the_machine_cannot_hold_is_refused_in_one_line(tiny_checkpoint, tmp_path):

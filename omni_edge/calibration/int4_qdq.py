@@ -44,8 +44,9 @@ class Int4Result:
 
 
 def int4_qdq_model(src: Path, feeds: list[dict[str, np.ndarray]], keep: tuple[str, ...], block: int):
-    """`src` (fp32) as an in-memory ModelProto whose weight MatMuls read DequantizeLinear(int4); every other
-    tensor still fp32 (the caller casts to the target's high precision). `keep`: MatMul names left as they are."""
+    """`src` (fp32, or fp16) as an in-memory ModelProto whose weight MatMuls read DequantizeLinear(int4) with scales
+    in the weights' precision; every other tensor as it was (the caller casts an fp32 graph to the target's high
+    precision). `keep`: MatMul names left as they are."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model, load_external_data_for_tensor
 
@@ -68,12 +69,14 @@ def int4_qdq_model(src: Path, feeds: list[dict[str, np.ndarray]], keep: tuple[st
         tensor = weights[node.input[1]]
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             load_external_data_for_tensor(tensor, str(src.parent))  # this weight alone, from the data file
-        w = onnx.numpy_helper.to_array(tensor)
+        stored = onnx.numpy_helper.to_array(tensor)
         tensor.ClearField("raw_data")  # unused once the MatMul reads the int4 twin (dropped below)
+        w = stored.astype(np.float32)  # an fp16 graph's weight too (half_source.py); its scales stay fp16
         if grams:
             w = clip_weight(w, grams[node.input[0]], BITS, symmetric=True)
         quantized, scale = quantize_blocks(w, block)
-        del w
+        scale = scale.astype(stored.dtype)
+        del w, stored
         name = node.input[1]
         added += [int4_tensor(f"{name}_int4", quantized), onnx.numpy_helper.from_array(scale, f"{name}_scale")]
         dequantized = f"{name}_dequantized"

@@ -42,6 +42,7 @@ class QuantizeSettings:
     excluded_nodes: tuple[str, ...] = ()  # kept in high precision: output heads (GPU targets), attention matmuls
     block_size: int | None = None  # int4 only
     weight_only: bool = False  # int8/int4 as MatMulNBits (Target.weight_only, a graph with MatMul weights)
+    source: str = "fp32"  # the graph's own weights: "fp16" when exported so (export/half_source.py)
 
 
 def check_modelopt() -> None:
@@ -72,9 +73,11 @@ def save_graph(model, path: Path) -> None:
 
 
 def head_nodes(model) -> tuple[str, ...]:
-    """MatMul/Gemm nodes that write a graph output directly: the lm_head and codec head. Their outputs pick the
-    tokens; whether they are quantized with the rest is the target's (Target.quantized_heads)."""
+    """MatMul/Gemm nodes that write a graph output, directly or through the Cast to fp32 of a graph exported in
+    fp16 (export/half_source.py): the lm_head and codec head. Their outputs pick the tokens; whether they are
+    quantized with the rest is the target's (Target.quantized_heads)."""
     outputs = {o.name for o in model.graph.output}
+    outputs |= {n.input[0] for n in model.graph.node if n.op_type == "Cast" and n.output[0] in outputs}
     return tuple(n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.output[0] in outputs)
 
 
@@ -111,7 +114,17 @@ def settings_for(src: Path, precision: str, target: Target) -> QuantizeSettings:
     weight_only = target.weight_only and precision in WEIGHT_ONLY_BITS and has_weight_matmuls(model.graph)
     block = int4_block_size(model) if precision == "int4-awq" and not weight_only else None
     heads = () if target.quantized_heads else head_nodes(model)
-    return QuantizeSettings(precision, target.high_precision, heads + attention_matmuls(model), block, weight_only)
+    excluded = heads + attention_matmuls(model)
+    return QuantizeSettings(precision, target.high_precision, excluded, block, weight_only, weights_precision(model))
+
+
+def weights_precision(model) -> str:
+    """fp16 when the graph's MatMul weights are fp16 (exported so: export/half_source.py), else "fp32"."""
+    import onnx
+
+    matmul_weights = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1}
+    types = {t.data_type for t in model.graph.initializer if t.name in matmul_weights}
+    return "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
 
 
 def to_fp16(src: Path, dst: Path) -> None:
@@ -305,7 +318,8 @@ def _save_in_high_precision(model, name: str, settings: QuantizeSettings, dst: P
     """The quantized graph's other ops in the target's high precision (fp16 under TensorRT), written to dst."""
     # A graph with a Scan (the vision encoder's chunked attention) keeps its unquantized ops in fp32: ModelOpt
     # 0.47's fp16 conversion misplaces the casts of values a Scan body reads from the outer graph.
-    fp16 = settings.high_precision == "fp16" and not has_subgraphs(model)
+    # A graph exported in fp16 is there already.
+    fp16 = settings.high_precision == "fp16" and settings.source == "fp32" and not has_subgraphs(model)
     save_graph(fp16_graph(model, name) if fp16 else model, dst)
 
 

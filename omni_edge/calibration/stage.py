@@ -61,7 +61,7 @@ def reduce_bundle(
     for name, record in records.items():
         precision = precisions[name]
         src, dst = fp32_dir / record.file, out_dir / record.file
-        if precision == "fp32":
+        if precision == record.precision:  # fp32 kept, or a graph exported in its fp16 already (half_source.py)
             copy_graph(src, dst)
             reduced[name] = record
         else:
@@ -91,6 +91,8 @@ def reduce_graph(
     (weight-only int8 leaves activations in fp32, so there is nothing to smooth)."""
     settings = settings_for(src, precision, target)
     method = quantize_graph(src, dst, settings, calib_feeds)
+    if settings.source != "fp32":  # export/half_source.py
+        method += f"; from and against the graph exported in {settings.source}"
     best = compare_graphs(src, dst, held_out, precision, method)
     if precision == "int8" and src.stem in SMOOTHQUANT_GRAPHS and not settings.weight_only:
         best = _try_smoothquant(src, dst, settings, calib_feeds, held_out, best)

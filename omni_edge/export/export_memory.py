@@ -1,9 +1,9 @@
 """How much memory the export itself needs, stage by stage, worked out from the checkpoint's headers before
 anything is loaded; and how much this machine has.
 
-The export holds one component at a time (lazy_model): its graph weights in fp32 while torch.export traces
-them and PyTorch computes the check answers, then, released, ONNX Runtime's copy while the graph is
-verified. A reduced-precision export then replays the calibration requests through the fp32 bundle in three
+The export holds one component at a time (lazy_model): its graph weights in fp32 (fp16 for a GPU target's
+Thinker headed for fp16 or int4-awq: half_source.py) while torch.export traces them and PyTorch computes the
+check answers, then, released, ONNX Runtime's copy while the graph is verified. A reduced-precision export then replays the calibration requests through the fp32 bundle in three
 passes (encoders, Thinker, speech), reduces graph by graph (one graph open at a time), and answers the
 requests again with the reduced bundle (calibration/stage.py). The factors
 below are measured (bench/scale-*.json) unless said otherwise; the plan is printed before loading and the
@@ -20,6 +20,8 @@ from pathlib import Path
 from omni_edge.components import component as component_record
 from omni_edge.errors import TargetError
 from omni_edge.memory_plan import GIB, MemoryPlan, count_parameters
+from omni_edge.precision_plan import source_precision
+from omni_edge.targets import Target, get_target
 
 # Measured on full-3b, cpu fp32 (bench/scale-full-3b.json): the parent holds 0.4-1.7 GiB (interpreter,
 # skeleton, ONNX Runtime's arenas after a verification); the child exporting a component holds its own
@@ -40,6 +42,7 @@ MODELOPT_OVERHEAD = 1.0
 # the medium int4 Thinker (a 1.24 GB fp32 lm_head) peaked at 11.0 GiB while cast (its INT4 weights set aside).
 FP16_CAST_OVERHEAD = 8.0
 FP32 = 4
+FP16 = 2
 
 
 @dataclass(frozen=True)
@@ -62,19 +65,25 @@ class ExportMemoryPlan:
 
 
 def plan_export(
-    checkpoint: Path, components: list[str], reduced: MemoryPlan | None = None, weight_only: bool = True
+    checkpoint: Path, components: list[str], reduced: MemoryPlan | None = None, target: Target | None = None
 ) -> ExportMemoryPlan:
     """`reduced`: the reduced bundle's memory plan when the export quantizes or casts (None: fp32 only);
-    `weight_only`: the target's (Target.weight_only), which decides how a graph is reduced."""
+    `target` (default cpu) decides what each component is exported in (precision_plan.source_precision) and how
+    a graph is reduced (Target.weight_only)."""
+    target = target or get_target("cpu")
     counts = count_parameters(checkpoint)
     stages = []
-    fp32 = {c: counts.graphs.get(c, 0) * FP32 for c in components}
+    precisions = {p.component: p.precision for p in reduced.parts} if reduced is not None else {}
+    sources = {c: source_precision(c, precisions.get(c, "fp32"), target) for c in components}
+    # What each component's graphs weigh as exported: fp32, or fp16 for a half-source one.
+    exported = {c: counts.graphs.get(c, 0) * (FP32 if sources[c] == "fp32" else FP16) for c in components}
     tables = {c: counts.tables.get(c, 0) * FP32 for c in components}
     for component in components:
+        weights = exported[component]
         stages.append(
             ExportStage(
                 f"export {component}",
-                BASE_BYTES + CHILD_BYTES + _trace_bytes(fp32[component]) + int(fp32[component] * (1 + EXPORT_OVERHEAD)),
+                BASE_BYTES + CHILD_BYTES + _trace_bytes(weights) + int(weights * (1 + EXPORT_OVERHEAD)),
             )
         )
         if tables[component]:
@@ -82,20 +91,24 @@ def plan_export(
     if reduced is None:
         return ExportMemoryPlan(tuple(stages))
     # The tables are read row by row at run time: the bundle plan prices what a Session holds of them.
-    replay = _replay_bytes(fp32, reduced.table_bytes)
+    replay = _replay_bytes(exported, reduced.table_bytes)
     stages.append(ExportStage("calibration replay", BASE_BYTES + replay + FEEDS_BYTES))
-    smaller = {p.component: p.weight_bytes for p in reduced.parts if p.component in fp32}
+    smaller = {p.component: p.weight_bytes for p in reduced.parts if p.component in exported}
     for part in reduced.parts:
-        if part.component in fp32 and part.precision != "fp32":
-            # The fp32 graph in ONNX Runtime (clip statistics, then the reference answers of the comparison, which
-            # wait on disk while the reduced twin runs); ModelOpt also holds the fp32 protobuf and its output.
-            if weight_only:
-                held = int(fp32[part.component] * (1 + VERIFY_OVERHEAD))
-            elif part.precision == "int4-awq":  # then ModelOpt's fp16 cast of the int4 graph and its fp32 head
+        if part.component in exported and part.precision != sources[part.component]:
+            # The exported graph in ONNX Runtime (clip statistics, then the reference answers of the comparison,
+            # which wait on disk while the reduced twin runs); ModelOpt also holds the fp32 protobuf and its output.
+            source = int(exported[part.component] * (1 + VERIFY_OVERHEAD))
+            if target.weight_only:
+                held = source
+            elif part.precision == "int4-awq" and sources[part.component] == "fp32":
+                # then ModelOpt's fp16 cast of the int4 graph and its fp32 head
                 cast = part.weight_bytes + int(counts.heads.get(part.component, 0) * FP32 * FP16_CAST_OVERHEAD)
-                held = max(int(fp32[part.component] * (1 + VERIFY_OVERHEAD)), cast)
+                held = max(source, cast)
+            elif part.precision == "int4-awq":  # from an fp16 graph: nothing left to cast
+                held = source
             else:
-                held = int(fp32[part.component] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + part.weight_bytes
+                held = int(exported[part.component] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + part.weight_bytes
             peak = BASE_BYTES + held + FEEDS_BYTES
             stages.append(ExportStage(f"{part.precision} {part.component}", peak))
     answers = int(sum(smaller.values()) * (1 + VERIFY_OVERHEAD)) + reduced.table_bytes
@@ -108,11 +121,11 @@ def _trace_bytes(weights: int) -> int:
     return min(TRACE_BYTES, weights)
 
 
-def _replay_bytes(fp32: dict[str, int], tables: int) -> int:
+def _replay_bytes(exported: dict[str, int], tables: int) -> int:
     """The replay's largest pass (calibration/record.py): the media encoders; the Thinker with the tables; the
     Talker, DiT and BigVGAN with the tables (the Talker reads the Thinker's)."""
     by_role: dict[str, int] = {}
-    for component, weights in fp32.items():
+    for component, weights in exported.items():
         role = component_record(component).role
         key = "speech" if role in ("talker", "token2wav") else role
         by_role[key] = by_role.get(key, 0) + weights

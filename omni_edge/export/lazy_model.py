@@ -3,8 +3,8 @@ device (no memory), and one component's weights at a time read from the checkpoi
 
 The full 3B is 20.8 GiB in fp32 and the 7B about 40 GiB: loading it whole is what made a 24 GiB machine
 unable to export. Here the skeleton costs nothing, `loaded(...)` brings in the parameters of one component
-(its graph weights, or its host-side table) converted to fp32, and puts the meta tensors back when the
-block ends. The exporter runs each block in a child process (isolated.py), since libraries keep references
+(its graph weights, or its host-side table) converted to fp32 (fp16 for a half-source graph), and puts the
+meta tensors back when the block ends. The exporter runs each block in a child process (isolated.py), since libraries keep references
 to traced weights; the export's peak is then the largest component, not the model. Buffers (rotary frequencies,
 the vocoder's filters) are not in a checkpoint; they are computed on CPU when the skeleton is built, as
 transformers does, and are small.
@@ -115,10 +115,12 @@ class LazyOmniModel:
         return sum(math.prod(self.shards.tensors[s.stored].shape) for s in self._slots if select(hub_name(s.names[0])))
 
     @contextlib.contextmanager
-    def loaded(self, select: Callable[[str], bool]) -> Iterator[object]:
-        """The skeleton with the selected parameters (chosen by hub name) read from the shards as fp32."""
+    def loaded(self, select: Callable[[str], bool], dtype: str = "float32") -> Iterator[object]:
+        """The skeleton with the selected parameters (chosen by hub name) read from the shards in `dtype`."""
         import torch
         from torch import nn
+
+        into = getattr(torch, dtype)
 
         chosen = [s for s in self._slots if select(hub_name(s.names[0]))]
         saved = []
@@ -126,7 +128,7 @@ class LazyOmniModel:
             for slot in chosen:
                 module, attribute = slot.owners[0]
                 saved.append((slot, module._parameters[attribute]))  # type: ignore[attr-defined]
-                value = nn.Parameter(self.shards.get(slot.stored).to(torch.float32), requires_grad=False)
+                value = nn.Parameter(self.shards.get(slot.stored).to(into), requires_grad=False)
                 for owner, name in slot.owners:
                     owner._parameters[name] = value  # type: ignore[attr-defined]
             yield self.model

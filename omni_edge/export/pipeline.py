@@ -42,6 +42,7 @@ from omni_edge.precision_plan import (
     graph_precisions,
     needs_calibration,
     needs_modelopt,
+    source_precision,
 )
 from omni_edge.signals import terminate_as_interrupt
 from omni_edge.targets import Target, get_target
@@ -75,7 +76,7 @@ class CheckedRequest:
 
     target: Target
     precisions: dict[str, str]  # component -> precision
-    calibration: CalibrationSet | None  # None: every component stays fp32
+    calibration: CalibrationSet | None  # None: every component stays as exported (fp32, or fp16: half_source.py)
     plugins: PluginDecision
 
 
@@ -159,8 +160,8 @@ def _calibration(request: ExportRequest, target: Target, precisions: dict[str, s
                 f"calibration data: pass --calib DIR (your own wav/png/jpg/mp4 files and .txt prompts) or "
                 f"--calib {SYNTHETIC}; or choose --precision {'/'.join(uncalibrated)}"
             )
-    if all(p == "fp32" for p in precisions.values()):
-        return None
+    if all(p == source_precision(c, p, target) for c, p in precisions.items()):
+        return None  # every component is exported at its precision: nothing to reduce
     if needs_modelopt(precisions, target):
         from omni_edge.calibration.quantize import check_modelopt
 
@@ -214,7 +215,7 @@ def _check_export_memory(
 
     components = selected(request.components)
     reduced = plan if checked.calibration is not None else None
-    export_plan = plan_export(checkpoint, components, reduced, checked.target.weight_only)
+    export_plan = plan_export(checkpoint, components, reduced, checked.target)
     check_export_fits(export_plan, components, machine_bytes())  # a refusal is one line with the numbers
     say(export_plan.summary())
 
@@ -263,7 +264,7 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
             lazy = LazyOmniModel(source.path, shards)  # a skeleton: each component's weights are read when exported
             model = lazy.model
             bar.update()
-            records = _export_components(lazy, request, target, fp32_dir, bar)
+            records = _export_components(lazy, request, target, checked.precisions, fp32_dir, bar)
             bar.set_description("writing tokenizer and manifest")
             manifest = _fp32_manifest(model, source, target, request, records, fp32_dir, plan)
             bar.update()
@@ -318,28 +319,34 @@ def _export_bundle(request: ExportRequest, progress: Callable, say: Callable[[st
     return out
 
 
-def _export_components(lazy, request: ExportRequest, target: Target, bundle_dir: Path, bar) -> dict:
+def _export_components(
+    lazy, request: ExportRequest, target: Target, precisions: dict[str, str], bundle_dir: Path, bar
+) -> dict:
     """One component at a time: load its weights, write its graphs and what PyTorch computes for their check
     inputs, release the weights, then verify here in ONNX Runtime (which loads its own copy). A component with
     large weights is exported in a child process (isolated.py), whose exit returns what the libraries keep.
-    The peak is the largest component's weights once, never the model's or two copies."""
+    The peak is the largest component's weights once, never the model's or two copies. Each is written in fp32,
+    or in fp16 where the target's reduction starts from that (precision_plan.source_precision)."""
     from omni_edge.export import verify_loop
     from omni_edge.export.components import selected_components, specs_for
+    from omni_edge.export.half_source import spec_for_source
     from omni_edge.export.isolated import isolate_above_bytes, run_isolated
     from omni_edge.export.lazy_model import graph_weights, table_weights
 
     records = {}
     for component in selected_components(request.components):
+        source = source_precision(component.name, precisions[component.name], target)
         specs = specs_for(component, lazy.model, target)  # from the config: the skeleton is enough
         bar.set_description(f"exporting {', '.join(s.name for s in specs)}")
-        job = (lazy.path, component.name, target.name, bundle_dir, request.max_seq_len)
+        job = (lazy.path, component.name, target.name, bundle_dir, request.max_seq_len, source)
         if lazy.parameter_count(graph_weights(component.name)) * 4 > isolate_above_bytes():
             answers = run_isolated(_export_one, *job, what=f"exporting {component.name}")
         else:
             answers = _export_one(*job, lazy=lazy)
         for spec, (path, cases, profile) in zip(specs, answers):
             bar.set_description(f"verifying {spec.name}")
-            records[spec.name] = verify_loop.verify_exported(verify_loop.ExportedGraph(spec, path, cases, profile))
+            exported = verify_loop.ExportedGraph(spec_for_source(spec, source), path, cases, profile)
+            records[spec.name] = verify_loop.verify_exported(exported, source)
             bar.update()
         if component.table_prefixes:
             with lazy.loaded(table_weights(component.name)) as model:  # plain tensors: nothing keeps them
@@ -349,9 +356,12 @@ def _export_components(lazy, request: ExportRequest, target: Target, bundle_dir:
     return records
 
 
-def _export_one(checkpoint: Path, component: str, target: str, bundle_dir: Path, max_seq_len: int, lazy=None) -> list:
-    """Write one component's graphs with PyTorch's answers (path, cases, profile) for each; run in a child
-    process (which reads the checkpoint's skeleton again) or, given `lazy`, here."""
+def _export_one(
+    checkpoint: Path, component: str, target: str, bundle_dir: Path, max_seq_len: int, source: str, lazy=None
+) -> list:
+    """Write one component's graphs, from its weights in `source` precision, with PyTorch's answers (path, cases,
+    profile) for each; run in a child process (which reads the checkpoint's skeleton again) or, given `lazy`,
+    here."""
     from omni_edge.components import component as component_record
     from omni_edge.export import verify_loop
     from omni_edge.export.components import specs_for
@@ -359,9 +369,9 @@ def _export_one(checkpoint: Path, component: str, target: str, bundle_dir: Path,
 
     lazy = lazy or LazyOmniModel(checkpoint)
     entry = component_record(component)
-    with lazy.loaded(graph_weights(component)) as model:
+    with lazy.loaded(graph_weights(component), {"fp32": "float32", "fp16": "float16"}[source]) as model:
         graphs = [
-            verify_loop.export_with_expectations(spec, model, bundle_dir, max_seq_len)
+            verify_loop.export_with_expectations(spec, model, bundle_dir, max_seq_len, source)
             for spec in specs_for(entry, model, get_target(target))
         ]
     return [(g.path, g.cases, g.profile) for g in graphs]

@@ -13,6 +13,7 @@ import numpy as np
 
 from omni_edge.bundle import ComponentRecord, TensorSpec, sha256_file
 from omni_edge.errors import OmniEdgeError
+from omni_edge.export import half_source
 from omni_edge.export.spec import ComponentSpec
 
 
@@ -134,12 +135,22 @@ def _compare(spec: ComponentSpec, got: list, expected: list, what: str) -> float
     return worst
 
 
-def export_with_expectations(spec: ComponentSpec, model, out_dir: Path, max_seq_len: int = 4096) -> ExportedGraph:
-    """Phase one, while the component's weights are loaded: write the graph, compute PyTorch's answers."""
+def export_with_expectations(
+    spec: ComponentSpec, model, out_dir: Path, max_seq_len: int = 4096, source: str = "fp32"
+) -> ExportedGraph:
+    """Phase one, while the component's weights are loaded: write the graph, compute PyTorch's answers.
+    `source`: the loaded weights' precision, "fp32" or "fp16" (half_source.py); the graph's inputs and outputs
+    are fp32 either way."""
+    kept = half_source.float_inputs(spec, model) if source != "fp32" else set()
+    spec = half_source.spec_for_source(spec, source)
     module = spec.build_module(model)
     path = out_dir / f"{spec.name}.onnx"
     export_graph(spec, module, model, path)
     cases = expected_outputs(spec, module, model)
+    if source != "fp32":
+        half_source.keep_float_io(path, kept)
+        for case in cases:
+            case.feeds = {k: v.astype(np.float32) if k in kept else v for k, v in case.feeds.items()}
     profile = {axis: list(r) for axis, r in spec.profile(model, max_seq_len).items()} if spec.profile else None
     return ExportedGraph(spec, path, cases, profile)
 

@@ -134,6 +134,11 @@ class OrtEngine:
         # ints for fixed sizes, names (or None) for dynamic axes
         self.shapes = {arg.name: list(arg.shape) for arg in [*self._session.get_inputs(), *self._session.get_outputs()]}
 
+    @property
+    def session(self):
+        """The onnxruntime InferenceSession: for IOBinding (a KV buffer bound as past and present, kv_cache.py)."""
+        return self._session
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values))

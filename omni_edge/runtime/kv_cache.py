@@ -190,7 +190,7 @@ def _ort_session(engine):
     """The InferenceSession of a plain OrtEngine, None for any other engine (a wrapper sees numpy feeds only)."""
     from omni_edge.runtime.engine import OrtEngine
 
-    return engine._session if isinstance(engine, OrtEngine) else None
+    return engine.session if isinstance(engine, OrtEngine) else None
 
 
 class InPlaceBinding:
