@@ -75,3 +75,25 @@ def test_a_spoken_reply_comes_out_of_the_deep_bundle(deep_bundle):
         )
         result = next(e.result for e in events if isinstance(e, Done))
     assert result.codec_token_ids and result.audio_seconds > 0
+
+
+def test_the_thinker_exports_in_fp16_at_full_depth(deep_checkpoint, tmp_path):
+    """A GPU target's fp16 Thinker (export/half_source.py) stays within its tolerance of PyTorch in fp16 over all
+    36 layers, and reads only fp16 weights."""
+    import onnx
+
+    from omni_edge import naming
+    from omni_edge.bundle import load_manifest
+    from omni_edge.export.half_source import HALF_ATOL
+    from omni_edge.export.pipeline import ExportRequest, _no_progress, export_bundle
+
+    request = ExportRequest(
+        str(deep_checkpoint), "jetson-orin", tmp_path / "b", "thinker=fp16", 512, components=("thinker",), engines=False
+    )
+    manifest = load_manifest(export_bundle(request, _no_progress))
+    record = manifest.components[naming.THINKER_DECODER]
+    assert manifest.kv_cache.num_layers == 36 and record.precision == "fp16"
+    assert 0 < record.measured_max_abs_error <= HALF_ATOL
+    graph = onnx.load(str(tmp_path / "b" / record.file), load_external_data=False).graph
+    weights = {n.input[1] for n in graph.node if n.op_type == "MatMul"}
+    assert {t.data_type for t in graph.initializer if t.name in weights} == {onnx.TensorProto.FLOAT16}

@@ -17,10 +17,10 @@ from pathlib import Path
 from omni_edge import naming
 from omni_edge.export.spec import ComponentSpec
 
-# fp16 graph against fp16 eager: both round every op to fp16 (11 significant bits), in different orders. Measured
-# at most 4.2e-3 on logits and hidden states of unit RMS (tiny and medium Thinkers, 2 layers); the margin is for
-# deeper stacks.
-HALF_ATOL = 2e-2
+# fp16 graph against fp16 eager: both round every op to fp16 (11 significant bits), in different orders, and the
+# differences grow with depth. Measured at most 4.2e-3 on logits and hidden states of unit RMS (tiny and medium
+# Thinkers, 2 layers), 1.8e-2 over the `deep` preset's 36 layers.
+HALF_ATOL = 5e-2
 HALF_RTOL = 2e-2
 HALF_SUFFIX = "_fp16"
 
