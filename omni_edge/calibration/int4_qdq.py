@@ -21,6 +21,7 @@ from omni_edge.calibration.weight_only import (
     drop_unused_initializers,
     gemm_to_matmul,
     input_grams,
+    read_weight,
     symmetric_scale,
     weight_matmuls,
 )
@@ -48,7 +49,7 @@ def int4_qdq_model(src: Path, feeds: list[dict[str, np.ndarray]], keep: tuple[st
     in the weights' precision; every other tensor as it was (the caller casts an fp32 graph to the target's high
     precision). `keep`: MatMul names left as they are."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model, load_external_data_for_tensor
+    from onnx.external_data_helper import load_external_data_for_model
 
     model = onnx.load(str(src), load_external_data=False)
     graph = model.graph
@@ -61,16 +62,12 @@ def int4_qdq_model(src: Path, feeds: list[dict[str, np.ndarray]], keep: tuple[st
     grams = input_grams(src, matmuls, feeds, {n.input[0]: block for n in matmuls}) if feeds else {}
     weights = {t.name: t for t in graph.initializer}
     chosen = {n.name for n in matmuls}
-    nodes, added = [], []
+    nodes = []
     for node in graph.node:
         if node.name not in chosen:
             nodes.append(node)
             continue
-        tensor = weights[node.input[1]]
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            load_external_data_for_tensor(tensor, str(src.parent))  # this weight alone, from the data file
-        stored = onnx.numpy_helper.to_array(tensor)
-        tensor.ClearField("raw_data")  # unused once the MatMul reads the int4 twin (dropped below)
+        stored = read_weight(weights[node.input[1]], src.parent)  # this weight alone, not into the graph
         w = stored.astype(np.float32)  # an fp16 graph's weight too (half_source.py); its scales stay fp16
         if grams:
             w = clip_weight(w, grams[node.input[0]], BITS, symmetric=True)
@@ -78,7 +75,10 @@ def int4_qdq_model(src: Path, feeds: list[dict[str, np.ndarray]], keep: tuple[st
         scale = scale.astype(stored.dtype)
         del w, stored
         name = node.input[1]
-        added += [int4_tensor(f"{name}_int4", quantized), onnx.numpy_helper.from_array(scale, f"{name}_scale")]
+        # copied into the graph now, so the tensors made here are freed with this iteration (read_weight)
+        graph.initializer.extend(
+            [int4_tensor(f"{name}_int4", quantized), onnx.numpy_helper.from_array(scale, f"{name}_scale")]
+        )
         dequantized = f"{name}_dequantized"
         nodes.append(
             onnx.helper.make_node(
@@ -94,7 +94,6 @@ def int4_qdq_model(src: Path, feeds: list[dict[str, np.ndarray]], keep: tuple[st
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(added)
     drop_unused_initializers(graph)
     load_external_data_for_model(model, str(src.parent))  # what is left: norms, biases, the kept heads
     _at_least_opset(model, 21)  # blocked DequantizeLinear and INT4 tensors

@@ -68,7 +68,6 @@ def weight_only_graph(
     dropped before the next. The peak is the packed graph plus one fp32 weight, not the fp32 graph (the 3B
     Thinker's is 11.5 GiB) held beside an ONNX Runtime copy of it."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
 
     from omni_edge.calibration.quantize import QuantizationError, save_graph
@@ -106,13 +105,17 @@ def weight_only_graph(
         if node.name not in chosen:
             nodes.append(node)
             continue
-        tensor = weights[node.input[1]]
-        if uses_external_data(tensor):
-            load_external_data_for_tensor(tensor, str(src.parent))  # this weight alone, from the data file
+        name = node.input[1]
+        w = read_weight(weights[name], src.parent)
         if node.name in clip:
-            tensor.raw_data = clip_weight(onnx.numpy_helper.to_array(tensor), grams[node.input[0]], bits).tobytes()
-        nodes.extend(quantizers[blocks[node.name]].quantize_matmul(node, [model.graph]))
-        tensor.ClearField("raw_data")  # the fp32 weight, now unused (dropped below); the packed one was appended
+            w = clip_weight(w, grams[node.input[0]], bits)
+        # The quantizer reads the weight from a graph and appends the packed one to it: a graph of its own, whose
+        # memory goes with it (see read_weight), so only the packed tensors are copied into the model.
+        alone = onnx.GraphProto(initializer=[onnx.numpy_helper.from_array(w, name)])
+        del w
+        nodes.extend(quantizers[blocks[node.name]].quantize_matmul(node, [alone]))
+        model.graph.initializer.extend(t for t in alone.initializer if t.name != name)
+        del alone
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     drop_unused_initializers(model.graph)
@@ -125,11 +128,32 @@ def weight_only_graph(
     return WeightOnlyResult(len(matmuls), len(clip), counts, len(all_matmuls) - len(matmuls), heads, convolutions)
 
 
+def read_weight(tensor, data_dir: Path) -> np.ndarray:
+    """A weight's values, read from its external data file without writing them into `tensor`. A ModelProto's
+    memory (protobuf's upb arena) is freed only with the whole message, not when a field is cleared: loading each
+    weight into the graph and clearing it after kept every fp32 weight resident (the 3B Thinker's int4 stage was
+    OOM-killed at 24 GiB; 48 weights of 16 MB grew the process by 18 MB each, measured)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    if not uses_external_data(tensor):
+        return onnx.numpy_helper.to_array(tensor).copy()
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    shape = tuple(int(d) for d in tensor.dims)
+    values = np.empty(shape, dtype=dtype)
+    with open(data_dir / info["location"], "rb") as data:
+        data.seek(int(info.get("offset", 0)))
+        if data.readinto(memoryview(values).cast("B")) != values.nbytes:
+            raise ValueError(f"{tensor.name}: its external data in {info['location']} is cut short")
+    return values
+
+
 def drop_unused_initializers(graph) -> None:
+    """In place: re-adding the kept ones would copy every packed weight once more (read_weight says why)."""
     used = _inputs(graph)
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name not in used]):
+        del graph.initializer[i]
 
 
 def has_weight_matmuls(graph) -> bool:
@@ -159,7 +183,7 @@ def gemm_to_matmul(graph, data_dir: Path | None = None) -> int:
         if node.op_type != "Gemm" or not plain or node.input[1] not in weights:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weights[node.input[1]], str(data_dir) if data_dir else "")
+        w = read_weight(weights[node.input[1]], data_dir) if data_dir else numpy_helper.to_array(weights[node.input[1]])
         name = f"{node.input[1]}_matmul"
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB") else w), name))
         has_bias = len(node.input) > 2 and node.input[2]
