@@ -141,12 +141,11 @@ def read_weight(tensor, data_dir: Path) -> np.ndarray:
     info = {entry.key: entry.value for entry in tensor.external_data}
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
     shape = tuple(int(d) for d in tensor.dims)
-    values = np.empty(shape, dtype=dtype)
-    with open(data_dir / info["location"], "rb") as data:
-        data.seek(int(info.get("offset", 0)))
-        if data.readinto(memoryview(values).cast("B")) != values.nbytes:
-            raise ValueError(f"{tensor.name}: its external data in {info['location']} is cut short")
-    return values
+    count = int(np.prod(shape))
+    values = np.fromfile(data_dir / info["location"], dtype=dtype, count=count, offset=int(info.get("offset", 0)))
+    if values.size != count:
+        raise ValueError(f"{tensor.name}: its external data in {info['location']} is cut short")
+    return values.reshape(shape)
 
 
 def drop_unused_initializers(graph) -> None:
