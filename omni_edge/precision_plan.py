@@ -8,6 +8,8 @@ thinker=int4-awq,dit=fp32  the target's defaults, with these components changed
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from omni_edge import components as table
 from omni_edge.components import COMPONENT_NAMES, owner
 from omni_edge.errors import TargetError
@@ -17,8 +19,10 @@ CALIBRATED = ("int8", "fp8", "int4-awq")  # precisions whose ranges come from ca
 WEIGHT_ONLY = ("int8", "int4-awq")  # as MatMulNBits on a weight-only target (Target.weight_only)
 
 
-def component_precisions(target: Target, precision: str) -> dict[str, str]:
-    """Precision per component (components.COMPONENTS); raises TargetError for anything the target cannot run."""
+def component_precisions(target: Target, precision: str, exported: Collection[str] = COMPONENT_NAMES) -> dict[str, str]:
+    """Precision per component (components.COMPONENTS) of those `exported`; raises TargetError for anything the
+    target cannot run. Components left out of the export are not checked: `--precision fp16 --components thinker`
+    is fine though the vision encoder cannot be fp16."""
     text = precision.strip()
     if "=" not in text:
         chosen = (
@@ -33,6 +37,7 @@ def component_precisions(target: Target, precision: str) -> dict[str, str]:
                     f"--precision {item}: unknown component {component.strip()!r}; components: {', '.join(COMPONENT_NAMES)}"
                 )
             chosen[component.strip()] = _checked(target, value.strip())
+    chosen = {c: p for c, p in chosen.items() if c in exported}
     for name, value in chosen.items():
         if value not in target.precisions:  # a default the target cannot run would be a preset bug
             raise TargetError(f"target {target.name} cannot run {value} for {name}")

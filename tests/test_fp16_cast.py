@@ -33,3 +33,13 @@ def test_an_fp16_vision_encoder_is_refused_before_the_export():
     with pytest.raises(TargetError, match="vision_encoder cannot be exported at fp16"):
         component_precisions(TARGETS["jetson-orin"], "fp16")  # every component in fp16
     assert component_precisions(TARGETS["rtx-ada"], "dit=fp16")["dit"] == "fp16"
+
+
+def test_a_component_left_out_of_the_export_is_not_checked():
+    from omni_edge.precision_plan import component_precisions
+    from omni_edge.targets import TARGETS
+
+    # every component in fp16, but only the Thinker (and what it requires) exported: the vision encoder's
+    # refusal must not block it
+    chosen = component_precisions(TARGETS["rtx-ada"], "fp16", ("thinker", "talker"))
+    assert chosen == {"thinker": "fp16", "talker": "fp16"}

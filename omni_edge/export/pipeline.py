@@ -132,9 +132,7 @@ def check_request(request: ExportRequest) -> CheckedRequest:
 
     target = get_target(request.target)
     check_components(request.components)
-    precisions = {
-        c: p for c, p in component_precisions(target, request.precision).items() if c in selected(request.components)
-    }
+    precisions = component_precisions(target, request.precision, selected(request.components))
     if request.max_seq_len < 16:
         raise BundleError(f"--max-seq-len {request.max_seq_len} is too small; use at least 16")
     if request.max_seq_len > MAX_SEQ_LEN:
