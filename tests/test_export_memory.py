@@ -14,8 +14,10 @@ from omni_edge.export.export_memory import (
     EXPORT_OVERHEAD,
     FEEDS_BYTES,
     FP16_CAST_OVERHEAD,
+    HELD_FP16,
     MEMORY_ENV,
     MODELOPT_OVERHEAD,
+    SESSION_OVERHEAD,
     TRACE_BYTES,
     VERIFY_OVERHEAD,
     plan_export,
@@ -75,13 +77,13 @@ def test_a_reduced_export_plans_the_replay_by_pass_and_one_graph_at_a_time(tiny_
     # The replay's passes: encoders; Thinker and tables; Talker, DiT, BigVGAN and tables. Its peak is the largest.
     tables = bundle.table_bytes  # what a Session holds of them (read row by row)
     passes = [
-        (fp32["audio_encoder"] + fp32["vision_encoder"]) * (1 + VERIFY_OVERHEAD),
-        fp32["thinker"] * (1 + VERIFY_OVERHEAD) + tables,
-        (fp32["talker"] + fp32["dit"] + fp32["bigvgan"]) * (1 + VERIFY_OVERHEAD) + tables,
+        (fp32["audio_encoder"] + fp32["vision_encoder"]) * (1 + SESSION_OVERHEAD),
+        fp32["thinker"] * (1 + SESSION_OVERHEAD) + tables,
+        (fp32["talker"] + fp32["dit"] + fp32["bigvgan"]) * (1 + SESSION_OVERHEAD) + tables,
     ]
     assert stages["calibration replay"] == BASE_BYTES + int(max(passes)) + FEEDS_BYTES
     # Reducing a graph weight by weight holds the fp32 graph in ONNX Runtime, then its reduced twin alone.
-    assert stages["int4-awq thinker"] == BASE_BYTES + int(fp32["thinker"] * (1 + VERIFY_OVERHEAD)) + FEEDS_BYTES
+    assert stages["int4-awq thinker"] == BASE_BYTES + int(fp32["thinker"] * (1 + SESSION_OVERHEAD)) + FEEDS_BYTES
     # ModelOpt's int8 Q/DQ (GPU targets) holds the fp32 protobuf too; int4 Q/DQ is streamed like MatMulNBits.
     orin = _bundle_plan(tiny_checkpoint, "jetson-orin", "thinker=int4-awq,talker=int8,audio_encoder=int4-awq")
     stages = {
@@ -94,11 +96,15 @@ def test_a_reduced_export_plans_the_replay_by_pass_and_one_graph_at_a_time(tiny_
     # ... and then ModelOpt's fp16 cast of an fp32 int4 graph, which copies its fp32 initializers over and over
     # (heads: none in the audio encoder).
     cast = parts["audio_encoder"] + int(counts.heads.get("audio_encoder", 0) * 4 * FP16_CAST_OVERHEAD)
-    held = max(int(fp32["audio_encoder"] * (1 + VERIFY_OVERHEAD)), cast)
+    held = max(int(fp32["audio_encoder"] * (1 + SESSION_OVERHEAD)), cast)
     assert stages["int4-awq audio_encoder"] == BASE_BYTES + held + FEEDS_BYTES
-    # The Thinker's int4 starts from its fp16 export (half_source.py), which has nothing left to cast.
-    fp16 = counts.graphs["thinker"] * 2
-    assert stages["int4-awq thinker"] == BASE_BYTES + int(fp16 * (1 + VERIFY_OVERHEAD)) + FEEDS_BYTES
+    # The Thinker's int4 starts from its fp16 export (half_source.py), which has nothing left to cast; but ONNX
+    # Runtime on this machine holds that graph at fp32 size (no fp16 MatMul: it folds fp32 copies), so verifying
+    # it is a stage of its own (at full size larger than exporting it: the 7B's 30.7 GiB against 17.6).
+    held_fp16 = counts.graphs["thinker"] * HELD_FP16
+    assert stages["int4-awq thinker"] == BASE_BYTES + int(held_fp16 * (1 + SESSION_OVERHEAD)) + FEEDS_BYTES
+    assert stages["verify thinker"] == BASE_BYTES + int(held_fp16 * (1 + VERIFY_OVERHEAD))
+    assert "verify audio_encoder" not in stages  # exported in fp32: exporting is the larger step
 
 
 def test_an_export_the_machine_cannot_hold_is_refused_in_one_line(tiny_checkpoint, tmp_path):

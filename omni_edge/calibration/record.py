@@ -128,6 +128,7 @@ def replay(
         parts.append(encoded(encoders, sample, manifest.components))
     del encoders  # released before the Thinker is opened
 
+    _say(bar, "calibrating: Thinker")  # before the session opens: its loading peak belongs to this pass
     session = Session(bundle_dir, verify=False, wrap_engine=lambda engine: RecordingEngine(engine, recorded))
     texts, tracks = [], []
     for i, (sample, media) in enumerate(zip(samples, parts)):
@@ -155,6 +156,7 @@ def replay(
     if manifest.talker is not None:
         from omni_edge.runtime.speech import SpeechOptions, SpeechPipeline
 
+        _say(bar, "calibrating: Talker and token2wav")
         speech = SpeechPipeline(bundle_dir, manifest, opened, embeddings, None)
         options = SpeechOptions(max_codec_tokens=codec_tokens)
         for i, (track, first_row) in enumerate(tracks):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omni_edge.components import component as component_record
 from omni_edge.errors import TargetError
-from omni_edge.memory_plan import GIB, MemoryPlan, count_parameters
+from omni_edge.memory_plan import GIB, MemoryPlan, PartPlan, count_parameters
 from omni_edge.precision_plan import source_precision
 from omni_edge.targets import Target, get_target
 
@@ -33,6 +33,10 @@ CHILD_BYTES = int(0.6 * GIB)
 EXPORT_OVERHEAD = 0.05  # torch.export + the ONNX program over the component's fp32 weights
 TRACE_BYTES = int(1.5 * GIB)  # the largest component's activations while tracing and computing check answers
 VERIFY_OVERHEAD = 0.10  # ONNX Runtime's session over the graph's weights (Thinker: 11.5 GiB -> 13.1 GiB peak)
+# A session answering requests holds more than one verifying a few cases (prefill activations, ORT's arenas): the
+# full-3b int4-awq run held 15.0 GiB over the base for the 11.5 GiB fp32 Thinker while it opened for the replay,
+# 14.1 while its clip statistics ran (bench/scale-full-3b.json). Used for the replay and the reductions' source.
+SESSION_OVERHEAD = 0.32
 FEEDS_BYTES = 1 * GIB  # the replay's recorded feeds (decode feeds carry the KV cache), thinned to 48 per graph
 # ModelOpt's int8/fp8 Q/DQ and the fp16 cast hold the whole fp32 graph as a protobuf beside ONNX Runtime's
 # calibration session (not measured at full size). int4-awq, MatMulNBits or Q/DQ, streams the weights one at
@@ -43,6 +47,11 @@ MODELOPT_OVERHEAD = 1.0
 FP16_CAST_OVERHEAD = 8.0
 FP32 = 4
 FP16 = 2
+# ONNX Runtime's CPU kernels have no fp16 MatMul: opening a graph that holds fp16 weights, it inserts Casts and
+# folds an fp32 copy of each weight (measured: the medium fp16 Thinker's 0.87 GiB of weights held as 1.73 GiB;
+# of its int4 twin, the fp16 head was copied, the int4 blocks were not). Every check the export runs on this
+# machine (verification, replay, clip statistics, end-to-end answers) holds a half-source graph at fp32 size.
+HELD_FP16 = FP32
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ def plan_export(
     sources = {c: source_precision(c, precisions.get(c, "fp32"), target) for c in components}
     # What each component's graphs weigh as exported: fp32, or fp16 for a half-source one.
     exported = {c: counts.graphs.get(c, 0) * (FP32 if sources[c] == "fp32" else FP16) for c in components}
+    held = {c: counts.graphs.get(c, 0) * (FP32 if sources[c] == "fp32" else HELD_FP16) for c in components}
     tables = {c: counts.tables.get(c, 0) * FP32 for c in components}
     for component in components:
         weights = exported[component]
@@ -86,34 +96,46 @@ def plan_export(
                 BASE_BYTES + CHILD_BYTES + _trace_bytes(weights) + int(weights * (1 + EXPORT_OVERHEAD)),
             )
         )
+        if held[component] > exported[component]:  # else exporting is the larger of the two steps
+            stages.append(ExportStage(f"verify {component}", BASE_BYTES + int(held[component] * (1 + VERIFY_OVERHEAD))))
         if tables[component]:
             stages.append(ExportStage(f"{component} tables", BASE_BYTES + tables[component]))
     if reduced is None:
         return ExportMemoryPlan(tuple(stages))
     # The tables are read row by row at run time: the bundle plan prices what a Session holds of them.
-    replay = _replay_bytes(exported, reduced.table_bytes)
+    replay = _replay_bytes(held, reduced.table_bytes)
     stages.append(ExportStage("calibration replay", BASE_BYTES + replay + FEEDS_BYTES))
-    smaller = {p.component: p.weight_bytes for p in reduced.parts if p.component in exported}
     for part in reduced.parts:
         if part.component in exported and part.precision != sources[part.component]:
             # The exported graph in ONNX Runtime (clip statistics, then the reference answers of the comparison,
             # which wait on disk while the reduced twin runs); ModelOpt also holds the fp32 protobuf and its output.
-            source = int(exported[part.component] * (1 + VERIFY_OVERHEAD))
+            source = int(held[part.component] * (1 + SESSION_OVERHEAD))
             if target.weight_only:
-                held = source
+                reducing = source
             elif part.precision == "int4-awq" and sources[part.component] == "fp32":
                 # then ModelOpt's fp16 cast of the int4 graph and its fp32 head
                 cast = part.weight_bytes + int(counts.heads.get(part.component, 0) * FP32 * FP16_CAST_OVERHEAD)
-                held = max(source, cast)
+                reducing = max(source, cast)
             elif part.precision == "int4-awq":  # from an fp16 graph: nothing left to cast
-                held = source
+                reducing = source
             else:
-                held = int(exported[part.component] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + part.weight_bytes
-            peak = BASE_BYTES + held + FEEDS_BYTES
+                reducing = int(held[part.component] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + part.weight_bytes
+            peak = BASE_BYTES + reducing + FEEDS_BYTES
             stages.append(ExportStage(f"{part.precision} {part.component}", peak))
-    answers = int(sum(smaller.values()) * (1 + VERIFY_OVERHEAD)) + reduced.table_bytes
+    answers = int(sum(_held_reduced(p) for p in reduced.parts if p.component in exported) * (1 + VERIFY_OVERHEAD))
+    answers += reduced.table_bytes
     stages.append(ExportStage("end-to-end accuracy", BASE_BYTES + answers + FEEDS_BYTES))
     return ExportMemoryPlan(tuple(stages))
+
+
+def _held_reduced(part: PartPlan) -> int:
+    """A reduced graph in ONNX Runtime on this machine: its fp16 weights (an fp16 graph's all, a quantized one's
+    kept head) copied to fp32 beside it (HELD_FP16); packed int4/int8 blocks stay as they are."""
+    if part.precision == "fp16":
+        return part.weight_bytes * HELD_FP16 // FP16
+    if part.head_precision == "fp16":
+        return part.weight_bytes + part.head_parameters * part.copies * (HELD_FP16 - FP16)
+    return part.weight_bytes
 
 
 def _trace_bytes(weights: int) -> int:
@@ -121,18 +143,18 @@ def _trace_bytes(weights: int) -> int:
     return min(TRACE_BYTES, weights)
 
 
-def _replay_bytes(exported: dict[str, int], tables: int) -> int:
+def _replay_bytes(held: dict[str, int], tables: int) -> int:
     """The replay's largest pass (calibration/record.py): the media encoders; the Thinker with the tables; the
     Talker, DiT and BigVGAN with the tables (the Talker reads the Thinker's)."""
     by_role: dict[str, int] = {}
-    for component, weights in exported.items():
+    for component, weights in held.items():
         role = component_record(component).role
         key = "speech" if role in ("talker", "token2wav") else role
         by_role[key] = by_role.get(key, 0) + weights
     passes = [
-        by_role.get("encoder", 0) * (1 + VERIFY_OVERHEAD),
-        by_role.get("thinker", 0) * (1 + VERIFY_OVERHEAD) + tables,
-        by_role.get("speech", 0) * (1 + VERIFY_OVERHEAD) + tables,
+        by_role.get("encoder", 0) * (1 + SESSION_OVERHEAD),
+        by_role.get("thinker", 0) * (1 + SESSION_OVERHEAD) + tables,
+        by_role.get("speech", 0) * (1 + SESSION_OVERHEAD) + tables,
     ]
     return int(max(passes))
 
