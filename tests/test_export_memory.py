@@ -126,3 +126,21 @@ def test_an_export_the_machine_cannot_hold_is_refused_in_one_line(tiny_checkpoin
     )
     assert_one_line_error(proc, "this export needs about", "(export thinker)", "0.5 GiB is available", MEMORY_ENV)
     assert not (tmp_path / "b").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_fp32_fix_is_offered_only_when_the_fp32_export_fits():
+    import pytest
+
+    from omni_edge.errors import TargetError
+    from omni_edge.export.export_memory import GIB, ExportMemoryPlan, ExportStage, check_export_fits
+
+    reduced = ExportMemoryPlan((ExportStage("export thinker", 10 * GIB), ExportStage("calibration replay", 30 * GIB)))
+    small = ExportMemoryPlan((ExportStage("export thinker", 12 * GIB),))
+    large = ExportMemoryPlan((ExportStage("export thinker", 31 * GIB),))  # the 7B's Thinker in fp32
+    with pytest.raises(TargetError, match=r"--precision fp32 .*12\.0 GiB") as offered:
+        check_export_fits(reduced, ["thinker"], 20 * GIB, small)
+    assert "at least 30.0 GiB" in str(offered.value)
+    with pytest.raises(TargetError) as refused:
+        check_export_fits(reduced, ["thinker"], 20 * GIB, large)
+    assert "fp32" not in str(refused.value)
+    check_export_fits(reduced, ["thinker"], 30 * GIB, large)  # fits: no refusal

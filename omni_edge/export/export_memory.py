@@ -180,16 +180,22 @@ def available_bytes() -> int | None:
     return available
 
 
-def check_export_fits(plan: ExportMemoryPlan, components: list[str], available: int | None) -> None:
-    """Refuse, with the numbers and the fix, when the export's largest stage does not fit in memory now."""
+def check_export_fits(
+    plan: ExportMemoryPlan, components: list[str], available: int | None, unreduced: ExportMemoryPlan | None = None
+) -> None:
+    """Refuse, with the numbers and the fix, when the export's largest stage does not fit in memory now.
+    `unreduced`: the same export's plan at --precision fp32, offered as the fix when it fits."""
     if available is None or plan.peak.peak_bytes <= available:
         return
     fixes = [f"close other programs or export on a machine with at least {_gib(plan.peak.peak_bytes)} free"]
     largest = plan.peak.name.removeprefix("export ")
     if largest in components and largest != "thinker":  # the Thinker is in every bundle
         fixes.append(f"export without {largest} (--components)")
-    if plan.peak.name not in {f"export {c}" for c in components} and not plan.peak.name.endswith(" tables"):
-        fixes.append("keep this export at --precision fp32 (no calibration replay, no reduced graphs)")
+    if unreduced is not None and unreduced.peak.peak_bytes <= available:
+        fixes.append(
+            f"keep this export at --precision fp32 (no calibration replay, no reduced graphs: "
+            f"{_gib(unreduced.peak.peak_bytes)})"
+        )
     raise TargetError(
         f"this export needs about {_gib(plan.peak.peak_bytes)} of memory at its largest stage ({plan.peak.name}) "
         f"and {_gib(available)} is available: " + "; ".join(fixes) + f". Set {MEMORY_ENV}=N (GiB) if the "

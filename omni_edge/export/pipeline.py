@@ -214,7 +214,8 @@ def _check_export_memory(
     components = selected(request.components)
     reduced = plan if checked.calibration is not None else None
     export_plan = plan_export(checkpoint, components, reduced, checked.target)
-    check_export_fits(export_plan, components, machine_bytes())  # a refusal is one line with the numbers
+    unreduced = plan_export(checkpoint, components, None, checked.target) if reduced is not None else None
+    check_export_fits(export_plan, components, machine_bytes(), unreduced)  # a refusal: one line, the numbers
     say(export_plan.summary())
 
 
