@@ -6,7 +6,7 @@
 # bundle is 22 GB. Needs ~24 GiB of RAM and ~40 GB of disk; takes about an hour on 2 cores.
 #
 #   bash scripts/scale_runs.sh            # every run
-#   bash scripts/scale_runs.sh 3b-cpu     # one of: 3b-cpu 3b-int4 3b-orin 7b-rtx-thinker 7b-rtx 7b-orin
+#   bash scripts/scale_runs.sh 3b-cpu     # one of: 3b-cpu 3b-int4 3b-orin 3b-rtx-thinker 7b-rtx-thinker 7b-rtx 7b-orin
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -42,6 +42,11 @@ fi
 if want 3b-orin; then
   run export --model full-3b --target jetson-orin --precision auto --calib synthetic --no-engines --out "$out/3b-orin" --json $j3
   rm -rf "$out/3b-orin"
+fi
+if want 3b-rtx-thinker; then  # the fp16-source Thinker (int4-awq from fp16) at full size, the part the 7B needs
+  run export --model full-3b --target rtx-ada --precision auto --calib synthetic --no-engines --components thinker \
+    --out "$out/3b-rtx-thinker" --json $j3
+  rm -rf "$out/3b-rtx-thinker"
 fi
 if want 7b-rtx-thinker; then  # the Thinker alone: the part whose fp32 weights (28 GB) the machine cannot hold
   run export --model full-7b --target rtx-ada --precision auto --calib synthetic --no-engines --components thinker \
