@@ -13,6 +13,14 @@ cd "$root"
 out="${SCALE_OUT:-/tmp/omni-scale}"
 mkdir -p "$out"
 run() { .venv/bin/python scripts/scale_run.py "$@"; }
+replies() {  # bundle, label suffix, wav name: its loaded RSS, then a text and a spoken reply through omni-run
+  run rss --model full-3b --bundle "$1" --json $j3
+  run command --model full-3b --label "omni-run text$2" --json $j3 -- \
+    .venv/bin/omni-run "$1" --prompt "Describe a sunny day." --max-new-tokens 32 --greedy
+  run command --model full-3b --label "omni-run spoken$2" --json $j3 -- \
+    .venv/bin/omni-run "$1" --prompt "Say hello" --max-new-tokens 8 --greedy \
+    --out-wav "$out/$3" --ode-solver euler --max-codec-tokens 100
+}
 want() { [[ $# -eq 0 || " ${SELECTED[*]} " == *" $1 "* ]]; }
 SELECTED=("$@")
 j3=bench/scale-full-3b.json
@@ -21,22 +29,12 @@ j7=bench/scale-full-7b.json
 if want 3b-cpu; then
   run export --model full-3b --target cpu --precision fp32 --out "$out/3b-cpu" --json $j3 --memory-gib 24
   run parity --model full-3b --bundle "$out/3b-cpu" --json $j3 --tokens 16
-  run rss --model full-3b --bundle "$out/3b-cpu" --json $j3
-  run command --model full-3b --label "omni-run text" --json $j3 -- \
-    .venv/bin/omni-run "$out/3b-cpu" --prompt "Describe a sunny day." --max-new-tokens 32 --greedy
-  run command --model full-3b --label "omni-run spoken" --json $j3 -- \
-    .venv/bin/omni-run "$out/3b-cpu" --prompt "Say hello" --max-new-tokens 8 --greedy \
-    --out-wav "$out/3b-hello.wav" --ode-solver euler --max-codec-tokens 100
+  replies "$out/3b-cpu" "" 3b-hello.wav
   rm -rf "$out/3b-cpu"
 fi
 if want 3b-int4; then
   run export --model full-3b --target cpu --precision int4-awq --calib synthetic --out "$out/3b-int4" --json $j3 --memory-gib 24
-  run rss --model full-3b --bundle "$out/3b-int4" --json $j3
-  run command --model full-3b --label "omni-run text (int4)" --json $j3 -- \
-    .venv/bin/omni-run "$out/3b-int4" --prompt "Describe a sunny day." --max-new-tokens 32 --greedy
-  run command --model full-3b --label "omni-run spoken (int4)" --json $j3 -- \
-    .venv/bin/omni-run "$out/3b-int4" --prompt "Say hello" --max-new-tokens 8 --greedy \
-    --out-wav "$out/3b-int4-hello.wav" --ode-solver euler --max-codec-tokens 100
+  replies "$out/3b-int4" " (int4)" 3b-int4-hello.wav
   rm -rf "$out/3b-int4"
 fi
 if want 3b-orin; then

@@ -103,11 +103,7 @@ def plan_export(
     if reduced is None:
         return ExportMemoryPlan(tuple(stages))
     # The tables are read row by row at run time: the bundle plan prices what a Session holds of them.
-    # The runtime's Session maps the graph's data file and hands ONNX Runtime the weights from the mapping: for a
-    # half-source graph the mapped fp16 pages stay resident beside the fp32 copies (full-3b rtx-ada Thinker:
-    # 22.2 GiB in its replay pass, planned so at 21.8; 13.4 while verified in a plain session).
-    in_session = {c: _in_session(held[c], exported[c]) for c in held}
-    replay = _replay_bytes(in_session, reduced.table_bytes)
+    replay = _replay_bytes({c: _in_session(held[c], exported[c]) for c in held}, reduced.table_bytes)
     stages.append(ExportStage("calibration replay", BASE_BYTES + replay + FEEDS_BYTES))
     for part in reduced.parts:
         if part.component in exported and part.precision != sources[part.component]:
@@ -134,7 +130,9 @@ def plan_export(
 
 def _in_session(held: int, exported: int) -> int:
     """A graph in the runtime's Session: ONNX Runtime's copy and, when that is an fp32 copy of fp16 weights,
-    the mapped file's pages beside it."""
+    the mapped file's pages beside it (the Session maps the data file and hands ONNX Runtime the weights from the
+    mapping). Full-3b rtx-ada Thinker: 22.2 GiB in its replay pass, planned so at 21.7; 13.4 while verified in a
+    plain session (bench/scale-full-3b.json)."""
     if held > exported:
         return int((held + exported) * (1 + VERIFY_OVERHEAD))
     return int(held * (1 + SESSION_OVERHEAD))
