@@ -1,4 +1,5 @@
-"""The external-data locations an ONNX graph names, read from its protobuf bytes without the onnx package.
+"""What an ONNX graph's tensors say about it, read from its protobuf bytes without the onnx package: the
+external-data locations they name, and their element types.
 
 The runtime imports without onnx (numpy and onnxruntime only), and a graph's `location` fields must be
 checked before any backend opens files on the graph's behalf: a hostile graph can name `../../etc/passwd`,
@@ -10,6 +11,8 @@ costs no more than its structure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 # Field numbers from onnx.proto3 (stable across IR versions).
 _MODEL = {7: "graph", 20: "training", 25: "function"}
 _TRAINING = {1: "graph", 2: "graph"}
@@ -18,7 +21,10 @@ _GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
 _NODE = {5: "attribute"}
 _ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
 _SPARSE = {1: "tensor", 2: "tensor"}
-_TENSOR_EXTERNAL_DATA = 13
+_TENSOR_DATA_TYPE, _TENSOR_EXTERNAL_DATA = 2, 13
+FLOAT16 = 10  # TensorProto.FLOAT16
+# TensorProto's quantized element types: UINT8, INT8, the FLOAT8 kinds, UINT4, INT4, FLOAT4E2M1.
+QUANTIZED = frozenset({2, 3, 17, 18, 19, 20, 21, 22, 23})
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _MAX_DEPTH = 64  # subgraphs nest (If/Loop bodies); deeper than this is not a graph anyone exported
 
@@ -30,11 +36,18 @@ class MalformedGraph(ValueError):
 def external_locations(model: bytes) -> set[str]:
     """Every `location` named by an external-data tensor anywhere in the serialized ModelProto."""
     found: set[str] = set()
-    _walk(memoryview(model), _MODEL, found, 0)
+    _walk(memoryview(model), _MODEL, lambda tensor: _location(tensor, found), 0)
     return found
 
 
-def _walk(buf: memoryview, fields: dict[int, str], found: set[str], depth: int) -> None:
+def tensor_data_types(model: bytes) -> set[int]:
+    """The TensorProto data types of every tensor the ModelProto holds (initializers, constants, subgraphs')."""
+    found: set[int] = set()
+    _walk(memoryview(model), _MODEL, lambda tensor: _data_type(tensor, found), 0)
+    return found
+
+
+def _walk(buf: memoryview, fields: dict[int, str], visit: Callable[[memoryview], None], depth: int) -> None:
     if depth > _MAX_DEPTH:
         raise MalformedGraph("graphs nested too deeply")
     for number, value in _fields(buf):
@@ -42,13 +55,13 @@ def _walk(buf: memoryview, fields: dict[int, str], found: set[str], depth: int) 
         if kind is None or not isinstance(value, memoryview):
             continue
         if kind == "tensor":
-            _tensor(value, found)
+            visit(value)
         else:
-            _walk(value, _SCHEMA[kind], found, depth + 1)
+            _walk(value, _SCHEMA[kind], visit, depth + 1)
 
 
-def _tensor(buf: memoryview, found: set[str]) -> None:
-    for number, value in _fields(buf):
+def _location(tensor: memoryview, found: set[str]) -> None:
+    for number, value in _fields(tensor):
         if number == _TENSOR_EXTERNAL_DATA and isinstance(value, memoryview):
             entry = dict(_fields(value))
             key, location = entry.get(_ENTRY_KEY), entry.get(_ENTRY_VALUE)
@@ -59,6 +72,12 @@ def _tensor(buf: memoryview, found: set[str]) -> None:
                     found.add(bytes(location).decode("utf-8"))
                 except UnicodeDecodeError:
                     raise MalformedGraph("an external-data location that is not UTF-8") from None
+
+
+def _data_type(tensor: memoryview, found: set[int]) -> None:
+    for number, value in _fields(tensor):
+        if number == _TENSOR_DATA_TYPE and isinstance(value, int):
+            found.add(value)
 
 
 _SCHEMA = {

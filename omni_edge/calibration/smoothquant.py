@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from omni_edge.errors import InputError
+from omni_edge.ort_options import cast_at_run_time
 
 _MIN_SCALE = 1e-5  # the paper's clamp: keeps a near-dead channel from blowing up its weight row
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
@@ -224,7 +225,9 @@ def activation_channel_max(
             model, str(probe), save_as_external_data=True, all_tensors_to_one_file=True, location=probe.name + ".data"
         )
         del model, graph
-        session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        cast_at_run_time(options, probe.read_bytes())
+        session = ort.InferenceSession(str(probe), sess_options=options, providers=["CPUExecutionProvider"])
         for feed in feeds:
             values = dict(zip(fetch, session.run(fetch, {name: feed[name] for name in inputs}))) if fetch else {}
             for name in tensors:

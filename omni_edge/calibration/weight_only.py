@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omni_edge.ort_options import cast_at_run_time
+
 BITS = {"int8": 8, "int4-awq": 4}
 # 8-bit: blocks of 128 (accuracy barely changes with the block, and the scales are fewer bytes); 4-bit: 32, as
 # onnxruntime-genai's int4 (relative error of a random weight 0.081 against 0.100 at 128, same speed, measured).
@@ -223,8 +225,8 @@ def input_grams(
     src: Path, matmuls, feeds: list[dict[str, np.ndarray]], blocks: dict[str, int]
 ) -> dict[str, np.ndarray]:
     """Per MatMul input: sum over the feeds' rows of x_g^T x_g for each block g of the input (`blocks`: input
-    name -> block), shape (K / block, block, block), in float64. The fp32 graph runs with those inputs as extra
-    outputs."""
+    name -> block), shape (K / block, block, block), in float64. The graph (fp32, or fp16 with each weight cast
+    as it is used: ort_options) runs with those inputs as extra outputs."""
     import onnx
     import onnxruntime as ort
 
@@ -239,7 +241,9 @@ def input_grams(
     options.enable_cpu_mem_arena = False
     # The graph is handed over as bytes (its weights stay where they are), so ORT is told where they are.
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(src.parent))
-    session = ort.InferenceSession(graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    model = graph.SerializeToString()
+    cast_at_run_time(options, model)
+    session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     grams: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, x in zip(wanted, session.run(wanted, feed)):

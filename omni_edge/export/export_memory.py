@@ -47,11 +47,15 @@ MODELOPT_OVERHEAD = 1.0
 FP16_CAST_OVERHEAD = 8.0
 FP32 = 4
 FP16 = 2
-# ONNX Runtime's CPU kernels have no fp16 MatMul: opening a graph that holds fp16 weights, it inserts Casts and
-# folds an fp32 copy of each weight (measured: the medium fp16 Thinker's 0.87 GiB of weights held as 1.73 GiB;
-# of its int4 twin, the fp16 head was copied, the int4 blocks were not). Every check the export runs on this
-# machine (verification, replay, clip statistics, end-to-end answers) holds a half-source graph at fp32 size.
-HELD_FP16 = FP32
+
+
+# ONNX Runtime's CPU kernels have no fp16 MatMul. Every check the export runs on this machine (verification,
+# replay, clip statistics, end-to-end answers) holds an fp16 graph's weights once, mapped from its file, and casts
+# each to fp32 just before its MatMul (ort_options.py): the largest weight, the output head, is the most that is
+# alive in fp32 at once (measured on the medium fp16 Thinker: 0.87 GiB of weights and a 1.16 GiB fp32 head,
+# 2.38 GiB at the peak of a 128-token prefill).
+def _held_half(weights: int, head_parameters: int) -> int:
+    return weights + head_parameters * FP32
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,9 @@ def plan_export(
     sources = {c: source_precision(c, precisions.get(c, "fp32"), target) for c in components}
     # What each component's graphs weigh as exported: fp32, or fp16 for a half-source one.
     exported = {c: counts.graphs.get(c, 0) * (FP32 if sources[c] == "fp32" else FP16) for c in components}
-    held = {c: counts.graphs.get(c, 0) * (FP32 if sources[c] == "fp32" else HELD_FP16) for c in components}
+    held = {
+        c: exported[c] if sources[c] == "fp32" else _held_half(exported[c], counts.heads.get(c, 0)) for c in components
+    }
     tables = {c: counts.tables.get(c, 0) * FP32 for c in components}
     for component in components:
         weights = exported[component]
@@ -103,7 +109,7 @@ def plan_export(
     if reduced is None:
         return ExportMemoryPlan(tuple(stages))
     # The tables are read row by row at run time: the bundle plan prices what a Session holds of them.
-    replay = _replay_bytes({c: _in_session(held[c], exported[c]) for c in held}, reduced.table_bytes)
+    replay = _replay_bytes({c: int(w * (1 + SESSION_OVERHEAD)) for c, w in held.items()}, reduced.table_bytes)
     stages.append(ExportStage("calibration replay", BASE_BYTES + replay + FEEDS_BYTES))
     for part in reduced.parts:
         if part.component in exported and part.precision != sources[part.component]:
@@ -128,23 +134,11 @@ def plan_export(
     return ExportMemoryPlan(tuple(stages))
 
 
-def _in_session(held: int, exported: int) -> int:
-    """A graph in the runtime's Session: ONNX Runtime's copy and, when that is an fp32 copy of fp16 weights,
-    the mapped file's pages beside it (the Session maps the data file and hands ONNX Runtime the weights from the
-    mapping). Full-3b rtx-ada Thinker: 22.2 GiB in its replay pass, planned so at 21.7; 13.4 while verified in a
-    plain session (bench/scale-full-3b.json)."""
-    if held > exported:
-        return int((held + exported) * (1 + VERIFY_OVERHEAD))
-    return int(held * (1 + SESSION_OVERHEAD))
-
-
 def _held_reduced(part: PartPlan) -> int:
-    """A reduced graph in ONNX Runtime on this machine: its fp16 weights (an fp16 graph's all, a quantized one's
-    kept head) copied to fp32 beside it (HELD_FP16); packed int4/int8 blocks stay as they are."""
-    if part.precision == "fp16":
-        return part.weight_bytes * HELD_FP16 // FP16
-    if part.head_precision == "fp16":
-        return part.weight_bytes + part.head_parameters * part.copies * (HELD_FP16 - FP16)
+    """A reduced graph in ONNX Runtime on this machine: its weights as they are, and the fp32 cast of its head
+    when that is fp16 (an fp16 graph's, or a quantized one's kept head); packed int4/int8 blocks stay packed."""
+    if "fp16" in (part.precision, part.head_precision):
+        return _held_half(part.weight_bytes, part.head_parameters)
     return part.weight_bytes
 
 

@@ -91,7 +91,11 @@ def verify_graph_against(spec: ComponentSpec, module, model, path: Path) -> tupl
 def _session(path: Path):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from omni_edge.ort_options import cast_at_run_time
+
+    options = ort.SessionOptions()
+    cast_at_run_time(options, path.read_bytes())
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def _verify(spec: ComponentSpec, session, cases: list[VerificationCase]) -> tuple[float, float | None]:

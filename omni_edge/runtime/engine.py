@@ -108,6 +108,8 @@ class OrtEngine:
             import onnxruntime as ort
         except ImportError:
             raise BundleError("onnxruntime is not installed; pip install 'omni-edge[ort]'") from None
+        from omni_edge.ort_options import cast_at_run_time
+
         check_threads(threads, "threads")
         label = label or (model.name if isinstance(model, Path) else name)
         options = ort.SessionOptions()
@@ -115,6 +117,7 @@ class OrtEngine:
         for key, value in SPINNING[spinning].items():
             options.add_session_config_entry(key, value)
         options.log_severity_level = 3
+        cast_at_run_time(options, model if isinstance(model, bytes) else model.read_bytes())
         if external_data:
             # ONNX Runtime copies what it needs while the session is created, so the buffers may go afterwards.
             names = list(external_data)
@@ -147,7 +150,7 @@ class OrtEngine:
 def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 0, verify: bool = True) -> Engine:
     """The engine of component `name`, from bytes that match the manifest (verify=False: from the files as
     they are, for the export's own staging bundles). Its inputs and outputs must be the manifest's."""
-    from omni_edge.bundle_trust import MappedFile, check_engine_io, check_external_locations, read_verified
+    from omni_edge.bundle_trust import MappedFile, check_external_locations, read_verified
 
     bundle_dir = Path(bundle_dir)
     record = manifest.components.get(name)
@@ -157,6 +160,10 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
     if manifest.backend == "onnxruntime":
         model = read_verified(bundle_dir, files, record.file, f"{name} graph")
         locations = check_external_locations(bundle_dir, record.file, model, files)
+        if not verify:
+            # The export's own files, just written: ONNX Runtime maps their weights itself instead of copying
+            # them from our mapping, so a 7B fp16 Thinker (14 GB) is never held twice while its session opens.
+            return _checked(OrtEngine(name, bundle_dir / record.file, threads=threads), record, manifest)
         mapped = []
         try:
             for location in locations:
@@ -191,6 +198,12 @@ def open_engine(bundle_dir: Path, manifest: Manifest, name: str, threads: int = 
             f"bundle {bundle_dir} is for backend {manifest.backend}, which this runtime cannot load yet; "
             "export a --target cpu bundle for ONNX Runtime"
         )
+    return _checked(engine, record, manifest)
+
+
+def _checked(engine: Engine, record, manifest: Manifest) -> Engine:
+    from omni_edge.bundle_trust import check_engine_io
+
     # TensorRT drops network inputs a graph never reads, so an engine may have fewer inputs than its graph.
     check_engine_io(
         record,
