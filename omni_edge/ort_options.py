@@ -41,3 +41,7 @@ def cast_at_run_time(options, model: bytes) -> None:
     if int(options.graph_optimization_level) > int(extended):  # the layout levels and ALL fold the Casts
         options.graph_optimization_level = extended
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    # ONNX Runtime 1.32's buffer reuse plan is wrong in that order for some graphs: the fp16 DiT's Cast of a
+    # Tile output was handed a buffer planned for a value of another shape ("Shape mismatch attempting to re-use
+    # buffer {1,96,16} != {2,96,16}"). Without planned reuse the arena still recycles what each op frees.
+    options.enable_mem_reuse = False
