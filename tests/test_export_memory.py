@@ -15,7 +15,7 @@ from omni_edge.export.export_memory import (
     FEEDS_BYTES,
     FP16_CAST_OVERHEAD,
     MEMORY_ENV,
-    MODELOPT_OVERHEAD,
+    MODELOPT_CALIBRATION_OVERHEAD,
     SESSION_OVERHEAD,
     TRACE_BYTES,
     VERIFY_OVERHEAD,
@@ -90,9 +90,11 @@ def test_a_reduced_export_plans_the_replay_by_pass_and_one_graph_at_a_time(tiny_
         s.name: s.peak_bytes for s in plan_export(tiny_checkpoint, COMPONENTS, orin, get_target("jetson-orin")).stages
     }
     parts = {p.component: p.weight_bytes for p in orin.parts}
-    assert stages["int8 talker"] == BASE_BYTES + int(fp32["talker"] * (1 + VERIFY_OVERHEAD + MODELOPT_OVERHEAD)) + (
-        parts["talker"] + FEEDS_BYTES
-    )
+    overhead = 1 + VERIFY_OVERHEAD + MODELOPT_CALIBRATION_OVERHEAD  # its calibration returns every tensor
+    assert stages["int8 talker"] == BASE_BYTES + int(fp32["talker"] * overhead) + parts["talker"] + FEEDS_BYTES
+    fixes = {s.name: s.fix for s in plan_export(tiny_checkpoint, COMPONENTS, orin, get_target("jetson-orin")).stages}
+    assert fixes["int8 talker"].startswith("--precision talker=int4-awq or talker=fp16")
+    assert not fixes["int4-awq audio_encoder"] and not fixes["calibration replay"]
     # ... and then ModelOpt's fp16 cast of an fp32 int4 graph, which copies its fp32 initializers over and over
     # (heads: none in the audio encoder).
     cast = parts["audio_encoder"] + int(counts.heads.get("audio_encoder", 0) * 4 * FP16_CAST_OVERHEAD)
@@ -146,3 +148,16 @@ def test_the_fp32_fix_is_offered_only_when_the_fp32_export_fits():
         check_export_fits(reduced, ["thinker"], 20 * GIB, large)
     assert "fp32" not in str(refused.value)
     check_export_fits(reduced, ["thinker"], 30 * GIB, large)  # fits: no refusal
+
+
+def test_a_modelopt_calibration_that_does_not_fit_offers_the_precisions_that_need_none():
+    import pytest
+
+    from omni_edge.errors import TargetError
+    from omni_edge.export.export_memory import GIB, ExportMemoryPlan, ExportStage, check_export_fits
+
+    fix = "--precision audio_encoder=int4-awq or audio_encoder=fp16 (no ModelOpt calibration)"
+    plan = ExportMemoryPlan((ExportStage("export thinker", 10 * GIB), ExportStage("int8 audio_encoder", 25 * GIB, fix)))
+    with pytest.raises(TargetError) as refused:
+        check_export_fits(plan, ["thinker", "audio_encoder"], 20 * GIB)
+    assert "(int8 audio_encoder)" in str(refused.value) and fix in str(refused.value)
