@@ -39,10 +39,12 @@ VERIFY_OVERHEAD = 0.10  # ONNX Runtime's session over the graph's weights (Think
 SESSION_OVERHEAD = 0.32
 FEEDS_BYTES = 1 * GIB  # the replay's recorded feeds (decode feeds carry the KV cache), thinned to 48 per graph
 # ModelOpt's fp16 cast holds the whole fp32 graph as a protobuf beside ONNX Runtime's session (not measured at
-# full size). Its int8/fp8 Q/DQ also calibrates through a session that returns every intermediate tensor of
-# every feed: measured once at full size, as a lower bound, the full-3b audio encoder (2.4 GiB of fp32 weights)
-# grew the export from 4.0 to 22.9 GiB in 80 s of its int8 calibration and was killed there
-# (bench/scale-full-3b.json, jetson-orin). int4-awq, MatMulNBits or Q/DQ, streams the weights one at a time
+# full size). Its int8/fp8 Q/DQ holds many more copies: it writes and loads a named, an extended (every tensor
+# an output: twice the weights) and a reconciled graph, and calibrates through a session of the extended one.
+# Measured at full size, as a lower bound, on the full-3b audio encoder (2.4 GiB of fp32 weights): the export
+# grew from 4.0 to 22.9 GiB in 80 s and was killed (bench/scale-full-3b.json, jetson-orin); ModelOpt alone on
+# that graph passed 17.1 GiB (7.5x the weights) with 8 feeds, with 1 feed, and with calibrate_per_node=True, so
+# it is the weights, not the feeds. int4-awq, MatMulNBits or Q/DQ, streams the weights one at a time
 # (calibration/weight_only.py, int4_qdq.py) and adds nothing.
 MODELOPT_OVERHEAD = 1.0
 MODELOPT_CALIBRATION_OVERHEAD = 8.0
