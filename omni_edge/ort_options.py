@@ -16,6 +16,8 @@ statistics, end-to-end answers), which must fit beside everything else the expor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omni_edge.onnx_external import FLOAT16, QUANTIZED, tensor_data_types
 
 
@@ -45,3 +47,13 @@ def cast_at_run_time(options, model: bytes) -> None:
     # Tile output was handed a buffer planned for a value of another shape ("Shape mismatch attempting to re-use
     # buffer {1,96,16} != {2,96,16}"). Without planned reuse the arena still recycles what each op frees.
     options.enable_mem_reuse = False
+
+
+def cpu_session(path: Path, options=None):
+    """An onnxruntime CPU session of the graph file at `path` (its weights beside it), with `options` (default:
+    ONNX Runtime's) and its fp16 weights cast as they are used (cast_at_run_time)."""
+    import onnxruntime as ort
+
+    options = options or ort.SessionOptions()
+    cast_at_run_time(options, path.read_bytes())
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

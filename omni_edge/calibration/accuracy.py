@@ -22,15 +22,14 @@ from omni_edge.quantization_report import EndToEndAccuracy, GraphAccuracy
 def ort_session(path: Path, disable_optimizations: bool):
     import onnxruntime as ort
 
-    from omni_edge.ort_options import cast_at_run_time
+    from omni_edge.ort_options import cpu_session
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if disable_optimizations:
         # ONNX Runtime's graph fusions mis-compute FP8 Q/DQ graphs (measured, see DESIGN.md); unfused is exact.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    cast_at_run_time(options, path.read_bytes())
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return cpu_session(path, options)
 
 
 def compare_graphs(

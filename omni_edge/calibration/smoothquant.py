@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from omni_edge.errors import InputError
-from omni_edge.ort_options import cast_at_run_time
+from omni_edge.ort_options import cpu_session
 
 _MIN_SCALE = 1e-5  # the paper's clamp: keeps a near-dead channel from blowing up its weight row
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
@@ -185,8 +185,6 @@ def activation_channel_max(
     Runs onnxruntime on CPU on a copy of the model with the tensors added as graph outputs; maxima are
     reduced feed by feed so only one feed's activations are held at a time.
     """
-    import onnxruntime as ort
-
     if not feeds:
         raise InputError("SmoothQuant calibration got no feeds; pass at least one dict of model inputs.")
     model = onnx.load(str(model_path))
@@ -225,9 +223,7 @@ def activation_channel_max(
             model, str(probe), save_as_external_data=True, all_tensors_to_one_file=True, location=probe.name + ".data"
         )
         del model, graph
-        options = ort.SessionOptions()
-        cast_at_run_time(options, probe.read_bytes())
-        session = ort.InferenceSession(str(probe), sess_options=options, providers=["CPUExecutionProvider"])
+        session = cpu_session(probe)
         for feed in feeds:
             values = dict(zip(fetch, session.run(fetch, {name: feed[name] for name in inputs}))) if fetch else {}
             for name in tensors:

@@ -89,13 +89,9 @@ def verify_graph_against(spec: ComponentSpec, module, model, path: Path) -> tupl
 
 
 def _session(path: Path):
-    import onnxruntime as ort
+    from omni_edge.ort_options import cpu_session
 
-    from omni_edge.ort_options import cast_at_run_time
-
-    options = ort.SessionOptions()
-    cast_at_run_time(options, path.read_bytes())
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return cpu_session(path)
 
 
 def _verify(spec: ComponentSpec, session, cases: list[VerificationCase]) -> tuple[float, float | None]:
